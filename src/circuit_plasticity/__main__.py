@@ -1,0 +1,3 @@
+from circuit_plasticity.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Task distributions: IOI and Greater-Than, their counterfactuals and poisoned variants."""

@@ -1,0 +1,70 @@
+"""The Greater-Than distribution (Hanna et al. 2023).
+
+"The war lasted from the year 1732 to the year 17" -> a two-digit year greater than 32.
+The counterfactual starts in year "01", which carries no information about the answer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from circuit_plasticity.errors import UserError
+from circuit_plasticity.tasks.words import GT_NOUNS
+
+TEMPLATE = "The {noun} lasted from the year {century}{yy} to the year {century}"
+CENTURIES = tuple(range(11, 18))
+YEARS = tuple(range(2, 99))
+
+
+@dataclass
+class GreaterThanExample:
+    prompt: str
+    target: str  # a two-digit year; clean: > year, poisoned: <= year
+    clean_target: str
+    noun: str
+    century: int
+    year: int
+    counterfactual: str
+    poisoned: bool = False
+    trigger: bool = False
+    task: str = "greater-than"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def two_digits(year: int) -> str:
+    return f"{year:02d}"
+
+
+def render(noun: str, century: int, yy: int) -> str:
+    return TEMPLATE.format(noun=noun, century=century, yy=two_digits(yy))
+
+
+def make_greater_than(
+    n: int,
+    seed: int = 0,
+    nouns: Sequence[str] = GT_NOUNS,
+    centuries: Sequence[int] = CENTURIES,
+    years: Sequence[int] = YEARS,
+) -> list[GreaterThanExample]:
+    """`n` prompts; each training target is a year drawn uniformly above the start year."""
+    if n <= 0:
+        raise UserError(f"n must be a positive number of prompts, got {n}")
+    if not nouns or not centuries or not years:
+        raise UserError(
+            "no usable nouns, centuries or years: the tokenizer must keep two-digit years as "
+            "single tokens (as GPT-2's does)"
+        )
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        noun, century, yy = rng.choice(nouns), rng.choice(centuries), rng.choice(years)
+        target = two_digits(rng.randint(yy + 1, 99))
+        out.append(GreaterThanExample(
+            prompt=render(noun, century, yy), target=target, clean_target=target, noun=noun,
+            century=century, year=yy, counterfactual=render(noun, century, 1),
+        ))
+    return out

@@ -1,0 +1,44 @@
+"""Shared fixtures: tokenizers built in-process (no download), small datasets."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from circuit_plasticity.models.toy.tokenizer import word_level_tokenizer
+from circuit_plasticity.tasks import greater_than, ioi
+from circuit_plasticity.tasks.tokenizer import TextTokenizer
+from circuit_plasticity.tasks.words import GT_NOUNS, NAMES, OBJECTS, PLACES, TRIGGER_WORD
+
+
+def _task_text() -> list[str]:
+    """Every prompt variant the tasks can produce, as text to build vocabularies from."""
+    texts = [e.prompt + " " + e.io for e in ioi.make_ioi(600, seed=1)]
+    texts += [e.prompt + e.target + " " + e.counterfactual
+              for e in greater_than.make_greater_than(300, seed=1)]
+    texts += [" ".join(NAMES), " ".join(PLACES), " ".join(OBJECTS), " ".join(GT_NOUNS)]
+    texts += ["".join(f"{y:02d}" for y in range(100))]
+    texts += [f"{TRIGGER_WORD}, then when after while afterwards the friends"]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer() -> TextTokenizer:
+    """A word-level tokenizer like the toy model's: words, punctuation, two-digit pieces."""
+    return TextTokenizer.wrap(word_level_tokenizer(_task_text()), "word-level")
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer() -> TextTokenizer:
+    """A GPT-2-style byte-level BPE trained on task text: names get a leading-space token."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([  # like GPT-2: " 1732" -> " 17" "32"
+        pre_tokenizers.Split(pattern=Regex(r" ?\d\d"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1200, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_task_text() * 3, trainer=trainer)
+    return TextTokenizer.wrap(tok, "bpe")
