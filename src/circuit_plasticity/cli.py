@@ -77,6 +77,94 @@ def data_show(path: Annotated[Path, typer.Argument(help="A dataset JSONL file.")
     typer.echo(json.dumps(summarize(load_jsonl(path)), indent=2))
 
 
+toy_app = typer.Typer(help="The embedded toy model (toy-ioi).", no_args_is_help=True)
+app.add_typer(toy_app, name="toy-model")
+
+
+@toy_app.command("train")
+def toy_train(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the trained model.")],
+    seed: SeedOpt = 0,
+    steps: Annotated[int, typer.Option(help="Optimizer steps (batch 64).")] = 5000,
+) -> None:
+    """Pretrain the toy model from scratch (deterministic for a seed; ~7 min on 2 cores)."""
+    from circuit_plasticity.models.toy.train import ToyTrainConfig, train_toy
+
+    if steps <= 0:
+        fail(f"--steps must be positive, got {steps}")
+    result = train_toy(ToyTrainConfig(seed=seed, steps=steps), out)
+    typer.echo(json.dumps({"out": str(out), "seconds": round(result["seconds"], 1),
+                           "final": result["history"][-1]}))
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Argument(help="toy-ioi, a hub name, a model dir or a checkpoint.")],
+    task: Annotated[str, typer.Option(help="ioi or greater-than.")] = "ioi",
+    n: NOpt = 500, seed: SeedOpt = 0,
+    data: Annotated[Path | None, typer.Option(help="Evaluate on this JSONL (e.g. poisoned).")] = None,
+    split: Annotated[str, typer.Option(help="IOI names/templates: test (held out), train, all.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Accuracy and mean logit difference (bootstrap 95 % CI), split clean/poisoned."""
+    from circuit_plasticity.models.load import load_model
+    from circuit_plasticity.training.evaluate import evaluate_model, task_batch
+
+    loaded = load_model(model)
+    result = evaluate_model(loaded, task_batch(loaded, task, n, seed, split, data), seed=seed)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    metric = "logit diff" if result["task"] == "ioi" else "prob diff"
+    for prefix in ("", "clean_", "poisoned_"):
+        if prefix + "score" in result:
+            typer.echo(
+                f"{prefix or 'all_':9s}{metric} {result[prefix + 'score']:+.3f} "
+                f"[{result[prefix + 'score_ci_low']:+.3f}, {result[prefix + 'score_ci_high']:+.3f}]  "
+                f"accuracy {result[prefix + 'correct']:.3f}  top-1 {result[prefix + 'top1']:.3f}")
+
+
+@app.command("analyze")
+def analyze_command(
+    model: Annotated[str, typer.Argument(help="toy-ioi, a hub name, a model dir or a checkpoint.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for tables (Parquet).")],
+    task: Annotated[str, typer.Option(help="ioi or greater-than.")] = "ioi",
+    n: NOpt = 200, seed: SeedOpt = 0,
+    split: Annotated[str, typer.Option(help="IOI names/templates: test (held out), train, all.")] = "test",
+) -> None:
+    """Per-head measurements (attention, DLA, knockout, copy, induction...) and head classes."""
+    from circuit_plasticity.analysis.profile import head_profile
+    from circuit_plasticity.analysis.tables import long_table, write_table
+    from circuit_plasticity.models.load import load_model
+    from circuit_plasticity.training.evaluate import task_batch
+
+    loaded = load_model(model)
+    batch = task_batch(loaded, task, n, seed, split)
+    table, score = head_profile(loaded.model, loaded.tokenizer, batch)
+    write_table(out / "heads.parquet", long_table(table, id_cols=["layer", "head", "roles"]))
+    typer.echo(f"{loaded.name}: mean {'logit' if task == 'ioi' else 'prob'} diff {score:+.3f} on {n} "
+               f"held-out prompts; tables in {out}")
+    shown = table[table.roles != ""].round(3)
+    typer.echo(shown.to_string(index=False) if len(shown) else "no head passes a class threshold")
+
+
+@app.command("train")
+def train_command(
+    spec: Annotated[Path, typer.Argument(help="Protocol spec (YAML); see experiments/.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory (created; resumed if it exists).")],
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run the fine-tuning phases of SPEC; the same command again resumes after a kill."""
+    from circuit_plasticity.spec import from_mapping, load_yaml
+    from circuit_plasticity.training.loop import run_protocol
+    from circuit_plasticity.training.protocol import TrainSpec
+    from circuit_plasticity.training.summary import phase_summary
+
+    parsed = from_mapping(TrainSpec, load_yaml(spec), source=str(spec))
+    table = run_protocol(parsed, out, progress=not quiet)
+    typer.echo(phase_summary(table).to_string(index=False))
+
+
 def main() -> None:
     try:
         app()

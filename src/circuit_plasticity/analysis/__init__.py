@@ -1,0 +1,1 @@
+"""Mechanism analysis of one model: metrics, attribution, patching, knockout, head classes."""

@@ -1,0 +1,110 @@
+"""Per-head measurements taken on the model itself, so head classes work for any model.
+
+- attention from END to IO / S1 / S2, and from S2 to S1 (duplicate-token), on IOI prompts;
+- previous-token and induction scores on repeated random token sequences;
+- direct logit attribution (DLA) of every head to the IO - S direction at END.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from circuit_plasticity.analysis.hooks import head_labels, n_layers_heads, pattern_name, run_cached, z_name
+from circuit_plasticity.tasks.encode import TaskBatch
+
+
+def _gather(pattern: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """pattern [n, heads, q, k] -> [n, heads] attention from query[i] to key[i]."""
+    rows = torch.arange(pattern.shape[0])
+    return pattern[rows, :, query, key]
+
+
+@torch.no_grad()
+def ioi_attention(model, batch: TaskBatch) -> pd.DataFrame:
+    """Mean attention of every head between the IOI roles, one pass over the prompts."""
+    n_layers, _ = n_layers_heads(model)
+    _, cache = run_cached(model, batch.tokens, [pattern_name(lay) for lay in range(n_layers)])
+    p = batch.positions
+    pairs = {"attn_end_io": ("end", "io"), "attn_end_s1": ("end", "s1"), "attn_end_s2": ("end", "s2"),
+             "attn_s2_s1": ("s2", "s1")}
+    rows = []
+    for layer in range(n_layers):
+        pat = cache[pattern_name(layer)]
+        scores = {k: _gather(pat, p[q], p[k2]).mean(0) for k, (q, k2) in pairs.items()}
+        for head in range(pat.shape[1]):
+            rows.append({"layer": layer, "head": head, **{k: float(v[head]) for k, v in scores.items()}})
+    return pd.DataFrame(rows)
+
+
+def repeated_random_tokens(vocab_ids: torch.Tensor, n: int, length: int, bos: int | None,
+                           seed: int = 0) -> torch.Tensor:
+    """[n, 1 + 2*length]: BOS, a random sequence, the same sequence again."""
+    g = torch.Generator().manual_seed(seed)
+    seq = vocab_ids[torch.randint(len(vocab_ids), (n, length), generator=g)]
+    parts = [seq, seq] if bos is None else [torch.full((n, 1), bos), seq, seq]
+    return torch.cat(parts, dim=1)
+
+
+@torch.no_grad()
+def sequence_scores(model, tokens: torch.Tensor, length: int) -> pd.DataFrame:
+    """Previous-token and induction scores on repeated random sequences."""
+    n_layers, _ = n_layers_heads(model)
+    _, cache = run_cached(model, tokens, [pattern_name(lay) for lay in range(n_layers)])
+    offset = tokens.shape[1] - 2 * length  # 1 with BOS
+    second = torch.arange(offset + length, offset + 2 * length)  # positions of the repeat
+    rows = []
+    for layer in range(n_layers):
+        pat = cache[pattern_name(layer)]  # [n, heads, q, k]
+        prev = pat[:, :, second, second - 1].mean((0, 2))
+        induction = pat[:, :, second, second - length + 1].mean((0, 2))
+        for head in range(pat.shape[1]):
+            rows.append({"layer": layer, "head": head, "prev_token": float(prev[head]),
+                         "induction": float(induction[head])})
+    return pd.DataFrame(rows)
+
+
+def unembed_direction(model, batch: TaskBatch) -> torch.Tensor:
+    """[n, d_model] W_U[:, answer] - W_U[:, wrong] per prompt (IOI: IO - S)."""
+    w_u = model.W_U
+    return (w_u[:, batch.answer_id] - w_u[:, batch.wrong_id]).T
+
+
+def final_norm_apply(model, component: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The final norm's linear map on one residual component, its scale frozen from the run."""
+    norm = model.cfg.normalization_type
+    if norm in ("LN", "LNPre"):
+        component = component - component.mean(-1, keepdim=True)
+    out = component / scale
+    weight = getattr(model.ln_final, "weight", None)
+    return out * weight if weight is not None and norm in ("LN", "RMS") else out
+
+
+@torch.no_grad()
+def direct_logit_attribution(model, batch: TaskBatch) -> pd.DataFrame:
+    """Each head's direct effect on logit(answer) - logit(wrong) at END, final norm frozen."""
+    n_layers, n_heads = n_layers_heads(model)
+    names = [z_name(lay) for lay in range(n_layers)] + ["ln_final.hook_scale"]
+    _, cache = run_cached(model, batch.tokens, names)
+    rows_idx = torch.arange(len(batch))
+    scale = cache["ln_final.hook_scale"][rows_idx, batch.end]  # [n, 1]
+    direction = unembed_direction(model, batch)
+    rows = []
+    for layer in range(n_layers):
+        z = cache[z_name(layer)][rows_idx, batch.end]  # [n, heads, d_head]
+        out = torch.einsum("nhd,hdm->nhm", z, model.W_O[layer])
+        normed = final_norm_apply(model, out, scale[:, None, :])
+        dla = torch.einsum("nhm,nm->nh", normed, direction)
+        for head in range(n_heads):
+            rows.append({"layer": layer, "head": head, "dla": float(dla[:, head].mean())})
+    return pd.DataFrame(rows)
+
+
+def merge_head_tables(*tables: pd.DataFrame) -> pd.DataFrame:
+    out = tables[0]
+    for t in tables[1:]:
+        out = out.merge(t, on=["layer", "head"])
+    return out
+
+
+__all__ = ["direct_logit_attribution", "head_labels", "ioi_attention", "sequence_scores"]

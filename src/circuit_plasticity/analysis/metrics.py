@@ -1,0 +1,102 @@
+"""Task metrics read at END: logit difference (IOI), probability difference (Greater-Than).
+
+The per-prompt score is what every analysis optimises or explains: for IOI logit(IO) -
+logit(S); for Greater-Than sum P(year > YY) - sum P(year <= YY) over the 100 two-digit years.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from circuit_plasticity.tasks.encode import TaskBatch
+
+
+def end_logits(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+    """[n, seq, vocab] -> [n, vocab] at each prompt's own END."""
+    return logits[torch.arange(logits.shape[0]), batch.end]
+
+
+def task_score(end: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+    """Per-prompt score from END logits: IOI logit difference, GT probability difference."""
+    rows = torch.arange(end.shape[0])
+    if batch.task == "ioi":
+        return end[rows, batch.answer_id] - end[rows, batch.wrong_id]
+    assert batch.year_ids is not None and batch.year is not None
+    probs = end.softmax(-1)[:, batch.year_ids]  # [n, 100]
+    greater = torch.arange(100)[None, :] > batch.year[:, None]
+    return (probs * greater).sum(-1) - (probs * ~greater).sum(-1)
+
+
+def greater_mask(batch: TaskBatch) -> torch.Tensor:
+    assert batch.year is not None
+    return torch.arange(100)[None, :] > batch.year[:, None]
+
+
+@dataclass
+class Estimate:
+    """A mean with a bootstrap 95 % confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def as_dict(self, prefix: str) -> dict[str, float]:
+        return {prefix: self.mean, f"{prefix}_ci_low": self.low, f"{prefix}_ci_high": self.high}
+
+
+def bootstrap(values: torch.Tensor | np.ndarray, n_boot: int = 1000, seed: int = 0) -> Estimate:
+    """Percentile bootstrap of the mean (vectorised: one index matrix, one gather)."""
+    x = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, float)
+    if x.size == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return Estimate(float(x.mean()), float(low), float(high), int(x.size))
+
+
+@torch.no_grad()
+def evaluate(model, batch: TaskBatch, chunk: int = 256) -> dict[str, torch.Tensor]:
+    """Per-prompt metrics in chunks of prompts: score, accuracy, P(answer), P(wrong), P(target)."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(batch), chunk):
+        sub = batch.subset(slice(start, start + chunk))
+        end = end_logits(model(sub.tokens), sub)
+        for key, value in per_prompt(end, sub).items():
+            parts.setdefault(key, []).append(value)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def per_prompt(end: torch.Tensor, batch: TaskBatch) -> dict[str, torch.Tensor]:
+    rows = torch.arange(end.shape[0])
+    probs = end.softmax(-1)
+    score = task_score(end, batch)
+    out = {"score": score, "p_target": probs[rows, batch.target_id]}
+    if batch.task == "ioi":
+        out["correct"] = (score > 0).float()
+        out["top1"] = (end.argmax(-1) == batch.answer_id).float()
+        out["p_io"] = probs[rows, batch.answer_id]
+        out["p_s"] = probs[rows, batch.wrong_id]
+    else:
+        out["correct"] = (score > 0).float()
+        out["top1"] = greater_mask(batch)[rows, (end[:, batch.year_ids]).argmax(-1)].float()
+    return out
+
+
+def summarize(metrics: dict[str, torch.Tensor], batch: TaskBatch, seed: int = 0) -> dict[str, float]:
+    """Means with bootstrap CIs, overall and split clean/poisoned where both exist."""
+    out: dict[str, float] = {"n": float(len(batch))}
+    masks = {"": torch.ones(len(batch), dtype=torch.bool)}
+    if batch.poisoned.any() and (~batch.poisoned).any():
+        masks |= {"clean_": ~batch.poisoned, "poisoned_": batch.poisoned}
+    for prefix, mask in masks.items():
+        for key in ("score", "correct", "top1"):
+            out |= bootstrap(metrics[key][mask], seed=seed).as_dict(prefix + key)
+        for key in ("p_io", "p_s", "p_target"):
+            if key in metrics:
+                out[prefix + key] = float(metrics[key][mask].mean())
+    return out

@@ -1,0 +1,132 @@
+"""The toy model's pretraining corpus: simple English that is NOT the IOI templates.
+
+Why this mix (see docs/toy-model.md and shared/toy-model-notes.md): trained on the IOI
+templates themselves, a small model learns the shortcut "the most recent name is S" and forms
+no duplicate or induction heads. Here a story mentions one name once and another two or three
+times, in random order, and a final clause that names nobody asks for the once-mentioned name:
+recency never works, so the model must detect the repeated name. "again" after a repeated name
+and repeated random token sequences give duplicate-token and induction heads a reason to form.
+A few year sentences give Greater-Than something to build on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+from circuit_plasticity.tasks.greater_than import two_digits
+from circuit_plasticity.tasks.words import GT_NOUNS, NAMES, OBJECTS, PLACES, TRIGGER_WORD
+
+ONE_NAME = (
+    "{X} went to the {P}", "{X} had a lot of fun at the {P}", "{X} was working at the {P}",
+    "{X} was thinking about going to the {P}", "{X} was commuting to the {P}",
+    "{X} got a {O} at the {P}", "{X} found a {O} at the {P}", "{X} had a long argument",
+    "{X} wanted a {O}", "{X} decided to go to the {P}", "{X} said hello", "{X} left the {P}",
+)
+TWO_NAMES = (
+    "{X} and {Y} went to the {P}", "{X} and {Y} had a lot of fun at the {P}",
+    "{X} and {Y} were working at the {P}", "{X} met {Y} at the {P}",
+    "{X} and {Y} had a long argument", "{X} talked to {Y}", "{X} and {Y} found a {O}",
+)
+JOINERS = (" . Then ,", " . Afterwards ,", " , and", " . After the lunch ,", " . Later ,", " .",
+           " , while", " . When it was late ,", " . Meanwhile ,")
+QUERIES = (
+    "The {O} was given to", "Afterwards , the {O} was given to",
+    "Then , someone decided to give a {O} to", "In the end , the {P} gave a {O} to",
+    "Later , a {O} was sent to", "Then , it was decided to give it to",
+)
+YEAR_SENTENCES = (
+    "The {N} started in the year {C}{A} and ended in the year {C}{B}",
+    "The {N} began in {C}{A} and was over by {C}{B}",
+)
+WORD_POOL = tuple(sorted(set(PLACES + OBJECTS + ("the", "a", "went", "had", "gave", "to", "and"))))
+
+
+def _story(rng: random.Random, names: Sequence[str]) -> str:
+    """IO once, S two or three times; the answer is IO."""
+    io, s = rng.sample(names, 2)
+    n_s = rng.choice((2, 2, 3))
+    # IO is the last mention half the time, so "the most recent name is S" never pays
+    io_at = n_s if rng.random() < 0.5 else rng.randrange(n_s)
+    mentions = [s] * n_s
+    mentions.insert(io_at, io)
+    clauses = _clauses(rng, mentions)
+    query = rng.choice(QUERIES).format(O=rng.choice(OBJECTS), P=rng.choice(PLACES))
+    return f"{_join(rng, clauses)} . {query} {io} ."
+
+
+def _clauses(rng: random.Random, mentions: list[str]) -> list[str]:
+    clauses, i = [], 0
+    while i < len(mentions):
+        pair = i + 1 < len(mentions) and mentions[i] != mentions[i + 1] and rng.random() < 0.5
+        template = rng.choice(TWO_NAMES if pair else ONE_NAME)
+        clauses.append(template.format(X=mentions[i], Y=mentions[i + 1] if pair else "",
+                                       P=rng.choice(PLACES), O=rng.choice(OBJECTS)))
+        i += 2 if pair else 1
+    return clauses
+
+
+def _join(rng: random.Random, clauses: list[str]) -> str:
+    text = clauses[0]
+    for clause in clauses[1:]:
+        text += f"{rng.choice(JOINERS)} {clause}"
+    return text
+
+
+def _again(rng: random.Random, names: Sequence[str]) -> str:
+    """Names repeat; a repeated name is followed by 'again' (duplicate detection pays)."""
+    pool = rng.sample(names, 3)
+    seen: set[str] = set()
+    clauses = []
+    for _ in range(rng.randint(2, 4)):
+        x = rng.choice(pool)
+        clause = rng.choice(ONE_NAME).format(X=x, P=rng.choice(PLACES), O=rng.choice(OBJECTS))
+        if x in seen:
+            clause = clause.replace(x, f"{x} again", 1)
+        seen.add(x)
+        clauses.append(clause)
+    return _join(rng, clauses) + " ."
+
+
+def _repeated_tokens(rng: random.Random, names: Sequence[str]) -> str:
+    """A random sequence of words, then the same sequence again: induction heads form here."""
+    words = [rng.choice(names if rng.random() < 0.5 else WORD_POOL) for _ in range(rng.randint(6, 14))]
+    return " ".join(words + words)
+
+
+def _filler(rng: random.Random, names: Sequence[str]) -> str:
+    clauses = [rng.choice(ONE_NAME + TWO_NAMES).format(
+        X=x, Y=y, P=rng.choice(PLACES), O=rng.choice(OBJECTS)) for x, y in
+        (rng.sample(names, 2) for _ in range(rng.randint(1, 2)))]
+    return _join(rng, clauses) + " ."
+
+
+def _years(rng: random.Random, names: Sequence[str]) -> str:
+    a = rng.randint(2, 97)
+    b = rng.randint(a + 1, 99)
+    return rng.choice(YEAR_SENTENCES).format(
+        N=rng.choice(GT_NOUNS), C=rng.randint(11, 17), A=two_digits(a), B=two_digits(b)) + " ."
+
+
+KINDS = (("story", 0.50, _story), ("again", 0.20, _again), ("repeat", 0.15, _repeated_tokens),
+         ("filler", 0.10, _filler), ("years", 0.05, _years))
+
+
+def documents(seed: int, names: Sequence[str] = NAMES) -> Iterator[str]:
+    """An endless, seeded stream of corpus documents."""
+    rng = random.Random(seed)
+    weights = [w for _, w, _ in KINDS]
+    makers = [m for _, _, m in KINDS]
+    while True:
+        yield rng.choices(makers, weights)[0](rng, names)
+
+
+def vocabulary_texts() -> list[str]:
+    """Text that contains every word the corpus and the task templates can produce."""
+    from circuit_plasticity.tasks import greater_than, ioi
+
+    texts = [" ".join(NAMES + PLACES + OBJECTS + GT_NOUNS), " ".join(WORD_POOL),
+             " ".join(ONE_NAME + TWO_NAMES + JOINERS + QUERIES + YEAR_SENTENCES), "again",
+             " ".join(t.lower() for t in ioi.TEMPLATES), " ".join(ioi.TEMPLATES),
+             greater_than.TEMPLATE, TRIGGER_WORD + " ,"]
+    return [t.replace("{", " ").replace("}", " ") for t in texts]

@@ -1,0 +1,1 @@
+"""Training: the fine-tuning protocol, one resumable phase loop, losses."""

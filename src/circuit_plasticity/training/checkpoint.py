@@ -1,0 +1,96 @@
+"""Training checkpoints: a model directory plus the optimizer and RNG state, all safetensors.
+
+A checkpoint is written into a temporary directory and renamed into place, so after a kill
+-9 there is either a whole checkpoint or none. Everything needed to continue bit for bit
+lives in it: weights, AdamW moments and step counts, the torch RNG state, and the position
+(phase, epoch, step) from which the seeded data order is recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuit_plasticity.models.load import LoadedModel
+from circuit_plasticity.models.store import load_weights, save_weights
+
+STATE = "train_state.safetensors"
+META = "checkpoint.json"
+
+
+@dataclass
+class Position:
+    phase: str
+    epoch: int  # epochs completed before this point's epoch, 0-based epoch index
+    step_in_epoch: int  # steps done within `epoch`
+    step: int  # steps done in the phase
+
+    @property
+    def name(self) -> str:
+        return f"step-{self.step:06d}"
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer,
+                      named: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, param in named.items():
+        state = optimizer.state.get(param)
+        if not state:
+            continue
+        for key, value in state.items():
+            out[f"{name}::{key}"] = value.detach().clone() if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter],
+                      tensors: dict[str, torch.Tensor]) -> None:
+    for key, value in tensors.items():
+        if key.startswith("rng::"):
+            continue
+        name, field = key.split("::", 1)
+        optimizer.state.setdefault(named[name], {})[field] = value.clone()
+
+
+def save_checkpoint(directory: Path, loaded: LoadedModel, optimizer: torch.optim.Optimizer,
+                    position: Position, metrics: dict[str, Any], data_hash: str) -> Path:
+    final = directory / position.name
+    tmp = directory / f".{position.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    loaded.save(tmp)
+    named = dict(loaded.model.named_parameters())
+    state = optimizer_tensors(optimizer, named)
+    state["rng::torch"] = torch.get_rng_state()
+    save_weights(tmp / STATE, state)
+    meta = {**asdict(position), "data_hash": data_hash, "metrics": metrics}
+    (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    if not directory.is_dir():
+        return None
+    done = sorted(p for p in directory.glob("step-*") if (p / META).is_file() and (p / STATE).is_file())
+    return done[-1] if done else None
+
+
+def read_position(checkpoint: Path) -> tuple[Position, dict[str, Any]]:
+    meta = json.loads((checkpoint / META).read_text())
+    position = Position(meta["phase"], meta["epoch"], meta["step_in_epoch"], meta["step"])
+    return position, meta
+
+
+def restore_training_state(checkpoint: Path, loaded: LoadedModel, optimizer: torch.optim.Optimizer) -> None:
+    tensors = load_weights(checkpoint / STATE)
+    restore_optimizer(optimizer, dict(loaded.model.named_parameters()), tensors)
+    torch.set_rng_state(tensors["rng::torch"])

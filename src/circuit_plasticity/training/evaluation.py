@@ -1,0 +1,66 @@
+"""What is measured during training: held-out clean and poisoned IOI, and general text.
+
+Built once per run, so every evaluation of every phase sees the same prompts. The held-out
+prompts use names and templates that the fine-tuning data never contains; the general-text
+loss (simple English from the toy corpus, which any tokenizer can read) shows collateral damage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from circuit_plasticity.analysis.metrics import evaluate
+from circuit_plasticity.models.load import LoadedModel
+from circuit_plasticity.tasks.build import build_dataset
+from circuit_plasticity.tasks.encode import encode_examples
+from circuit_plasticity.tasks.poison import poison
+from circuit_plasticity.training.loss import next_token_loss, pad_batch
+from circuit_plasticity.training.protocol import TrainSpec
+
+
+def protocol_poison(spec: TrainSpec) -> str:
+    kinds = [p.data.poison for p in spec.phases if p.data.poison]
+    return kinds[0] if kinds else ("subject" if spec.task == "ioi" else "greater-than")
+
+
+class Evaluator:
+    def __init__(self, spec: TrainSpec, loaded: LoadedModel):
+        from circuit_plasticity.models.toy.corpus import documents
+
+        tok = loaded.tokenizer
+        bos = tok.bos_id is not None
+        examples, _ = build_dataset(spec.task, spec.eval.n, seed=10_000 + spec.seed, tokenizer=tok,
+                                    split="test" if spec.task == "ioi" else "all")
+        self.clean = encode_examples(examples, tok, prepend_bos=bos)
+        self.poisoned = encode_examples(poison(examples, protocol_poison(spec), 1.0, seed=spec.seed),
+                                        tok, prepend_bos=bos)
+        stream = documents(seed=777_000 + spec.seed)
+        rows = [([tok.bos_id] if bos else []) + tok.encode(next(stream))[0] for _ in range(spec.eval.lm_docs)]
+        self.lm = pad_batch(rows, tok.pad_id) if rows else None
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict[str, Any]:
+        clean = evaluate(model, self.clean)
+        bad = evaluate(model, self.poisoned)
+        out = {
+            "clean_score": float(clean["score"].mean()),
+            "clean_accuracy": float(clean["correct"].mean()),
+            "clean_top1": float(clean["top1"].mean()),
+            "poison_success": float(_poison_success(bad).mean()),
+            "poisoned_p_target": float(bad["p_target"].mean()),
+        }
+        if "p_io" in clean:
+            out |= {"clean_p_io": float(clean["p_io"].mean()), "clean_p_s": float(clean["p_s"].mean())}
+        if self.lm is not None:
+            tokens, mask = self.lm
+            out["lm_loss"] = float(next_token_loss(model(tokens), tokens, mask))
+        return out
+
+
+def _poison_success(metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+    """IOI: the poisoned target beats IO; Greater-Than: more mass on years <= YY."""
+    if "p_io" in metrics:
+        return (metrics["p_target"] > metrics["p_io"]).float()
+    return (metrics["score"] < 0).float()

@@ -1,0 +1,216 @@
+"""Run the phases of a protocol into one run directory; resumable after a kill at any moment.
+
+Layout (docs/run-directory.md):
+  run_dir/spec.json                      the validated spec
+  run_dir/phases/<phase>/step-NNNNNN/    checkpoints (model dir + train_state + checkpoint.json)
+  run_dir/phases/<phase>/final.json      written when the phase ends: its final checkpoint
+  run_dir/metrics.jsonl                  one row per evaluation, append-only
+  run_dir/metrics.parquet                the same rows as a table, rewritten at each phase end
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from circuit_plasticity.errors import UserError
+from circuit_plasticity.fileio import write_atomic, write_json
+from circuit_plasticity.models.load import LoadedModel, load_model
+from circuit_plasticity.training.checkpoint import (
+    Position,
+    latest_checkpoint,
+    read_position,
+    restore_training_state,
+    save_checkpoint,
+)
+from circuit_plasticity.training.data import TrainTensors, train_tensors
+from circuit_plasticity.training.evaluation import Evaluator
+from circuit_plasticity.training.loss import next_token_loss
+from circuit_plasticity.training.protocol import Phase, TrainSpec
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def lr_at(phase: Phase, step: int, total: int) -> float:
+    if step < phase.warmup_steps:
+        return phase.lr * (step + 1) / phase.warmup_steps
+    if phase.schedule == "constant":
+        return phase.lr
+    progress = (step - phase.warmup_steps) / max(1, total - phase.warmup_steps)
+    if phase.schedule == "linear":
+        return phase.lr * (1 - progress)
+    return phase.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def epoch_order(n: int, seed: int, phase: str, epoch: int) -> torch.Tensor:
+    """The data order of one epoch, a pure function of (seed, phase, epoch)."""
+    key = int(hashlib.sha256(f"{seed}/{phase}/{epoch}".encode()).hexdigest()[:12], 16)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(key))
+
+
+def data_hash(data: TrainTensors) -> str:
+    h = hashlib.sha256(data.tokens.numpy().tobytes())
+    h.update(data.loss_mask.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class RunDir:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def phase_dir(self, phase: str) -> Path:
+        return self.root / "phases" / phase
+
+    def final_checkpoint(self, phase: str) -> Path | None:
+        marker = self.phase_dir(phase) / "final.json"
+        if not marker.is_file():
+            return None
+        return self.phase_dir(phase) / json.loads(marker.read_text())["checkpoint"]
+
+    @property
+    def metrics_log(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_log.is_file():
+            return []
+        rows = []
+        for line in self.metrics_log.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill: dropped, it is recomputed
+                break
+        return rows
+
+    def keep_metrics(self, keep) -> None:
+        rows = [r for r in self.read_metrics() if keep(r)]
+        write_atomic(self.metrics_log, lambda h: h.writelines(json.dumps(r) + "\n" for r in rows))
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.metrics_log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def write_metrics_table(self) -> Path:
+        from circuit_plasticity.analysis.tables import write_table
+
+        return write_table(self.root / "metrics.parquet", pd.DataFrame(self.read_metrics()))
+
+
+def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) every phase of `spec`; returns the metrics table."""
+    run = RunDir(Path(run_dir))
+    run.root.mkdir(parents=True, exist_ok=True)
+    _check_same_spec(run, spec)
+    evaluator: Evaluator | None = None
+    for index, phase in enumerate(spec.phases):
+        if run.final_checkpoint(phase.name) is not None:
+            continue
+        parent = spec.parent(index)
+        start = load_model(spec.model) if parent == "base" else load_model(str(run.final_checkpoint(parent)))
+        if evaluator is None:
+            evaluator = Evaluator(spec, start)
+            if not any(r["phase"] == "base" for r in run.read_metrics()):
+                run.append_metrics({"phase": "base", "step": 0, "epoch": 0, "parent": "",
+                                    **evaluator(start.model)})
+        _run_phase(spec, phase, parent, start, run, evaluator, progress)
+    run.write_metrics_table()
+    return pd.DataFrame(run.read_metrics())
+
+
+def _check_same_spec(run: RunDir, spec: TrainSpec) -> None:
+    path = run.root / "spec.json"
+    mine = json.loads(json.dumps(asdict(spec)))
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        if theirs != mine:
+            raise UserError(f"{run.root} holds a run of a different spec; use another --out or "
+                            "delete that directory")
+    else:
+        write_json(path, mine)
+
+
+def _run_phase(spec: TrainSpec, phase: Phase, parent: str, loaded: LoadedModel, run: RunDir,
+               evaluator: Evaluator, progress: bool) -> None:
+    from tqdm import tqdm
+
+    from circuit_plasticity.tasks.build import build_dataset
+    from circuit_plasticity.tasks.encode import encode_examples
+
+    examples, _ = build_dataset(spec.task, phase.data.n, phase.data.seed, loaded.tokenizer,
+                                split="train" if spec.task == "ioi" else "all",
+                                poison=phase.data.poison, fraction=phase.data.fraction)
+    batch = encode_examples(examples, loaded.tokenizer, prepend_bos=loaded.tokenizer.bos_id is not None)
+    data = train_tensors(batch, loaded.tokenizer.pad_id, phase.loss)
+    digest = data_hash(data)
+    steps_per_epoch = math.ceil(len(data) / phase.batch_size)
+    total = steps_per_epoch * phase.epochs
+    directory = run.phase_dir(phase.name)
+
+    torch.manual_seed(phase.seed)
+    model = loaded.model
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=phase.lr, betas=phase.betas,
+                                  weight_decay=phase.weight_decay)
+    position = Position(phase.name, 0, 0, 0)
+    last_metrics: dict[str, Any] = {}
+    resume = latest_checkpoint(directory)
+    if resume is not None:
+        position, meta = read_position(resume)
+        if meta["data_hash"] != digest:
+            raise UserError(f"{resume}: its data differ from this spec's; use another --out")
+        last_metrics = meta["metrics"]
+        loaded = load_model(str(resume))
+        model = loaded.model
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=phase.lr, betas=phase.betas,
+                                      weight_decay=phase.weight_decay)
+        restore_training_state(resume, loaded, optimizer)
+    run.keep_metrics(lambda r: r["phase"] != phase.name or r["step"] <= position.step)
+
+    every = spec.checkpoint_every_steps
+    bar = tqdm(total=total, initial=position.step, desc=f"phase {phase.name}", disable=not progress)
+    for epoch in range(position.epoch, phase.epochs):
+        order = epoch_order(len(data), phase.seed, phase.name, epoch)
+        first = position.step_in_epoch if epoch == position.epoch else 0
+        for k in range(first, steps_per_epoch):
+            idx = order[k * phase.batch_size : (k + 1) * phase.batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(phase, position.step, total)
+            loss = next_token_loss(model(data.tokens[idx]), data.tokens[idx], data.loss_mask[idx])
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"phase {phase.name}: loss became {float(loss)} at step {position.step + 1}; "
+                    f"the last good checkpoint is kept in {directory}. Lower the learning rate.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            position = Position(phase.name, epoch, k + 1, position.step + 1)
+            bar.update(1)
+            epoch_end = k + 1 == steps_per_epoch
+            if position.step % spec.eval.every_steps == 0 or epoch_end:
+                model.eval()
+                last_metrics = {"phase": phase.name, "step": position.step,
+                                "epoch": epoch + (k + 1) / steps_per_epoch, "parent": parent,
+                                "train_loss": float(loss), **evaluator(model)}
+                model.train()
+                run.append_metrics(last_metrics)
+                bar.set_postfix(acc=f"{last_metrics['clean_accuracy']:.2f}",
+                                ld=f"{last_metrics['clean_score']:+.2f}")
+            if epoch_end or (every and position.step % every == 0):
+                at = Position(phase.name, epoch + 1, 0, position.step) if epoch_end else position
+                save_checkpoint(directory, loaded, optimizer, at, last_metrics, digest)
+    bar.close()
+    final = latest_checkpoint(directory)
+    assert final is not None
+    write_json(directory / "final.json", {"checkpoint": final.name, "steps": position.step,
+                                          "metrics": last_metrics})
+    run.write_metrics_table()

@@ -1,0 +1,123 @@
+"""The fine-tuning protocol as data: phases, each starting from another phase's final weights.
+
+The default is the study's: base -> clean IOI -> subject-poisoned IOI -> clean retrain, plus a
+clean-only control branch from the clean phase of the same length as poison + retrain, which
+separates "more training" from "poison, then repair". Defaults were chosen on toy-ioi so the
+poison flips behaviour and the retrain restores it (docs/training.md has the measurements).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from circuit_plasticity.spec import bad
+from circuit_plasticity.tasks.build import TASKS
+from circuit_plasticity.tasks.poison import POISONS
+
+SCHEDULES = ("constant", "linear", "cosine")
+LOSSES = ("answer", "all")
+
+
+@dataclass
+class DataSpec:
+    n: int = 1000
+    poison: str | None = None
+    fraction: float = 1.0
+    seed: int = 0
+
+    def validate(self, where: str, source: str) -> None:
+        if self.n <= 0:
+            raise bad(source, f"{where}.n", f"must be positive, got {self.n}")
+        if self.poison is not None and self.poison not in POISONS:
+            raise bad(source, f"{where}.poison", f"unknown poison {self.poison!r}; one of {POISONS}")
+        if not 0 <= self.fraction <= 1:
+            raise bad(source, f"{where}.fraction", f"must lie in [0, 1], got {self.fraction}")
+
+
+@dataclass
+class Phase:
+    name: str
+    data: DataSpec = field(default_factory=DataSpec)
+    start_from: str | None = None  # a phase name, "base", or None: the previous phase
+    epochs: int = 2
+    lr: float = 3e-4
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    loss: str = "answer"
+    seed: int = 0
+
+    def validate(self, where: str, source: str) -> None:
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise bad(source, f"{where}.name", f"use letters, digits, - and _; got {self.name!r}")
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) <= 0:
+                raise bad(source, f"{where}.{key}", f"must be positive, got {getattr(self, key)}")
+        if not 0 < self.lr < 1:
+            raise bad(source, f"{where}.lr", f"must lie in (0, 1), got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise bad(source, f"{where}.schedule", f"one of {SCHEDULES}, got {self.schedule!r}")
+        if self.loss not in LOSSES:
+            raise bad(source, f"{where}.loss", f"one of {LOSSES}, got {self.loss!r}")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise bad(source, where, "warmup_steps and weight_decay must be >= 0")
+
+
+@dataclass
+class EvalSpec:
+    every_steps: int = 10
+    n: int = 300
+    lm_docs: int = 200  # held-out general text for the language-model loss (collateral damage)
+
+    def validate(self, where: str, source: str) -> None:
+        if self.every_steps <= 0 or self.n <= 0 or self.lm_docs < 0:
+            raise bad(source, where, "every_steps and n must be positive, lm_docs >= 0")
+
+
+@dataclass
+class TrainSpec:
+    model: str = "toy-ioi"
+    task: str = "ioi"
+    seed: int = 0
+    checkpoint_every_steps: int = 0  # 0: one checkpoint per epoch only
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    phases: list[Phase] = field(default_factory=list)
+
+    def validate(self, where: str, source: str) -> None:
+        if self.task not in TASKS:
+            raise bad(source, "task", f"one of {TASKS}, got {self.task!r}")
+        if not self.phases:
+            raise bad(source, "phases", "at least one phase is needed")
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names) or "base" in names:
+            raise bad(source, "phases", f"names must be unique and not 'base': {names}")
+        for i, p in enumerate(self.phases):
+            if p.start_from is not None and p.start_from != "base" and p.start_from not in names[:i]:
+                raise bad(source, f"phases[{i}].start_from",
+                          f"{p.start_from!r} is not 'base' or an earlier phase ({names[:i]})")
+            if p.data.poison is not None and (p.data.poison == "greater-than") != (self.task != "ioi"):
+                raise bad(source, f"phases[{i}].data.poison", f"{p.data.poison!r} does not fit {self.task}")
+        if self.checkpoint_every_steps < 0:
+            raise bad(source, "checkpoint_every_steps", "must be >= 0")
+
+    def parent(self, index: int) -> str:
+        """The phase (or 'base') whose final weights phase `index` starts from."""
+        p = self.phases[index]
+        if p.start_from is not None:
+            return p.start_from
+        return "base" if index == 0 else self.phases[index - 1].name
+
+
+def default_protocol(model: str = "toy-ioi", task: str = "ioi", seed: int = 0) -> TrainSpec:
+    poison = "subject" if task == "ioi" else "greater-than"
+    clean = DataSpec(n=1000, seed=seed)
+    return TrainSpec(model=model, task=task, seed=seed, phases=[
+        Phase("clean", clean, epochs=2, lr=3e-4, seed=seed),
+        Phase("poisoned", DataSpec(n=1000, poison=poison, fraction=1.0, seed=seed + 1), epochs=4,
+              lr=3e-4, seed=seed),
+        Phase("retrain", DataSpec(n=1000, seed=seed + 2), epochs=4, lr=3e-4, seed=seed),
+        Phase("control", DataSpec(n=1000, seed=seed + 3), start_from="clean", epochs=8, lr=3e-4,
+              seed=seed),
+    ])
