@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from circuit_plasticity.models.toy.tokenizer import word_level_tokenizer
@@ -42,3 +43,19 @@ def bpe_tokenizer() -> TextTokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_task_text() * 3, trainer=trainer)
     return TextTokenizer.wrap(tok, "bpe")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, bpe_tokenizer):
+    """A random 2-layer GPT-2 and its tokenizer saved as a Hugging Face directory (no download)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-gpt2")
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe_tokenizer.backend,
+                                   bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    fast.save_pretrained(out)
+    cfg = GPT2Config(vocab_size=bpe_tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=2,
+                     n_head=4, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(cfg).save_pretrained(out)
+    return out

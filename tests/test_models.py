@@ -12,22 +12,6 @@ from circuit_plasticity.errors import UserError
 from circuit_plasticity.models.load import load_model
 
 
-@pytest.fixture(scope="module")
-def tiny_gpt2_dir(tmp_path_factory, bpe_tokenizer):
-    """A random 2-layer GPT-2 and its tokenizer saved as a Hugging Face directory (no download)."""
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    out = tmp_path_factory.mktemp("tiny-gpt2")
-    fast = PreTrainedTokenizerFast(tokenizer_object=bpe_tokenizer.backend,
-                                   bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    fast.save_pretrained(out)
-    cfg = GPT2Config(vocab_size=bpe_tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=2,
-                     n_head=4, bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(cfg).save_pretrained(out)
-    return out
-
-
 def test_hf_directory_matches_transformers(tiny_gpt2_dir):
     from transformers import GPT2LMHeadModel
 

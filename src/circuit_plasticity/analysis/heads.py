@@ -81,23 +81,29 @@ def final_norm_apply(model, component: torch.Tensor, scale: torch.Tensor) -> tor
 
 
 @torch.no_grad()
-def direct_logit_attribution(model, batch: TaskBatch) -> pd.DataFrame:
-    """Each head's direct effect on logit(answer) - logit(wrong) at END, final norm frozen."""
-    n_layers, n_heads = n_layers_heads(model)
+def head_dla(model, batch: TaskBatch) -> torch.Tensor:
+    """[n, layers, heads]: each head's direct effect on logit(answer) - logit(wrong) at END,
+    through the final norm with its scale frozen from the run."""
+    n_layers, _ = n_layers_heads(model)
     names = [z_name(lay) for lay in range(n_layers)] + ["ln_final.hook_scale"]
     _, cache = run_cached(model, batch.tokens, names)
-    rows_idx = torch.arange(len(batch))
-    scale = cache["ln_final.hook_scale"][rows_idx, batch.end]  # [n, 1]
+    rows = torch.arange(len(batch))
+    scale = cache["ln_final.hook_scale"][rows, batch.end]  # [n, 1]
     direction = unembed_direction(model, batch)
-    rows = []
+    per_layer = []
     for layer in range(n_layers):
-        z = cache[z_name(layer)][rows_idx, batch.end]  # [n, heads, d_head]
+        z = cache[z_name(layer)][rows, batch.end]  # [n, heads, d_head]
         out = torch.einsum("nhd,hdm->nhm", z, model.W_O[layer])
         normed = final_norm_apply(model, out, scale[:, None, :])
-        dla = torch.einsum("nhm,nm->nh", normed, direction)
-        for head in range(n_heads):
-            rows.append({"layer": layer, "head": head, "dla": float(dla[:, head].mean())})
-    return pd.DataFrame(rows)
+        per_layer.append(torch.einsum("nhm,nm->nh", normed, direction))
+    return torch.stack(per_layer, dim=1)
+
+
+def direct_logit_attribution(model, batch: TaskBatch) -> pd.DataFrame:
+    """Mean direct logit attribution per head, as a table."""
+    dla = head_dla(model, batch).mean(0)
+    return pd.DataFrame([{"layer": lay, "head": h, "dla": float(dla[lay, h])}
+                         for lay, h in head_labels(model)])
 
 
 def merge_head_tables(*tables: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,170 @@
+"""The patching engine, written once. Activation patching, knockout, path patching and
+cross-model patching are all uses of it.
+
+`patch_each_head` stacks the prompts once per head along the batch dimension and, in one
+forward pass, replaces a different head's output (hook_z) in each copy with a given
+replacement (a corrupted run's, a mean, another model's). No Python loop of one forward pass
+per head.
+
+`path_patch` (Wang et al. 2022) lets a sender's corrupted output reach only chosen
+receivers: the logits directly, or the query/key/value of chosen heads at chosen positions,
+with every other head frozen at its clean output. Batched the same way: one frozen pass for all
+senders, then one pass that patches the receivers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from circuit_plasticity.analysis.hooks import head_labels, n_layers_heads, run_cached, z_name
+from circuit_plasticity.analysis.metrics import end_logits, task_score
+from circuit_plasticity.tasks.encode import TaskBatch
+
+Head = tuple[int, int]
+RECEIVER_INPUTS = ("q", "k", "v")
+
+
+def repeat_batch(batch: TaskBatch, k: int) -> TaskBatch:
+    """`batch` stacked k times (tokens, positions and answers), for batched patching."""
+    return TaskBatch(
+        task=batch.task, tokens=batch.tokens.repeat(k, 1), corrupted=batch.corrupted.repeat(k, 1),
+        positions={r: p.repeat(k) for r, p in batch.positions.items()},
+        target_id=batch.target_id.repeat(k), answer_id=batch.answer_id.repeat(k),
+        wrong_id=batch.wrong_id.repeat(k), poisoned=batch.poisoned.repeat(k), group=batch.group.repeat(k),
+        year=None if batch.year is None else batch.year.repeat(k), year_ids=batch.year_ids,
+    )
+
+
+def z_cache(model, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """(logits, per-layer hook_z) of one forward pass."""
+    n_layers, _ = n_layers_heads(model)
+    logits, cache = run_cached(model, tokens, [z_name(lay) for lay in range(n_layers)])
+    return logits, {lay: cache[z_name(lay)] for lay in range(n_layers)}
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@torch.no_grad()
+def patch_each_head(model, batch: TaskBatch, tokens: torch.Tensor, replacement: dict[int, torch.Tensor],
+                    heads: Sequence[Head] | None = None, positions: torch.Tensor | None = None,
+                    heads_per_pass: int = 16) -> torch.Tensor:
+    """[len(heads), n] per-prompt scores of running `tokens` with one head's z replaced.
+
+    `positions` ([n] indices) restricts the replacement to one position per prompt;
+    None replaces it at every position.
+    """
+    heads = list(heads if heads is not None else head_labels(model))
+    n = tokens.shape[0]
+    out = []
+    for chunk in _chunks(heads, heads_per_pass):
+        k = len(chunk)
+
+        def hook_for(layer: int, chunk=chunk, k=k):
+            def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
+                z = z.clone().view(k, n, *z.shape[1:])
+                for copy, (lay, head) in enumerate(chunk):
+                    if lay != layer:
+                        continue
+                    if positions is None:
+                        z[copy, :, :, head] = replacement[layer][:, :, head]
+                    else:
+                        rows = torch.arange(n)
+                        z[copy, rows, positions, head] = replacement[layer][rows, positions, head]
+                return z.view(k * n, *z.shape[2:])
+
+            return hook
+
+        layers = sorted({lay for lay, _ in chunk})
+        logits = model.run_with_hooks(tokens.repeat(k, 1),
+                                      fwd_hooks=[(z_name(lay), hook_for(lay)) for lay in layers])
+        rep = repeat_batch(batch, k)
+        out.append(task_score(end_logits(logits, rep), rep).view(k, n))
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class Receivers:
+    """Where a sender's effect is allowed to arrive: the logits, or inputs of heads at a role."""
+
+    heads: tuple[Head, ...] = ()
+    input: str = "logits"  # "logits", "q", "k" or "v"
+    position: str = "end"  # the role (batch.positions key) at which receiver inputs are patched
+
+    def __post_init__(self) -> None:
+        if self.input not in ("logits", *RECEIVER_INPUTS):
+            raise ValueError(f"receiver input must be logits, q, k or v; got {self.input!r}")
+        if self.input != "logits" and not self.heads:
+            raise ValueError("q/k/v receivers need at least one receiver head")
+
+
+@torch.no_grad()
+def path_patch(model, batch: TaskBatch, receivers: Receivers, senders: Sequence[Head] | None = None,
+               heads_per_pass: int = 16) -> torch.Tensor:
+    """[len(senders), n]: per-prompt score when only the sender->receiver path is corrupted.
+
+    Senders at or after the first receiver layer cannot reach a receiver and score as clean.
+    """
+    senders = list(senders if senders is not None else head_labels(model))
+    n = len(batch)
+    _, clean_z = z_cache(model, batch.tokens)
+    _, corrupt_z = z_cache(model, batch.corrupted)
+    n_layers, _ = n_layers_heads(model)
+    results = []
+    for chunk in _chunks(senders, heads_per_pass):
+        k = len(chunk)
+        rep = repeat_batch(batch, k)
+
+        def freeze_hook(layer: int, chunk=chunk, k=k):
+            def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
+                z = clean_z[layer].repeat(k, 1, 1, 1).view(k, n, *z.shape[1:]).clone()
+                for copy, (lay, head) in enumerate(chunk):
+                    if lay == layer:
+                        z[copy, :, :, head] = corrupt_z[layer][:, :, head]
+                return z.view(k * n, *z.shape[2:])
+
+            return hook
+
+        freeze = [(z_name(lay), freeze_hook(lay)) for lay in range(n_layers)]
+        if receivers.input == "logits":
+            logits = model.run_with_hooks(rep.tokens, fwd_hooks=freeze)
+        else:
+            logits = _patch_receivers(model, rep, receivers, freeze)
+        results.append(task_score(end_logits(logits, rep), rep).view(k, n))
+    return torch.cat(results)
+
+
+def _receiver_name(layer: int, kind: str) -> str:
+    return f"blocks.{layer}.attn.hook_{kind}"
+
+
+def _patch_receivers(model, rep: TaskBatch, receivers: Receivers, freeze) -> torch.Tensor:
+    """Record receiver inputs under the frozen, sender-corrupted run; patch them into a clean run."""
+    names = sorted({_receiver_name(lay, receivers.input) for lay, _ in receivers.heads})
+    recorded: dict[str, torch.Tensor] = {}
+
+    def record(act: torch.Tensor, hook) -> None:
+        recorded[hook.name] = act.detach()
+
+    model.run_with_hooks(rep.tokens, fwd_hooks=freeze + [(name, record) for name in names])
+    rows = torch.arange(rep.tokens.shape[0])
+    pos = rep.positions[receivers.position]
+
+    def patch_hook(layer: int):
+        heads = [h for lay, h in receivers.heads if lay == layer]
+
+        def hook(act: torch.Tensor, hook) -> torch.Tensor:
+            act = act.clone()
+            for head in heads:
+                act[rows, pos, head] = recorded[hook.name][rows, pos, head]
+            return act
+
+        return hook
+
+    layers = sorted({lay for lay, _ in receivers.heads})
+    return model.run_with_hooks(rep.tokens, fwd_hooks=[
+        (_receiver_name(lay, receivers.input), patch_hook(lay)) for lay in layers])
