@@ -127,25 +127,27 @@ def eval_command(
 @app.command("analyze")
 def analyze_command(
     model: Annotated[str, typer.Argument(help="toy-ioi, a hub name, a model dir or a checkpoint.")],
-    out: Annotated[Path, typer.Option("--out", help="Directory for tables (Parquet).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for tables (Parquet) and circuit.json.")],
     task: Annotated[str, typer.Option(help="ioi or greater-than.")] = "ioi",
     n: NOpt = 200, seed: SeedOpt = 0,
     split: Annotated[str, typer.Option(help="IOI names/templates: test (held out), train, all.")] = "test",
+    csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
 ) -> None:
-    """Per-head measurements (attention, DLA, knockout, copy, induction...) and head classes."""
-    from circuit_plasticity.analysis.profile import head_profile
-    from circuit_plasticity.analysis.tables import long_table, write_table
+    """Per-head measurements, head classes, path patching, the circuit and its faithfulness."""
+    from circuit_plasticity.analysis.pipeline import analyze_model
     from circuit_plasticity.models.load import load_model
     from circuit_plasticity.training.evaluate import task_batch
 
     loaded = load_model(model)
-    batch = task_batch(loaded, task, n, seed, split)
-    table, score = head_profile(loaded.model, loaded.tokenizer, batch)
-    write_table(out / "heads.parquet", long_table(table, id_cols=["layer", "head", "roles"]))
-    typer.echo(f"{loaded.name}: mean {'logit' if task == 'ioi' else 'prob'} diff {score:+.3f} on {n} "
-               f"held-out prompts; tables in {out}")
-    shown = table[table.roles != ""].round(3)
-    typer.echo(shown.to_string(index=False) if len(shown) else "no head passes a class threshold")
+    result = analyze_model(loaded, task_batch(loaded, task, n, seed, split))
+    result.write(out, csv=csv)
+    s = result.scores
+    typer.echo(f"{loaded.name}: score {s.model_score:+.3f} on {n} held-out prompts; circuit of "
+               f"{len(result.circuit.heads)} heads keeps {s.faithfulness:.1%} of it "
+               f"(sparsity {s.sparsity:.1%}); tables in {out}")
+    for head in result.circuit.heads:
+        typer.echo(f"  {head.layer}.{head.head:<3d} {head.role:<20s} at {head.position:<5s} "
+                   f"path effect {head.effect:+.3f}")
 
 
 @app.command("train")

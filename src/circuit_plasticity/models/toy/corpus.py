@@ -43,13 +43,10 @@ WORD_POOL = tuple(sorted(set(PLACES + OBJECTS + ("the", "a", "went", "had", "gav
 
 
 def _story(rng: random.Random, names: Sequence[str]) -> str:
-    """IO once, S two or three times; the answer is IO."""
+    """IO once, S two or three times, in random order; the answer is IO."""
     io, s = rng.sample(names, 2)
-    n_s = rng.choice((2, 2, 3))
-    # IO is the last mention half the time, so "the most recent name is S" never pays
-    io_at = n_s if rng.random() < 0.5 else rng.randrange(n_s)
-    mentions = [s] * n_s
-    mentions.insert(io_at, io)
+    mentions = [io] + [s] * rng.choice((2, 2, 3))
+    rng.shuffle(mentions)
     clauses = _clauses(rng, mentions)
     query = rng.choice(QUERIES).format(O=rng.choice(OBJECTS), P=rng.choice(PLACES))
     return f"{_join(rng, clauses)} . {query} {io} ."

@@ -1,0 +1,48 @@
+"""The whole single-model analysis in one call: what `analyze` writes and the study reuses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from circuit_plasticity.analysis.circuit import Circuit
+from circuit_plasticity.analysis.classes import Thresholds
+from circuit_plasticity.analysis.discovery import DiscoveryConfig, discover_circuit
+from circuit_plasticity.analysis.faithfulness import CircuitScores, evaluate_circuit
+from circuit_plasticity.analysis.metrics import evaluate, summarize
+from circuit_plasticity.analysis.profile import head_profile
+from circuit_plasticity.analysis.tables import long_table, write_table
+from circuit_plasticity.models.load import LoadedModel
+from circuit_plasticity.tasks.encode import TaskBatch
+
+
+@dataclass
+class ModelAnalysis:
+    metrics: dict[str, float]
+    heads: pd.DataFrame  # wide: one row per head, with roles
+    path_effects: pd.DataFrame  # long: layer, head, measure, value
+    circuit: Circuit
+    scores: CircuitScores
+
+    def head_long(self) -> pd.DataFrame:
+        wide = long_table(self.heads, id_cols=["layer", "head", "roles"])
+        return pd.concat([wide, self.path_effects.assign(roles="")], ignore_index=True)
+
+    def write(self, out: str | Path, csv: bool = False) -> None:
+        out = Path(out)
+        write_table(out / "heads.parquet", self.head_long(), csv=csv)
+        write_table(out / "metrics.parquet", pd.DataFrame([self.metrics]), csv=csv)
+        write_table(out / "circuit_scores.parquet", pd.DataFrame([self.scores.as_row()]), csv=csv)
+        self.circuit.save(out / "circuit.json")
+
+
+def analyze_model(loaded: LoadedModel, batch: TaskBatch, thresholds: Thresholds | None = None,
+                  discovery: DiscoveryConfig | None = None) -> ModelAnalysis:
+    metrics = summarize(evaluate(loaded.model, batch), batch)
+    heads, _ = head_profile(loaded.model, loaded.tokenizer, batch, thresholds)
+    records = {(int(r["layer"]), int(r["head"])): r for r in heads.to_dict("records")}
+    found = discover_circuit(loaded.model, batch, loaded.name, discovery or DiscoveryConfig(), records)
+    scores = evaluate_circuit(loaded.model, batch, found.circuit)
+    return ModelAnalysis(metrics, heads, found.effects, found.circuit, scores)
