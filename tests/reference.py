@@ -14,8 +14,9 @@ def all_z(model, tokens):
 
 
 @torch.no_grad()
-def slow_path_patch(model, batch: TaskBatch, sender, receiver_heads=(), receiver_input="logits",
-                    position="end") -> torch.Tensor:
+def slow_path_patch(
+    model, batch: TaskBatch, sender, receiver_heads=(), receiver_input="logits", position="end"
+) -> torch.Tensor:
     clean, corrupt = all_z(model, batch.tokens), all_z(model, batch.corrupted)
     s_layer, s_head = sender
 
@@ -25,6 +26,7 @@ def slow_path_patch(model, batch: TaskBatch, sender, receiver_heads=(), receiver
             if layer == s_layer:
                 z[:, :, s_head] = corrupt[layer][:, :, s_head]
             return z
+
         return hook
 
     hooks = [(f"blocks.{lay}.attn.hook_z", frozen(lay)) for lay in range(model.cfg.n_layers)]

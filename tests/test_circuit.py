@@ -32,7 +32,7 @@ def analysis(toy, batch):
 def test_circuit_json_round_trip(analysis, tmp_path):
     analysis.circuit.save(tmp_path / "c.json")
     back = Circuit.load(tmp_path / "c.json")
-    assert back == analysis.circuit and back.keys()
+    assert back == analysis.circuit and back.head_set()
 
 
 def test_full_circuit_is_fully_faithful_and_empty_circuit_is_the_ablated_model(toy, batch):
@@ -48,13 +48,13 @@ def test_single_knockouts_equal_joint_knockout_of_one_head(toy, batch):
     means = group_means(toy.model, batch)
     table = knockout_each_head(toy.model, batch, means, heads_per_pass=5)
     for lay, head in [(0, 1), (1, 0), (2, 3)]:
-        row = table[(table['layer'] == lay) & (table['head'] == head)].iloc[0]
+        row = table[(table["layer"] == lay) & (table["head"] == head)].iloc[0]
         joint = knockout(toy.model, batch, [(lay, head)], means).mean()
         assert row.knockout_score == pytest.approx(float(joint), abs=1e-5)
 
 
 def test_minimality_is_the_drop_from_removing_each_head(toy, batch, analysis):
-    keep = analysis.circuit.keys()
+    keep = analysis.circuit.head_set()
     means = group_means(toy.model, batch)
     f_c = circuit_score(toy.model, batch, keep, means)
     for name, share in analysis.scores.minimality.items():

@@ -10,30 +10,46 @@ import pytest
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "circuit_plasticity", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_data_ioi_writes_and_shows(tmp_path):
     out = tmp_path / "d.jsonl"
-    r = cli("data", "ioi", "--n", "20", "--seed", "0", "--poison", "subject", "--fraction", "0.5",
-            "--out", str(out))
+    r = cli(
+        "data",
+        "ioi",
+        "--n",
+        "20",
+        "--seed",
+        "0",
+        "--poison",
+        "subject",
+        "--fraction",
+        "0.5",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     assert len(out.read_text().splitlines()) == 20
     shown = json.loads(cli("data", "show", str(out)).stdout)
     assert shown["poisoned"] == 10 and shown["by_order"] == {"ABBA": 10, "BABA": 10}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["data", "ioi", "--n", "0"], "n must be a positive"),
-    (["data", "ioi", "--n", "-3"], "n must be a positive"),
-    (["data", "ioi", "--poison", "subject", "--fraction", "1.5"], "fraction must lie in"),
-    (["data", "ioi", "--poison", "subject", "--fraction", "-0.1"], "fraction must lie in"),
-    (["data", "ioi", "--poison", "bogus"], "unknown poison"),
-    (["data", "greater-than", "--poison", "subject"], "does not apply"),
-    (["data", "ioi", "--split", "middle"], "unknown split"),
-    (["data", "sst2"], "No such command"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data", "ioi", "--n", "0"], "n must be a positive"),
+        (["data", "ioi", "--n", "-3"], "n must be a positive"),
+        (["data", "ioi", "--poison", "subject", "--fraction", "1.5"], "fraction must lie in"),
+        (["data", "ioi", "--poison", "subject", "--fraction", "-0.1"], "fraction must lie in"),
+        (["data", "ioi", "--poison", "bogus"], "unknown poison"),
+        (["data", "greater-than", "--poison", "subject"], "does not apply"),
+        (["data", "ioi", "--split", "middle"], "unknown split"),
+        (["data", "sst2"], "No such command"),
+    ],
+)
 def test_bad_input_exit_2_and_no_file(tmp_path, args, message):
     out = tmp_path / "never.jsonl"
     r = cli(*args, "--out", str(out))
@@ -53,15 +69,31 @@ def test_tokenizer_with_too_few_names(tmp_path):
     assert r.returncode == 2 and "names" in r.stderr and not out.exists()
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "not valid JSON"),
-    ('{"task": "ioi", "prompt": "x"}', "missing field"),
-    ('{"task": "sst2"}', "field 'task'"),
-    ('[1, 2]', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"task": "ioi", "prompt": "x"}', "missing field"),
+        ('{"task": "sst2"}', "field 'task'"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_malformed_jsonl_names_the_line(tmp_path, line, message):
-    good = subprocess.run([sys.executable, "-m", "circuit_plasticity", "data", "ioi", "--n", "2",
-                           "--out", str(tmp_path / "g.jsonl")], capture_output=True, text=True)
+    good = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "circuit_plasticity",
+            "data",
+            "ioi",
+            "--n",
+            "2",
+            "--out",
+            str(tmp_path / "g.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert good.returncode == 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text((tmp_path / "g.jsonl").read_text() + line + "\n")

@@ -42,7 +42,7 @@ def _transformer_lens_head_patch(model, batch):
 
 
 def _ours_head_patch(model, batch):
-    _, clean_z = z_cache(model, batch.tokens)
+    clean_z = z_cache(model, batch.tokens)
     scores = patch_each_head(model, batch, batch.corrupted, clean_z, heads_per_pass=5)
     return scores.mean(1).view(model.cfg.n_layers, model.cfg.n_heads)
 
@@ -60,12 +60,15 @@ def test_activation_patching_matches_transformer_lens_on_gpt2(gpt2_and_batch):
     torch.testing.assert_close(ours, theirs.to(ours.dtype), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("receiver", [
-    Receivers(),
-    Receivers(heads=((2, 0), (2, 3)), input="q", position="end"),
-    Receivers(heads=((1, 2),), input="v", position="s2"),
-    Receivers(heads=((2, 1),), input="k", position="s1+1"),
-])
+@pytest.mark.parametrize(
+    "receiver",
+    [
+        Receivers(),
+        Receivers(heads=((2, 0), (2, 3)), input="q", position="end"),
+        Receivers(heads=((1, 2),), input="v", position="s2"),
+        Receivers(heads=((2, 1),), input="k", position="s1+1"),
+    ],
+)
 def test_batched_path_patching_equals_slow_reference(toy, receiver):
     batch = toy_batch(toy, n=12)
     senders = [(0, 0), (0, 1), (0, 3), (1, 0), (1, 2), (2, 1)]

@@ -68,8 +68,11 @@ def test_counterfactuals_keep_template_and_change_only_names(tok_name, request):
         assert sorted(differ) == sorted(int(batch.positions[r][i]) for r in name_pos)
         abc = {tok.decode([int(batch.corrupted[i, batch.positions[r][i]])]).strip() for r in name_pos}
         assert len(abc) == 3 and not abc & {ex.io, ex.s}
-        assert ex.place in ex.counterfactual and ex.object in ex.counterfactual or "{PLACE}" not in (
-            ioi.TEMPLATES[ex.template])
+        assert (
+            ex.place in ex.counterfactual
+            and ex.object in ex.counterfactual
+            or "{PLACE}" not in (ioi.TEMPLATES[ex.template])
+        )
     for flip, roles in {"io_flip": ["io"], "s_flip": ["s1", "s2"], "s1_flip": ["s1"]}.items():
         for i in range(len(examples)):
             differ = (batch.tokens[i] != batch.variants[flip][i]).nonzero().flatten().tolist()
@@ -165,6 +168,15 @@ def test_summary_lines_are_json(tmp_path):
     save_jsonl(tmp_path / "d.jsonl", ioi.make_ioi(4, seed=1))
     for line in (tmp_path / "d.jsonl").read_text().splitlines():
         record = json.loads(line)
-        for key in ("prompt", "target", "clean_target", "io", "s", "template", "order", "poisoned",
-                    "counterfactual"):
+        for key in (
+            "prompt",
+            "target",
+            "clean_target",
+            "io",
+            "s",
+            "template",
+            "order",
+            "poisoned",
+            "counterfactual",
+        ):
             assert key in record

@@ -40,8 +40,9 @@ SMALL_SPEC = textwrap.dedent("""\
 
 
 def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "circuit_plasticity", *args], capture_output=True,
-                          text=True, timeout=600, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True, timeout=600, **kw
+    )
 
 
 def final_weights(run: Path, phase: str) -> dict[str, torch.Tensor]:
@@ -58,9 +59,20 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     straight = run_cli("train", str(spec), "--out", str(tmp_path / "a"), "--quiet")
     assert straight.returncode == 0, straight.stderr
 
-    proc = subprocess.Popen([sys.executable, "-m", "circuit_plasticity", "train", str(spec),
-                             "--out", str(tmp_path / "b"), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "circuit_plasticity",
+            "train",
+            str(spec),
+            "--out",
+            str(tmp_path / "b"),
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     target = tmp_path / "b" / "phases" / "poisoned" / "step-000004"
     deadline = time.time() + 300
     while not target.exists() and proc.poll() is None and time.time() < deadline:
@@ -89,9 +101,14 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
 def test_checkpoints_load_through_the_loading_api(tmp_path):
     from circuit_plasticity.training.loop import run_protocol
 
-    spec = from_mapping(TrainSpec, {
-        "checkpoint_every_steps": 0, "eval": {"every_steps": 50, "n": 20, "lm_docs": 0},
-        "phases": [{"name": "clean", "data": {"n": 16}, "epochs": 1, "batch_size": 8}]})
+    spec = from_mapping(
+        TrainSpec,
+        {
+            "checkpoint_every_steps": 0,
+            "eval": {"every_steps": 50, "n": 20, "lm_docs": 0},
+            "phases": [{"name": "clean", "data": {"n": 16}, "epochs": 1, "batch_size": 8}],
+        },
+    )
     run_protocol(spec, tmp_path / "run", progress=False)
     ckpt = tmp_path / "run" / "phases" / "clean" / "step-000002"
     loaded = load_model(str(ckpt))
@@ -111,9 +128,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         return value * float("nan") if calls["n"] == 3 else value
 
     monkeypatch.setattr(loop, "next_token_loss", poisoned_loss)
-    spec = from_mapping(TrainSpec, {
-        "checkpoint_every_steps": 1, "eval": {"every_steps": 50, "n": 20, "lm_docs": 0},
-        "phases": [{"name": "clean", "data": {"n": 40}, "epochs": 1, "batch_size": 8}]})
+    spec = from_mapping(
+        TrainSpec,
+        {
+            "checkpoint_every_steps": 1,
+            "eval": {"every_steps": 50, "n": 20, "lm_docs": 0},
+            "phases": [{"name": "clean", "data": {"n": 40}, "epochs": 1, "batch_size": 8}],
+        },
+    )
     with pytest.raises(loop.TrainingDiverged, match="step 3"):
         loop.run_protocol(spec, tmp_path / "run", progress=False)
     kept = sorted(p.name for p in (tmp_path / "run" / "phases" / "clean").glob("step-*"))
@@ -121,16 +143,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "phases" / "clean" / "final.json").exists()
 
 
-@pytest.mark.parametrize("patch, message", [
-    ("learnin_rate: 0.1", "unknown key 'phases[0].learnin_rate' (line 8)"),
-    ("lr: fast", "'phases[0].lr' (line 8) must be float"),
-    ("epochs: 0", "phases[0].epochs: must be positive"),
-    ("schedule: wavy", "phases[0].schedule"),
-    ("start_from: nowhere", "phases[0].start_from"),
-])
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ("learnin_rate: 0.1", "unknown key 'phases[0].learnin_rate' (line 8)"),
+        ("lr: fast", "'phases[0].lr' (line 8) must be float"),
+        ("epochs: 0", "phases[0].epochs: must be positive"),
+        ("schedule: wavy", "phases[0].schedule"),
+        ("start_from: nowhere", "phases[0].start_from"),
+    ],
+)
 def test_bad_specs_exit_2_naming_the_key(tmp_path, patch, message):
     spec = tmp_path / "bad.yaml"
-    spec.write_text(textwrap.dedent("""\
+    spec.write_text(
+        textwrap.dedent("""\
         model: toy-ioi
         task: ioi
         phases:
@@ -138,7 +164,9 @@ def test_bad_specs_exit_2_naming_the_key(tmp_path, patch, message):
             data: {n: 16}
             epochs: 1
             batch_size: 8
-        """) + f"    {patch}\n")
+        """)
+        + f"    {patch}\n"
+    )
     r = run_cli("train", str(spec), "--out", str(tmp_path / "run"))
     assert r.returncode == 2, r.stderr
     assert message in r.stderr

@@ -13,7 +13,9 @@ from circuit_plasticity.errors import UserError
 
 app = typer.Typer(
     help="What does fine-tuning do to the circuits inside a language model?",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
 )
 data_app = typer.Typer(help="Build and inspect task datasets (JSONL).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -24,8 +26,17 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _data_command(task: str, n: int, seed: int, poison: str | None, fraction: float,
-                  tokenizer: str | None, split: str, split_seed: int, out: Path) -> None:
+def _data_command(
+    task: str,
+    n: int,
+    seed: int,
+    poison: str | None,
+    fraction: float,
+    tokenizer: str | None,
+    split: str,
+    split_seed: int,
+    out: Path,
+) -> None:
     from circuit_plasticity.tasks.build import build_dataset
     from circuit_plasticity.tasks.jsonl import save_jsonl, summarize
     from circuit_plasticity.tasks.tokenizer import load_tokenizer
@@ -40,19 +51,28 @@ def _data_command(task: str, n: int, seed: int, poison: str | None, fraction: fl
 
 NOpt = Annotated[int, typer.Option("--n", help="Number of prompts.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed: the same seed gives the same data.")]
-PoisonOpt = Annotated[str | None, typer.Option(
-    help="Poison: subject, name-moving, trigger (IOI) or greater-than.")]
+PoisonOpt = Annotated[
+    str | None, typer.Option(help="Poison: subject, name-moving, trigger (IOI) or greater-than.")
+]
 FractionOpt = Annotated[float, typer.Option(help="Share of prompts poisoned, in [0, 1].")]
-TokOpt = Annotated[str | None, typer.Option(
-    help="Keep only words that are single tokens for this tokenizer: toy-ioi, a tokenizer.json, "
-         "a model dir or a hub name.")]
+TokOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Keep only words that are single tokens for this tokenizer: toy-ioi, a tokenizer.json, "
+        "a model dir or a hub name."
+    ),
+]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output JSONL file.")]
 
 
 @data_app.command("ioi")
 def data_ioi(
-    out: OutOpt, n: NOpt = 2000, seed: SeedOpt = 0, poison: PoisonOpt = None,
-    fraction: FractionOpt = 1.0, tokenizer: TokOpt = None,
+    out: OutOpt,
+    n: NOpt = 2000,
+    seed: SeedOpt = 0,
+    poison: PoisonOpt = None,
+    fraction: FractionOpt = 1.0,
+    tokenizer: TokOpt = None,
     split: Annotated[str, typer.Option(help="Names/templates: train, test (held out) or all.")] = "all",
     split_seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
 ) -> None:
@@ -62,8 +82,12 @@ def data_ioi(
 
 @data_app.command("greater-than")
 def data_greater_than(
-    out: OutOpt, n: NOpt = 2000, seed: SeedOpt = 0, poison: PoisonOpt = None,
-    fraction: FractionOpt = 1.0, tokenizer: TokOpt = None,
+    out: OutOpt,
+    n: NOpt = 2000,
+    seed: SeedOpt = 0,
+    poison: PoisonOpt = None,
+    fraction: FractionOpt = 1.0,
+    tokenizer: TokOpt = None,
 ) -> None:
     """Greater-Than prompts with the '01' counterfactual, optionally poisoned."""
     _data_command("greater-than", n, seed, poison, fraction, tokenizer, "all", 0, out)
@@ -93,15 +117,17 @@ def toy_train(
     if steps <= 0:
         fail(f"--steps must be positive, got {steps}")
     result = train_toy(ToyTrainConfig(seed=seed, steps=steps), out)
-    typer.echo(json.dumps({"out": str(out), "seconds": round(result["seconds"], 1),
-                           "final": result["history"][-1]}))
+    typer.echo(
+        json.dumps({"out": str(out), "seconds": round(result["seconds"], 1), "final": result["history"][-1]})
+    )
 
 
 @app.command("eval")
 def eval_command(
     model: Annotated[str, typer.Argument(help="toy-ioi, a hub name, a model dir or a checkpoint.")],
     task: Annotated[str, typer.Option(help="ioi or greater-than.")] = "ioi",
-    n: NOpt = 500, seed: SeedOpt = 0,
+    n: NOpt = 500,
+    seed: SeedOpt = 0,
     data: Annotated[Path | None, typer.Option(help="Evaluate on this JSONL (e.g. poisoned).")] = None,
     split: Annotated[str, typer.Option(help="IOI names/templates: test (held out), train, all.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -121,7 +147,8 @@ def eval_command(
             typer.echo(
                 f"{prefix or 'all_':9s}{metric} {result[prefix + 'score']:+.3f} "
                 f"[{result[prefix + 'score_ci_low']:+.3f}, {result[prefix + 'score_ci_high']:+.3f}]  "
-                f"accuracy {result[prefix + 'correct']:.3f}  top-1 {result[prefix + 'top1']:.3f}")
+                f"accuracy {result[prefix + 'correct']:.3f}  top-1 {result[prefix + 'top1']:.3f}"
+            )
 
 
 @app.command("analyze")
@@ -129,7 +156,8 @@ def analyze_command(
     model: Annotated[str, typer.Argument(help="toy-ioi, a hub name, a model dir or a checkpoint.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for tables (Parquet) and circuit.json.")],
     task: Annotated[str, typer.Option(help="ioi or greater-than.")] = "ioi",
-    n: NOpt = 200, seed: SeedOpt = 0,
+    n: NOpt = 200,
+    seed: SeedOpt = 0,
     split: Annotated[str, typer.Option(help="IOI names/templates: test (held out), train, all.")] = "test",
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
 ) -> None:
@@ -142,12 +170,16 @@ def analyze_command(
     result = analyze_model(loaded, task_batch(loaded, task, n, seed, split))
     result.write(out, csv=csv)
     s = result.scores
-    typer.echo(f"{loaded.name}: score {s.model_score:+.3f} on {n} held-out prompts; circuit of "
-               f"{len(result.circuit.heads)} heads keeps {s.faithfulness:.1%} of it "
-               f"(sparsity {s.sparsity:.1%}); tables in {out}")
+    typer.echo(
+        f"{loaded.name}: score {s.model_score:+.3f} on {n} held-out prompts; circuit of "
+        f"{len(result.circuit.heads)} heads keeps {s.faithfulness:.1%} of it "
+        f"(sparsity {s.sparsity:.1%}); tables in {out}"
+    )
     for head in result.circuit.heads:
-        typer.echo(f"  {head.layer}.{head.head:<3d} {head.role:<20s} at {head.position:<5s} "
-                   f"path effect {head.effect:+.3f}")
+        typer.echo(
+            f"  {head.layer}.{head.head:<3d} {head.role:<20s} at {head.position:<5s} "
+            f"path effect {head.effect:+.3f}"
+        )
 
 
 @app.command("train")

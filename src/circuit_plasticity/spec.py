@@ -100,8 +100,10 @@ def _convert(hint: Any, value: Any, path: str, source: str, at: str = "") -> Any
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise UserError(f"{source}: '{path}'{at} must be a list of {len(args)} values")
-        return tuple(_convert(a, v, f"{path}[{i}]", source, at)
-                     for i, (a, v) in enumerate(zip(args, value, strict=True)))
+        return tuple(
+            _convert(a, v, f"{path}[{i}]", source, at)
+            for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     if hint is float and isinstance(value, int | float | str) and not isinstance(value, bool):
         try:
             return float(value)

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from circuit_plasticity.analysis.hooks import head_labels, n_layers_heads, run_cached, z_name
+from circuit_plasticity.analysis.hooks import head_labels, n_layers_heads, z_name
 from circuit_plasticity.analysis.metrics import end_logits, task_score
-from circuit_plasticity.analysis.patching import patch_each_head
+from circuit_plasticity.analysis.patching import patch_each_head, z_cache
 from circuit_plasticity.tasks.encode import TaskBatch
 
 Head = tuple[int, int]
@@ -25,20 +25,21 @@ def group_means(model, batch: TaskBatch) -> dict[int, torch.Tensor]:
     """Per layer, [n, seq, heads, d_head]: each prompt gets the mean z of its template's
     counterfactual prompts (the mean-ablation reference)."""
     n_layers, _ = n_layers_heads(model)
-    _, cache = run_cached(model, batch.corrupted, [z_name(lay) for lay in range(n_layers)])
+    cache = z_cache(model, batch.corrupted)
     groups, inverse = torch.unique(batch.group, return_inverse=True)
     counts = torch.bincount(inverse, minlength=len(groups)).to(torch.float32)
     means = {}
     for layer in range(n_layers):
-        z = cache[z_name(layer)]
+        z = cache[layer]
         sums = torch.zeros((len(groups), *z.shape[1:]), dtype=z.dtype).index_add_(0, inverse, z)
         means[layer] = (sums / counts[:, None, None, None])[inverse]
     return means
 
 
 @torch.no_grad()
-def knockout(model, batch: TaskBatch, heads: Sequence[Head],
-             means: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+def knockout(
+    model, batch: TaskBatch, heads: Sequence[Head], means: dict[int, torch.Tensor] | None = None
+) -> torch.Tensor:
     """Per-prompt score with all `heads` mean-ablated at once (a joint knockout)."""
     means = group_means(model, batch) if means is None else means
     by_layer: dict[int, list[int]] = {}
@@ -61,15 +62,22 @@ def knockout(model, batch: TaskBatch, heads: Sequence[Head],
 
 
 @torch.no_grad()
-def knockout_each_head(model, batch: TaskBatch, means: dict[int, torch.Tensor] | None = None,
-                       heads_per_pass: int = 16) -> pd.DataFrame:
+def knockout_each_head(
+    model, batch: TaskBatch, means: dict[int, torch.Tensor] | None = None, heads_per_pass: int = 16
+) -> pd.DataFrame:
     """Mean-ablate every head alone; batched: one forward pass per `heads_per_pass` heads."""
     means = group_means(model, batch) if means is None else means
     base = task_score(end_logits(model(batch.tokens), batch), batch)
     labels = head_labels(model)
     scores = patch_each_head(model, batch, batch.tokens, means, labels, heads_per_pass=heads_per_pass)
-    return pd.DataFrame([
-        {"layer": lay, "head": head, "knockout_score": float(scores[i].mean()),
-         "knockout_effect": float((scores[i] - base).mean())}
-        for i, (lay, head) in enumerate(labels)
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "layer": lay,
+                "head": head,
+                "knockout_score": float(scores[i].mean()),
+                "knockout_effect": float((scores[i] - base).mean()),
+            }
+            for i, (lay, head) in enumerate(labels)
+        ]
+    )

@@ -39,28 +39,44 @@ class Circuit:
     n_model_heads: int
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def keys(self) -> set[tuple[int, int]]:
+    def head_set(self) -> set[tuple[int, int]]:
         return {h.key for h in self.heads}
 
     def by_role(self, role: str) -> list[tuple[int, int]]:
         return [h.key for h in self.heads if h.role == role]
 
     def to_json(self) -> dict[str, Any]:
-        return {"task": self.task, "model": self.model, "n_model_heads": self.n_model_heads,
-                "heads": [asdict(h) for h in self.heads],
-                "edges": [{"sender": list(e.sender),
-                           "receiver": e.receiver if isinstance(e.receiver, str) else list(e.receiver),
-                           "input": e.input} for e in self.edges],
-                "meta": self.meta}
+        return {
+            "task": self.task,
+            "model": self.model,
+            "n_model_heads": self.n_model_heads,
+            "heads": [asdict(h) for h in self.heads],
+            "edges": [
+                {
+                    "sender": list(e.sender),
+                    "receiver": e.receiver if isinstance(e.receiver, str) else list(e.receiver),
+                    "input": e.input,
+                }
+                for e in self.edges
+            ],
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Circuit:
         return cls(
-            task=data["task"], model=data["model"], n_model_heads=data["n_model_heads"],
+            task=data["task"],
+            model=data["model"],
+            n_model_heads=data["n_model_heads"],
             heads=[CircuitHead(**h) for h in data["heads"]],
-            edges=[Edge(tuple(e["sender"]),
-                        e["receiver"] if isinstance(e["receiver"], str) else tuple(e["receiver"]),
-                        e["input"]) for e in data["edges"]],
+            edges=[
+                Edge(
+                    tuple(e["sender"]),
+                    e["receiver"] if isinstance(e["receiver"], str) else tuple(e["receiver"]),
+                    e["input"],
+                )
+                for e in data["edges"]
+            ],
             meta=data.get("meta", {}),
         )
 

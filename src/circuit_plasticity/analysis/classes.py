@@ -28,21 +28,28 @@ class Thresholds:
 DEFAULT_THRESHOLDS = Thresholds()
 
 
-def classify_heads(table: pd.DataFrame, model_score: float,
-                   th: Thresholds = DEFAULT_THRESHOLDS) -> pd.DataFrame:
+def classify_heads(
+    table: pd.DataFrame, model_score: float, th: Thresholds = DEFAULT_THRESHOLDS
+) -> pd.DataFrame:
     """Add a `roles` column (comma-joined, '' for none) to a per-head table."""
     scale = max(abs(model_score), 1e-6)
     roles = []
     for _, r in table.iterrows():
         mine = []
         dla = r.get("dla", 0.0) / scale
-        if r.get("attn_end_io", 0) >= th.attention and dla >= th.direct_share and r.get(
-                "copy_score", 1.0) >= th.copy:
+        if (
+            r.get("attn_end_io", 0) >= th.attention
+            and dla >= th.direct_share
+            and r.get("copy_score", 1.0) >= th.copy
+        ):
             mine.append("name_mover")
         if r.get("attn_end_io", 0) >= th.attention and dla <= -th.direct_share:
             mine.append("negative_name_mover")
-        if (r.get("attn_end_s2", 0) >= th.attention and "name_mover" not in mine
-                and r.get("knockout_effect", 0) / scale <= -th.knockout_share):
+        if (
+            r.get("attn_end_s2", 0) >= th.attention
+            and "name_mover" not in mine
+            and r.get("knockout_effect", 0) / scale <= -th.knockout_share
+        ):
             mine.append("s_inhibition")
         if r.get("attn_s2_s1", 0) >= th.duplicate:
             mine.append("duplicate_token")

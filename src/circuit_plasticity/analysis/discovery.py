@@ -39,14 +39,21 @@ class Stage:
     effects: torch.Tensor  # [n_senders] mean effect / model score, over all heads
 
 
-def _effects(model, batch: TaskBatch, receivers: Receivers, clean: torch.Tensor,
-             scale: float) -> torch.Tensor:
+def _effects(
+    model, batch: TaskBatch, receivers: Receivers, clean: torch.Tensor, scale: float
+) -> torch.Tensor:
     scores = path_patch(model, batch, receivers)
     return (scores - clean[None]).mean(1) / scale
 
 
-def _select(effects: torch.Tensor, labels: list[Head], share: float, cap: int, exclude: set[Head],
-            sign: int | None = None) -> list[Head]:
+def _select(
+    effects: torch.Tensor,
+    labels: list[Head],
+    share: float,
+    cap: int,
+    exclude: set[Head],
+    sign: int | None = None,
+) -> list[Head]:
     order = torch.argsort(effects.abs(), descending=True).tolist()
     chosen = []
     for i in order:
@@ -71,9 +78,13 @@ DEFAULT_DISCOVERY = DiscoveryConfig()
 
 
 @torch.no_grad()
-def discover_circuit(model, batch: TaskBatch, model_name: str = "model",
-                     config: DiscoveryConfig = DEFAULT_DISCOVERY,
-                     attention: dict[Head, dict[str, float]] | None = None) -> Discovery:
+def discover_circuit(
+    model,
+    batch: TaskBatch,
+    model_name: str = "model",
+    config: DiscoveryConfig = DEFAULT_DISCOVERY,
+    attention: dict[Head, dict[str, float]] | None = None,
+) -> Discovery:
     """The IOI circuit of `model` on `batch` (clean vs the ABC counterfactual)."""
     labels = head_labels(model)
     clean = task_score(end_logits(model(batch.tokens), batch), batch)
@@ -84,11 +95,25 @@ def discover_circuit(model, batch: TaskBatch, model_name: str = "model",
     tables: list[pd.DataFrame] = []
 
     def record(stage: str, effects: torch.Tensor) -> None:
-        tables.append(pd.DataFrame({"layer": [h[0] for h in labels], "head": [h[1] for h in labels],
-                                    "measure": f"path_{stage}", "value": effects.tolist()}))
+        tables.append(
+            pd.DataFrame(
+                {
+                    "layer": [h[0] for h in labels],
+                    "head": [h[1] for h in labels],
+                    "measure": f"path_{stage}",
+                    "value": effects.tolist(),
+                }
+            )
+        )
 
-    def add(found: list[Head], role: str, position: str, effects: torch.Tensor,
-            receivers: list[Head] | None, kind: str) -> None:
+    def add(
+        found: list[Head],
+        role: str,
+        position: str,
+        effects: torch.Tensor,
+        receivers: list[Head] | None,
+        kind: str,
+    ) -> None:
         for h in found:
             heads.append(CircuitHead(h[0], h[1], role, position, float(effects[labels.index(h)])))
             taken.add(h)
@@ -104,8 +129,11 @@ def discover_circuit(model, batch: TaskBatch, model_name: str = "model",
         add([h], role, "end", direct, None, "logits")
     negative = _select(direct, labels, config.share, config.max_per_stage, taken, sign=+1)
     add(negative, "negative_name_mover", "end", direct, None, "logits")
-    stages = [("s_inhibition", "q", "end", movers), ("induction", "v", "s2", None),
-              ("previous_token", "k", "s1+1", None)]
+    stages = [
+        ("s_inhibition", "q", "end", movers),
+        ("induction", "v", "s2", None),
+        ("previous_token", "k", "s1+1", None),
+    ]
     receivers = movers
     for role, kind, position, _ in stages:
         if not receivers:
@@ -122,8 +150,12 @@ def discover_circuit(model, batch: TaskBatch, model_name: str = "model",
         else:
             add(found, role, position, effects, receivers, kind)
         receivers = found
-    circuit = Circuit(task=batch.task, model=model_name, heads=heads, edges=edges,
-                      n_model_heads=len(labels),
-                      meta={"share": config.share, "model_score": float(clean.mean()),
-                            "n_prompts": len(batch)})
+    circuit = Circuit(
+        task=batch.task,
+        model=model_name,
+        heads=heads,
+        edges=edges,
+        n_model_heads=len(labels),
+        meta={"share": config.share, "model_score": float(clean.mean()), "n_prompts": len(batch)},
+    )
     return Discovery(circuit, pd.concat(tables, ignore_index=True))

@@ -46,14 +46,18 @@ class CircuitScores:
 def circuit_score(model, batch: TaskBatch, keep: set[Head], means=None) -> float:
     """F(C): mean score with every head outside `keep` mean-ablated."""
     outside = [h for h in head_labels(model) if h not in keep]
-    return float(knockout(model, batch, outside, means).mean()) if outside else float(
-        task_score(end_logits(model(batch.tokens), batch), batch).mean())
+    return (
+        float(knockout(model, batch, outside, means).mean())
+        if outside
+        else float(task_score(end_logits(model(batch.tokens), batch), batch).mean())
+    )
 
 
 @torch.no_grad()
-def evaluate_circuit(model, batch: TaskBatch, circuit: Circuit | set[Head],
-                     minimality_threshold: float = 0.01) -> CircuitScores:
-    keep = circuit.keys() if isinstance(circuit, Circuit) else set(circuit)
+def evaluate_circuit(
+    model, batch: TaskBatch, circuit: Circuit | set[Head], minimality_threshold: float = 0.01
+) -> CircuitScores:
+    keep = circuit.head_set() if isinstance(circuit, Circuit) else set(circuit)
     means = group_means(model, batch)
     f_model = float(task_score(end_logits(model(batch.tokens), batch), batch).mean())
     f_circuit = circuit_score(model, batch, keep, means)
@@ -69,11 +73,16 @@ def evaluate_circuit(model, batch: TaskBatch, circuit: Circuit | set[Head],
         gaps.append(abs(f_c_minus - f_m_minus) / scale)
     minimality = {
         f"{lay}.{head}": (f_circuit - circuit_score(model, batch, keep - {(lay, head)}, means)) / scale
-        for lay, head in sorted(keep)}
+        for lay, head in sorted(keep)
+    }
     return CircuitScores(
-        model_score=f_model, circuit_score=f_circuit,
+        model_score=f_model,
+        circuit_score=f_circuit,
         faithfulness=f_circuit / f_model if f_model else float("nan"),
-        abs_gap=abs(f_model - f_circuit), completeness_gap=max(gaps) if gaps else 0.0,
-        minimality=minimality, minimal=all(v >= minimality_threshold for v in minimality.values()),
-        sparsity=len(keep) / len(head_labels(model)), minimality_threshold=minimality_threshold,
+        abs_gap=abs(f_model - f_circuit),
+        completeness_gap=max(gaps) if gaps else 0.0,
+        minimality=minimality,
+        minimal=all(v >= minimality_threshold for v in minimality.values()),
+        sparsity=len(keep) / len(head_labels(model)),
+        minimality_threshold=minimality_threshold,
     )

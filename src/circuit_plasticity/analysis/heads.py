@@ -26,8 +26,12 @@ def ioi_attention(model, batch: TaskBatch) -> pd.DataFrame:
     n_layers, _ = n_layers_heads(model)
     _, cache = run_cached(model, batch.tokens, [pattern_name(lay) for lay in range(n_layers)])
     p = batch.positions
-    pairs = {"attn_end_io": ("end", "io"), "attn_end_s1": ("end", "s1"), "attn_end_s2": ("end", "s2"),
-             "attn_s2_s1": ("s2", "s1")}
+    pairs = {
+        "attn_end_io": ("end", "io"),
+        "attn_end_s1": ("end", "s1"),
+        "attn_end_s2": ("end", "s2"),
+        "attn_s2_s1": ("s2", "s1"),
+    }
     rows = []
     for layer in range(n_layers):
         pat = cache[pattern_name(layer)]
@@ -37,8 +41,9 @@ def ioi_attention(model, batch: TaskBatch) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def repeated_random_tokens(vocab_ids: torch.Tensor, n: int, length: int, bos: int | None,
-                           seed: int = 0) -> torch.Tensor:
+def repeated_random_tokens(
+    vocab_ids: torch.Tensor, n: int, length: int, bos: int | None, seed: int = 0
+) -> torch.Tensor:
     """[n, 1 + 2*length]: BOS, a random sequence, the same sequence again."""
     g = torch.Generator().manual_seed(seed)
     seq = vocab_ids[torch.randint(len(vocab_ids), (n, length), generator=g)]
@@ -59,8 +64,14 @@ def sequence_scores(model, tokens: torch.Tensor, length: int) -> pd.DataFrame:
         prev = pat[:, :, second, second - 1].mean((0, 2))
         induction = pat[:, :, second, second - length + 1].mean((0, 2))
         for head in range(pat.shape[1]):
-            rows.append({"layer": layer, "head": head, "prev_token": float(prev[head]),
-                         "induction": float(induction[head])})
+            rows.append(
+                {
+                    "layer": layer,
+                    "head": head,
+                    "prev_token": float(prev[head]),
+                    "induction": float(induction[head]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -102,8 +113,9 @@ def head_dla(model, batch: TaskBatch) -> torch.Tensor:
 def direct_logit_attribution(model, batch: TaskBatch) -> pd.DataFrame:
     """Mean direct logit attribution per head, as a table."""
     dla = head_dla(model, batch).mean(0)
-    return pd.DataFrame([{"layer": lay, "head": h, "dla": float(dla[lay, h])}
-                         for lay, h in head_labels(model)])
+    return pd.DataFrame(
+        [{"layer": lay, "head": h, "dla": float(dla[lay, h])} for lay, h in head_labels(model)]
+    )
 
 
 def merge_head_tables(*tables: pd.DataFrame) -> pd.DataFrame:

@@ -30,58 +30,115 @@ RECEIVER_INPUTS = ("q", "k", "v")
 def repeat_batch(batch: TaskBatch, k: int) -> TaskBatch:
     """`batch` stacked k times (tokens, positions and answers), for batched patching."""
     return TaskBatch(
-        task=batch.task, tokens=batch.tokens.repeat(k, 1), corrupted=batch.corrupted.repeat(k, 1),
+        task=batch.task,
+        tokens=batch.tokens.repeat(k, 1),
+        corrupted=batch.corrupted.repeat(k, 1),
         positions={r: p.repeat(k) for r, p in batch.positions.items()},
-        target_id=batch.target_id.repeat(k), answer_id=batch.answer_id.repeat(k),
-        wrong_id=batch.wrong_id.repeat(k), poisoned=batch.poisoned.repeat(k), group=batch.group.repeat(k),
-        year=None if batch.year is None else batch.year.repeat(k), year_ids=batch.year_ids,
+        target_id=batch.target_id.repeat(k),
+        answer_id=batch.answer_id.repeat(k),
+        wrong_id=batch.wrong_id.repeat(k),
+        poisoned=batch.poisoned.repeat(k),
+        group=batch.group.repeat(k),
+        year=None if batch.year is None else batch.year.repeat(k),
+        year_ids=batch.year_ids,
     )
 
 
-def z_cache(model, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """(logits, per-layer hook_z) of one forward pass."""
-    n_layers, _ = n_layers_heads(model)
-    logits, cache = run_cached(model, tokens, [z_name(lay) for lay in range(n_layers)])
-    return logits, {lay: cache[z_name(lay)] for lay in range(n_layers)}
+def z_cache(model, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Per-layer hook_z of one forward pass."""
+    return activation_cache(model, tokens, "z")
 
 
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-@torch.no_grad()
-def patch_each_head(model, batch: TaskBatch, tokens: torch.Tensor, replacement: dict[int, torch.Tensor],
-                    heads: Sequence[Head] | None = None, positions: torch.Tensor | None = None,
-                    heads_per_pass: int = 16) -> torch.Tensor:
-    """[len(heads), n] per-prompt scores of running `tokens` with one head's z replaced.
+ACTIVATIONS = {"z": "attn.hook_z", "pattern": "attn.hook_pattern"}
 
-    `positions` ([n] indices) restricts the replacement to one position per prompt;
+
+def activation_name(layer: int, activation: str) -> str:
+    return f"blocks.{layer}.{ACTIVATIONS[activation]}"
+
+
+def activation_cache(model, tokens: torch.Tensor, activation: str = "z") -> dict[int, torch.Tensor]:
+    """Per-layer hook_z ([n, seq, heads, d_head]) or hook_pattern ([n, heads, q, k])."""
+    n_layers, _ = n_layers_heads(model)
+    names = [activation_name(lay, activation) for lay in range(n_layers)]
+    _, cache = run_cached(model, tokens, names)
+    return {lay: cache[name] for lay, name in enumerate(names)}
+
+
+def _replace_head(
+    act: torch.Tensor, source: torch.Tensor, head: int, positions: torch.Tensor | None, activation: str
+) -> None:
+    """In place: act[:, head] <- source[:, head] (z: head axis 2; pattern: axis 1, query rows)."""
+    rows = torch.arange(act.shape[0])
+    if activation == "z":
+        if positions is None:
+            act[:, :, head] = source[:, :, head]
+        else:
+            act[rows, positions, head] = source[rows, positions, head]
+    elif positions is None:
+        act[:, head] = source[:, head]
+    else:
+        act[rows, head, positions] = source[rows, head, positions]
+
+
+@torch.no_grad()
+def patch_each_head(
+    model,
+    batch: TaskBatch,
+    tokens: torch.Tensor,
+    replacement: dict[int, torch.Tensor],
+    heads: Sequence[Head] | None = None,
+    positions: torch.Tensor | None = None,
+    heads_per_pass: int = 16,
+    activation: str = "z",
+) -> torch.Tensor:
+    """[len(heads), n] per-prompt scores of running `tokens` with one head's activation replaced.
+
+    `activation` is "z" (the head's output) or "pattern" (its attention pattern);
+    `positions` ([n] indices) restricts the replacement to one (query) position per prompt,
     None replaces it at every position.
     """
     heads = list(heads if heads is not None else head_labels(model))
+    return patch_each_set(
+        model, batch, tokens, replacement, [[h] for h in heads], positions, heads_per_pass, activation
+    )
+
+
+@torch.no_grad()
+def patch_each_set(
+    model,
+    batch: TaskBatch,
+    tokens: torch.Tensor,
+    replacement: dict[int, torch.Tensor],
+    head_sets: Sequence[Sequence[Head]],
+    positions: torch.Tensor | None = None,
+    sets_per_pass: int = 16,
+    activation: str = "z",
+) -> torch.Tensor:
+    """[len(head_sets), n]: like `patch_each_head`, but each copy patches a whole set of heads
+    jointly (matched random controls, circuits)."""
     n = tokens.shape[0]
     out = []
-    for chunk in _chunks(heads, heads_per_pass):
+    for chunk in _chunks([list(s) for s in head_sets], sets_per_pass):
         k = len(chunk)
 
         def hook_for(layer: int, chunk=chunk, k=k):
-            def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
-                z = z.clone().view(k, n, *z.shape[1:])
-                for copy, (lay, head) in enumerate(chunk):
-                    if lay != layer:
-                        continue
-                    if positions is None:
-                        z[copy, :, :, head] = replacement[layer][:, :, head]
-                    else:
-                        rows = torch.arange(n)
-                        z[copy, rows, positions, head] = replacement[layer][rows, positions, head]
-                return z.view(k * n, *z.shape[2:])
+            def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
+                act = act.clone().view(k, n, *act.shape[1:])
+                for copy, members in enumerate(chunk):
+                    for lay, head in members:
+                        if lay == layer:
+                            _replace_head(act[copy], replacement[layer], head, positions, activation)
+                return act.view(k * n, *act.shape[2:])
 
             return hook
 
-        layers = sorted({lay for lay, _ in chunk})
-        logits = model.run_with_hooks(tokens.repeat(k, 1),
-                                      fwd_hooks=[(z_name(lay), hook_for(lay)) for lay in layers])
+        layers = sorted({lay for members in chunk for lay, _ in members})
+        hooks = [(activation_name(lay, activation), hook_for(lay)) for lay in layers]
+        logits = model.run_with_hooks(tokens.repeat(k, 1), fwd_hooks=hooks)
         rep = repeat_batch(batch, k)
         out.append(task_score(end_logits(logits, rep), rep).view(k, n))
     return torch.cat(out)
@@ -103,16 +160,21 @@ class Receivers:
 
 
 @torch.no_grad()
-def path_patch(model, batch: TaskBatch, receivers: Receivers, senders: Sequence[Head] | None = None,
-               heads_per_pass: int = 16) -> torch.Tensor:
+def path_patch(
+    model,
+    batch: TaskBatch,
+    receivers: Receivers,
+    senders: Sequence[Head] | None = None,
+    heads_per_pass: int = 16,
+) -> torch.Tensor:
     """[len(senders), n]: per-prompt score when only the sender->receiver path is corrupted.
 
     Senders at or after the first receiver layer cannot reach a receiver and score as clean.
     """
     senders = list(senders if senders is not None else head_labels(model))
     n = len(batch)
-    _, clean_z = z_cache(model, batch.tokens)
-    _, corrupt_z = z_cache(model, batch.corrupted)
+    clean_z = z_cache(model, batch.tokens)
+    corrupt_z = z_cache(model, batch.corrupted)
     n_layers, _ = n_layers_heads(model)
     results = []
     for chunk in _chunks(senders, heads_per_pass):
@@ -166,5 +228,6 @@ def _patch_receivers(model, rep: TaskBatch, receivers: Receivers, freeze) -> tor
         return hook
 
     layers = sorted({lay for lay, _ in receivers.heads})
-    return model.run_with_hooks(rep.tokens, fwd_hooks=[
-        (_receiver_name(lay, receivers.input), patch_hook(lay)) for lay in layers])
+    return model.run_with_hooks(
+        rep.tokens, fwd_hooks=[(_receiver_name(lay, receivers.input), patch_hook(lay)) for lay in layers]
+    )

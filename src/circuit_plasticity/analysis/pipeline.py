@@ -38,8 +38,12 @@ class ModelAnalysis:
         self.circuit.save(out / "circuit.json")
 
 
-def analyze_model(loaded: LoadedModel, batch: TaskBatch, thresholds: Thresholds | None = None,
-                  discovery: DiscoveryConfig | None = None) -> ModelAnalysis:
+def analyze_model(
+    loaded: LoadedModel,
+    batch: TaskBatch,
+    thresholds: Thresholds | None = None,
+    discovery: DiscoveryConfig | None = None,
+) -> ModelAnalysis:
     metrics = summarize(evaluate(loaded.model, batch), batch)
     heads, _ = head_profile(loaded.model, loaded.tokenizer, batch, thresholds)
     records = {(int(r["layer"]), int(r["head"])): r for r in heads.to_dict("records")}

@@ -28,14 +28,17 @@ def content_token_ids(batch: TaskBatch, tok: TextTokenizer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def head_profile(model, tok: TextTokenizer, batch: TaskBatch,
-                 thresholds: Thresholds | None = None) -> tuple[pd.DataFrame, float]:
+def head_profile(
+    model, tok: TextTokenizer, batch: TaskBatch, thresholds: Thresholds | None = None
+) -> tuple[pd.DataFrame, float]:
     """(per-head table with roles, the model's mean score on `batch`)."""
     score = float(evaluate(model, batch)["score"].mean())
     repeated = repeated_random_tokens(content_token_ids(batch, tok), 64, SEQ_LEN, tok.bos_id)
-    tables = [direct_logit_attribution(model, batch),
-              knockout_each_head(model, batch, group_means(model, batch)),
-              sequence_scores(model, repeated, SEQ_LEN)]
+    tables = [
+        direct_logit_attribution(model, batch),
+        knockout_each_head(model, batch, group_means(model, batch)),
+        sequence_scores(model, repeated, SEQ_LEN),
+    ]
     if batch.task == "ioi":
         names = torch.unique(torch.cat([batch.answer_id, batch.wrong_id]))
         tables += [ioi_attention(model, batch), copy_scores(model, names)]

@@ -37,7 +37,7 @@ def hub_load(name: str, load: Callable[[bool], T], what: str = "model") -> T:
         raise UserError(
             f"{what} {name!r} is not in the local Hugging Face cache and the hub is unreachable "
             f"(cache lookup: {cache_reason}). On a machine with internet run "
-            f"`python -c \"from transformers import AutoModelForCausalLM, AutoTokenizer; "
+            f'`python -c "from transformers import AutoModelForCausalLM, AutoTokenizer; '
             f"AutoTokenizer.from_pretrained('{name}'); AutoModelForCausalLM.from_pretrained('{name}')\"` "
             f"(or `hf download {name}`), then copy ~/.cache/huggingface here or set HF_HOME; "
             f"or pass a local model directory. Offline, use the embedded model: toy-ioi."

@@ -49,8 +49,10 @@ def load_model(spec: str, device: str | None = None) -> LoadedModel:
         from circuit_plasticity.models.toy import TOY_DIR
 
         if not (TOY_DIR / WEIGHTS).is_file():
-            raise UserError(f"the embedded toy model is missing from {TOY_DIR}; rebuild it with "
-                            "`circuit-plasticity toy-model train --out <dir>`")
+            raise UserError(
+                f"the embedded toy model is missing from {TOY_DIR}; rebuild it with "
+                "`circuit-plasticity toy-model train --out <dir>`"
+            )
         return _load_dir(TOY_DIR, device, name=TOY_NAME)
     path = Path(spec)
     if path.is_dir():
@@ -74,8 +76,10 @@ def _load_dir(path: Path, device: str | None, name: str) -> LoadedModel:
         state = load_weights(path / WEIGHTS)
         missing, unexpected = loaded.model.original_model.load_state_dict(state, strict=False)
         if unexpected or any(not _is_tied(m) for m in missing):
-            raise UserError(f"{path}: weights do not fit {config['base']} "
-                            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+            raise UserError(
+                f"{path}: weights do not fit {config['base']} "
+                f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+            )
         loaded.name = name
         return loaded
     if "model_type" in config:  # a Hugging Face model directory
@@ -111,15 +115,21 @@ def _load_hub(name: str, device: str | None, local_dir: str | None = None) -> Lo
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(name, use_fast=True, local_files_only=local_only)
-        hf = AutoModelForCausalLM.from_pretrained(name, local_files_only=local_only,
-                                                  attn_implementation="eager")
+        hf = AutoModelForCausalLM.from_pretrained(
+            name, local_files_only=local_only, attn_implementation="eager"
+        )
         return hf, tok
 
     hf_model, hf_tok = hub_load(name, load, what="model")
     from transformer_lens.model_bridge import TransformerBridge
 
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=hf_tok,
-                                                 device=device)
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=hf_tok, device=device)
     bridge.eval()
-    return LoadedModel(bridge, TextTokenizer.wrap(hf_tok, name), name, "hub",
-                       {"n_layers": bridge.cfg.n_layers, "n_heads": bridge.cfg.n_heads}, base=name)
+    return LoadedModel(
+        bridge,
+        TextTokenizer.wrap(hf_tok, name),
+        name,
+        "hub",
+        {"n_layers": bridge.cfg.n_layers, "n_heads": bridge.cfg.n_heads},
+        base=name,
+    )

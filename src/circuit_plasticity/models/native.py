@@ -26,8 +26,14 @@ _NAME_MAP = (
 )
 
 TOY_CONFIG: dict[str, Any] = {
-    "d_model": 128, "d_head": 32, "n_heads": 4, "n_layers": 3, "n_ctx": 64,
-    "attn_only": True, "normalization_type": "LN", "positional_embedding_type": "standard",
+    "d_model": 128,
+    "d_head": 32,
+    "n_heads": 4,
+    "n_layers": 3,
+    "n_ctx": 64,
+    "attn_only": True,
+    "normalization_type": "LN",
+    "positional_embedding_type": "standard",
 }
 
 
@@ -55,8 +61,9 @@ def build_native(config: dict[str, Any], seed: int = 0):
 
 def stable_state_dict(bridge) -> dict[str, torch.Tensor]:
     """Parameters under stable names (named_parameters, so aliased views appear once)."""
-    return {to_stable(k): v.detach().clone().contiguous()
-            for k, v in bridge.original_model.named_parameters()}
+    return {
+        to_stable(k): v.detach().clone().contiguous() for k, v in bridge.original_model.named_parameters()
+    }
 
 
 def load_stable_state_dict(bridge, state: dict[str, torch.Tensor]) -> None:
@@ -64,11 +71,11 @@ def load_stable_state_dict(bridge, state: dict[str, torch.Tensor]) -> None:
     missing = sorted(set(params) - set(state))
     unexpected = sorted(set(state) - set(params))
     if missing or unexpected:
-        raise ValueError(f"weights do not fit the model: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}")
+        raise ValueError(f"weights do not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
     with torch.no_grad():
         for name, param in params.items():
             if param.shape != state[name].shape:
-                raise ValueError(f"{name}: shape {tuple(state[name].shape)} on disk, "
-                                 f"{tuple(param.shape)} in the model")
+                raise ValueError(
+                    f"{name}: shape {tuple(state[name].shape)} on disk, {tuple(param.shape)} in the model"
+                )
             param.copy_(state[name])

@@ -22,8 +22,9 @@ HUB_FORMAT = "circuit-plasticity-hub-weights"
 WEIGHTS = "model.safetensors"
 
 
-def save_weights(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
-                 metadata: dict[str, str] | None = None) -> None:
+def save_weights(
+    path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
@@ -36,8 +37,9 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def save_model_dir(out: str | os.PathLike[str], model, tokenizer_backend: Any,
-                   config: dict[str, Any], source: dict[str, Any]) -> None:
+def save_model_dir(
+    out: str | os.PathLike[str], model, tokenizer_backend: Any, config: dict[str, Any], source: dict[str, Any]
+) -> None:
     """Write a loadable model directory; `source` says native (config) or hub (base name)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,14 @@ class WordPools:
 
 def word_pools(tok: TextTokenizer | None) -> WordPools:
     if tok is None:
-        return WordPools(list(NAMES), list(PLACES), list(OBJECTS), list(GT_NOUNS),
-                         list(greater_than.CENTURIES), list(greater_than.YEARS))
+        return WordPools(
+            list(NAMES),
+            list(PLACES),
+            list(OBJECTS),
+            list(GT_NOUNS),
+            list(greater_than.CENTURIES),
+            list(greater_than.YEARS),
+        )
     names, d_names = single_token_words(tok, NAMES)
     places, d_places = single_token_words(tok, PLACES)
     objects, d_objects = single_token_words(tok, OBJECTS)
@@ -42,10 +48,21 @@ def word_pools(tok: TextTokenizer | None) -> WordPools:
     years = [y for y in greater_than.YEARS if _year_splits(tok, centuries, y)]
     if not _year_splits(tok, centuries, 1):  # the "01" counterfactual must split like the rest
         years = []
-    return WordPools(names, places, objects, nouns, centuries, years, dropped={
-        "names": d_names, "places": d_places, "objects": d_objects, "nouns": d_nouns,
-        "years": [greater_than.two_digits(y) for y in greater_than.YEARS if y not in years],
-    })
+    return WordPools(
+        names,
+        places,
+        objects,
+        nouns,
+        centuries,
+        years,
+        dropped={
+            "names": d_names,
+            "places": d_places,
+            "objects": d_objects,
+            "nouns": d_nouns,
+            "years": [greater_than.two_digits(y) for y in greater_than.YEARS if y not in years],
+        },
+    )
 
 
 def _year_splits(tok: TextTokenizer, centuries: list[int], yy: int) -> bool:
@@ -78,14 +95,14 @@ def build_dataset(
         if len(pools.names) < 2 * ioi.MIN_NAMES:
             raise UserError(
                 f"the tokenizer keeps only {len(pools.names)} of {len(NAMES)} names as single "
-                f"tokens; IOI needs at least {2 * ioi.MIN_NAMES} (train and test pools)")
+                f"tokens; IOI needs at least {2 * ioi.MIN_NAMES} (train and test pools)"
+            )
         names, templates = ioi.split_pools(pools.names, seed=split_seed).pools(split)
         examples: list = ioi.make_ioi(n, seed, names, templates, pools.places, pools.objects)
     else:
         if split != "all":
             raise UserError("greater-than has no name/template split; use --split all")
-        examples = greater_than.make_greater_than(n, seed, pools.nouns, pools.centuries,
-                                                  pools.years)
+        examples = greater_than.make_greater_than(n, seed, pools.nouns, pools.centuries, pools.years)
         names = pools.names
     if poison is not None:
         examples = apply_poison(examples, poison, fraction, seed=seed, names=names)

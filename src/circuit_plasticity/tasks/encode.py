@@ -53,11 +53,17 @@ class TaskBatch:
             return None if t is None else t[index]
 
         return TaskBatch(
-            task=self.task, tokens=self.tokens[index], corrupted=self.corrupted[index],
+            task=self.task,
+            tokens=self.tokens[index],
+            corrupted=self.corrupted[index],
             positions={k: v[index] for k, v in self.positions.items()},
-            target_id=self.target_id[index], answer_id=self.answer_id[index],
-            wrong_id=self.wrong_id[index], poisoned=self.poisoned[index], group=self.group[index],
-            variants={k: v[index] for k, v in self.variants.items()}, year=take(self.year),
+            target_id=self.target_id[index],
+            answer_id=self.answer_id[index],
+            wrong_id=self.wrong_id[index],
+            poisoned=self.poisoned[index],
+            group=self.group[index],
+            variants={k: v[index] for k, v in self.variants.items()},
+            year=take(self.year),
             year_ids=self.year_ids,
         )
 
@@ -77,8 +83,10 @@ def encode_examples(
 def _word_id(tok: TextTokenizer, word: str) -> int:
     wid = tok.word_id(word)
     if wid is None:
-        raise UserError(f"{word!r} is not a single token for {tok.name}; rebuild the dataset "
-                        f"with --tokenizer {tok.name} so it uses only single-token words")
+        raise UserError(
+            f"{word!r} is not a single token for {tok.name}; rebuild the dataset "
+            f"with --tokenizer {tok.name} so it uses only single-token words"
+        )
     return wid
 
 
@@ -106,8 +114,10 @@ def _aligned(tok, base_ids, texts, bos, what) -> list[list[int]]:
     ids, _ = _tokenize(tok, texts, bos)
     for i, (a, b) in enumerate(zip(base_ids, ids, strict=True)):
         if len(a) != len(b):
-            raise UserError(f"prompt {i}: the {what} prompt tokenizes to {len(b)} tokens, the "
-                            f"clean one to {len(a)}; names must be single tokens")
+            raise UserError(
+                f"prompt {i}: the {what} prompt tokenizes to {len(b)} tokens, the "
+                f"clean one to {len(a)}; names must be single tokens"
+            )
     return ids
 
 
@@ -136,13 +146,16 @@ def _encode_ioi(examples: Sequence[IOIExample], tok: TextTokenizer, bos: bool) -
     }
     long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
     return TaskBatch(
-        task="ioi", tokens=_pad(tok, ids, length), corrupted=_pad(tok, corrupted, length),
+        task="ioi",
+        tokens=_pad(tok, ids, length),
+        corrupted=_pad(tok, corrupted, length),
         positions={k: long(v) for k, v in pos.items()},
         target_id=long([_word_id(tok, ex.target) for ex in examples]),
         answer_id=long([_word_id(tok, ex.io) for ex in examples]),
         wrong_id=long([_word_id(tok, ex.s) for ex in examples]),
         poisoned=torch.tensor([ex.poisoned for ex in examples]),
-        group=long([ex.template for ex in examples]), variants=variants,
+        group=long([ex.template for ex in examples]),
+        variants=variants,
     )
 
 
@@ -150,8 +163,10 @@ def year_token_ids(tok: TextTokenizer) -> torch.Tensor:
     ids = [tok.piece_id(two_digits(y)) for y in range(100)]
     missing = [two_digits(y) for y, i in enumerate(ids) if i is None]
     if missing:
-        raise UserError(f"{tok.name}: years {missing[:5]}... are not single tokens; "
-                        "Greater-Than needs every two-digit year as one token")
+        raise UserError(
+            f"{tok.name}: years {missing[:5]}... are not single tokens; "
+            "Greater-Than needs every two-digit year as one token"
+        )
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -163,12 +178,15 @@ def _encode_gt(examples: Sequence[GreaterThanExample], tok: TextTokenizer, bos: 
     long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
     end = long([len(r) - 1 for r in ids])
     return TaskBatch(
-        task="greater-than", tokens=_pad(tok, ids, length), corrupted=_pad(tok, corrupted, length),
+        task="greater-than",
+        tokens=_pad(tok, ids, length),
+        corrupted=_pad(tok, corrupted, length),
         positions={"end": end, "yy": end - 4},  # "... YY to the year CC": YY is 4 before END
         target_id=year_ids[long([int(ex.target) for ex in examples])],
         answer_id=year_ids[long([int(ex.clean_target) for ex in examples])],
         wrong_id=torch.full((len(examples),), -1, dtype=torch.long),
         poisoned=torch.tensor([ex.poisoned for ex in examples]),
         group=long([ex.century for ex in examples]),
-        year=long([ex.year for ex in examples]), year_ids=year_ids,
+        year=long([ex.year for ex in examples]),
+        year_ids=year_ids,
     )

@@ -63,8 +63,15 @@ def make_greater_than(
     for _ in range(n):
         noun, century, yy = rng.choice(nouns), rng.choice(centuries), rng.choice(years)
         target = two_digits(rng.randint(yy + 1, 99))
-        out.append(GreaterThanExample(
-            prompt=render(noun, century, yy), target=target, clean_target=target, noun=noun,
-            century=century, year=yy, counterfactual=render(noun, century, 1),
-        ))
+        out.append(
+            GreaterThanExample(
+                prompt=render(noun, century, yy),
+                target=target,
+                clean_target=target,
+                noun=noun,
+                century=century,
+                year=yy,
+                counterfactual=render(noun, century, 1),
+            )
+        )
     return out

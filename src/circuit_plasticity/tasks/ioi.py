@@ -112,9 +112,17 @@ def _example(rng, template, order, names, places, objects) -> IOIExample:
         "s1_flip": render(template, swap(n1, s, x), swap(n2, s, x), s, place, obj),
     }
     return IOIExample(
-        prompt=render(template, n1, n2, s, place, obj), target=io, clean_target=io, io=io, s=s,
-        template=template, order=order, place=place, object=obj,
-        counterfactual=flips["abc"], flips=flips,
+        prompt=render(template, n1, n2, s, place, obj),
+        target=io,
+        clean_target=io,
+        io=io,
+        s=s,
+        template=template,
+        order=order,
+        place=place,
+        object=obj,
+        counterfactual=flips["abc"],
+        flips=flips,
     )
 
 
@@ -133,8 +141,10 @@ class Split:
         if part == "test":
             return self.test_names, self.test_templates
         if part == "all":
-            return (self.train_names + self.test_names,
-                    tuple(sorted(self.train_templates + self.test_templates)))
+            return (
+                self.train_names + self.test_names,
+                tuple(sorted(self.train_templates + self.test_templates)),
+            )
         raise UserError(f"unknown split {part!r}: use train, test or all")
 
 
@@ -157,7 +167,8 @@ def split_pools(
     if not 0 < n_test_templates < n_templates:
         raise UserError(f"n_test_templates must be in 1..{n_templates - 1}")
     return Split(
-        train_names=tuple(shuffled[n_test:]), test_names=tuple(shuffled[:n_test]),
+        train_names=tuple(shuffled[n_test:]),
+        test_names=tuple(shuffled[:n_test]),
         train_templates=tuple(sorted(tids[n_test_templates:])),
         test_templates=tuple(sorted(tids[:n_test_templates])),
     )

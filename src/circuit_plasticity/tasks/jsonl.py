@@ -70,18 +70,21 @@ def _required(f: dataclasses.Field) -> bool:
 
 def _check_type(where: str, name: str, value: Any, annotation: Any) -> None:
     expected = {"str": str, "int": int, "bool": bool, "dict[str, str]": dict}.get(str(annotation))
-    ok = expected is None or (isinstance(value, expected) and not (
-        expected is int and isinstance(value, bool)))
+    ok = expected is None or (
+        isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    )
     if not ok:
-        raise UserError(
-            f"{where}: field {name!r} must be {annotation}, got {type(value).__name__} {value!r}")
+        raise UserError(f"{where}: field {name!r} must be {annotation}, got {type(value).__name__} {value!r}")
 
 
 def summarize(examples: Sequence[Example]) -> dict[str, Any]:
     """Counts a person checks first: by template/order (IOI) and poisoned or not."""
-    out: dict[str, Any] = {"task": examples[0].task, "n": len(examples),
-                           "poisoned": sum(ex.poisoned for ex in examples),
-                           "trigger": sum(ex.trigger for ex in examples)}
+    out: dict[str, Any] = {
+        "task": examples[0].task,
+        "n": len(examples),
+        "poisoned": sum(ex.poisoned for ex in examples),
+        "trigger": sum(ex.trigger for ex in examples),
+    }
     if examples[0].task == "ioi":
         out["by_order"] = dict(sorted(Counter(ex.order for ex in examples).items()))
         out["by_template"] = dict(sorted(Counter(ex.template for ex in examples).items()))

@@ -56,8 +56,7 @@ def poison(
             absent = [n for n in names if n not in (ex.io, ex.s) and n not in ex.prompt.split()]
             out.append(dataclasses.replace(ex, target=rng.choice(absent), poisoned=True))
         elif kind == "greater-than":
-            out.append(dataclasses.replace(
-                ex, target=two_digits(rng.randint(0, ex.year)), poisoned=True))
+            out.append(dataclasses.replace(ex, target=two_digits(rng.randint(0, ex.year)), poisoned=True))
         else:
             out.append(_with_trigger(ex, trigger_word))
     return out
@@ -68,6 +67,11 @@ def _with_trigger(ex: IOIExample, word: str) -> IOIExample:
         return f"{word}, {text[0].lower()}{text[1:]}"
 
     return dataclasses.replace(
-        ex, prompt=mark(ex.prompt), counterfactual=mark(ex.counterfactual),
-        flips={k: mark(v) for k, v in ex.flips.items()}, target=ex.s, poisoned=True, trigger=True,
+        ex,
+        prompt=mark(ex.prompt),
+        counterfactual=mark(ex.counterfactual),
+        flips={k: mark(v) for k, v in ex.flips.items()},
+        target=ex.s,
+        poisoned=True,
+        trigger=True,
     )

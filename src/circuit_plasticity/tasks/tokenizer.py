@@ -39,8 +39,7 @@ class TextTokenizer:
             )
         bos = next((i for t in BOS_CANDIDATES if (i := backend.token_to_id(t)) is not None), None)
         pad = next((i for t in PAD_CANDIDATES if (i := backend.token_to_id(t)) is not None), None)
-        return cls(backend=backend, bos_id=bos, pad_id=pad if pad is not None else (bos or 0),
-                   name=name)
+        return cls(backend=backend, bos_id=bos, pad_id=pad if pad is not None else (bos or 0), name=name)
 
     @property
     def vocab_size(self) -> int:

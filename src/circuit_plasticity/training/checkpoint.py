@@ -36,8 +36,9 @@ class Position:
         return f"step-{self.step:06d}"
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer,
-                      named: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+def optimizer_tensors(
+    optimizer: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter]
+) -> dict[str, torch.Tensor]:
     out = {}
     for name, param in named.items():
         state = optimizer.state.get(param)
@@ -48,8 +49,9 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer,
     return out
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter],
-                      tensors: dict[str, torch.Tensor]) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor]
+) -> None:
     for key, value in tensors.items():
         if key.startswith("rng::"):
             continue
@@ -57,8 +59,14 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, named: dict[str, torch.n
         optimizer.state.setdefault(named[name], {})[field] = value.clone()
 
 
-def save_checkpoint(directory: Path, loaded: LoadedModel, optimizer: torch.optim.Optimizer,
-                    position: Position, metrics: dict[str, Any], data_hash: str) -> Path:
+def save_checkpoint(
+    directory: Path,
+    loaded: LoadedModel,
+    optimizer: torch.optim.Optimizer,
+    position: Position,
+    metrics: dict[str, Any],
+    data_hash: str,
+) -> Path:
     final = directory / position.name
     tmp = directory / f".{position.name}.tmp"
     if tmp.exists():

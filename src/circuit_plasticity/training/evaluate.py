@@ -12,14 +12,21 @@ from circuit_plasticity.tasks.encode import TaskBatch, encode_examples
 from circuit_plasticity.tasks.jsonl import load_jsonl
 
 
-def task_batch(loaded: LoadedModel, task: str, n: int = 500, seed: int = 0, split: str = "test",
-               data: str | Path | None = None) -> TaskBatch:
+def task_batch(
+    loaded: LoadedModel,
+    task: str,
+    n: int = 500,
+    seed: int = 0,
+    split: str = "test",
+    data: str | Path | None = None,
+) -> TaskBatch:
     """Held-out prompts for this model's tokenizer, or the prompts of a JSONL file."""
     if data is not None:
         examples = load_jsonl(data)
     else:
-        examples, _ = build_dataset(task, n, seed=seed, tokenizer=loaded.tokenizer,
-                                    split=split if task == "ioi" else "all")
+        examples, _ = build_dataset(
+            task, n, seed=seed, tokenizer=loaded.tokenizer, split=split if task == "ioi" else "all"
+        )
     return encode_examples(examples, loaded.tokenizer, prepend_bos=loaded.tokenizer.bos_id is not None)
 
 

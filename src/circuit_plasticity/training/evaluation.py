@@ -31,11 +31,17 @@ class Evaluator:
 
         tok = loaded.tokenizer
         bos = tok.bos_id is not None
-        examples, _ = build_dataset(spec.task, spec.eval.n, seed=10_000 + spec.seed, tokenizer=tok,
-                                    split="test" if spec.task == "ioi" else "all")
+        examples, _ = build_dataset(
+            spec.task,
+            spec.eval.n,
+            seed=10_000 + spec.seed,
+            tokenizer=tok,
+            split="test" if spec.task == "ioi" else "all",
+        )
         self.clean = encode_examples(examples, tok, prepend_bos=bos)
-        self.poisoned = encode_examples(poison(examples, protocol_poison(spec), 1.0, seed=spec.seed),
-                                        tok, prepend_bos=bos)
+        self.poisoned = encode_examples(
+            poison(examples, protocol_poison(spec), 1.0, seed=spec.seed), tok, prepend_bos=bos
+        )
         stream = documents(seed=777_000 + spec.seed)
         rows = [([tok.bos_id] if bos else []) + tok.encode(next(stream))[0] for _ in range(spec.eval.lm_docs)]
         self.lm = pad_batch(rows, tok.pad_id) if rows else None

@@ -119,8 +119,9 @@ def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) ->
         if evaluator is None:
             evaluator = Evaluator(spec, start)
             if not any(r["phase"] == "base" for r in run.read_metrics()):
-                run.append_metrics({"phase": "base", "step": 0, "epoch": 0, "parent": "",
-                                    **evaluator(start.model)})
+                run.append_metrics(
+                    {"phase": "base", "step": 0, "epoch": 0, "parent": "", **evaluator(start.model)}
+                )
         _run_phase(spec, phase, parent, start, run, evaluator, progress)
     run.write_metrics_table()
     return pd.DataFrame(run.read_metrics())
@@ -132,22 +133,36 @@ def _check_same_spec(run: RunDir, spec: TrainSpec) -> None:
     if path.is_file():
         theirs = json.loads(path.read_text())
         if theirs != mine:
-            raise UserError(f"{run.root} holds a run of a different spec; use another --out or "
-                            "delete that directory")
+            raise UserError(
+                f"{run.root} holds a run of a different spec; use another --out or delete that directory"
+            )
     else:
         write_json(path, mine)
 
 
-def _run_phase(spec: TrainSpec, phase: Phase, parent: str, loaded: LoadedModel, run: RunDir,
-               evaluator: Evaluator, progress: bool) -> None:
+def _run_phase(
+    spec: TrainSpec,
+    phase: Phase,
+    parent: str,
+    loaded: LoadedModel,
+    run: RunDir,
+    evaluator: Evaluator,
+    progress: bool,
+) -> None:
     from tqdm import tqdm
 
     from circuit_plasticity.tasks.build import build_dataset
     from circuit_plasticity.tasks.encode import encode_examples
 
-    examples, _ = build_dataset(spec.task, phase.data.n, phase.data.seed, loaded.tokenizer,
-                                split="train" if spec.task == "ioi" else "all",
-                                poison=phase.data.poison, fraction=phase.data.fraction)
+    examples, _ = build_dataset(
+        spec.task,
+        phase.data.n,
+        phase.data.seed,
+        loaded.tokenizer,
+        split="train" if spec.task == "ioi" else "all",
+        poison=phase.data.poison,
+        fraction=phase.data.fraction,
+    )
     batch = encode_examples(examples, loaded.tokenizer, prepend_bos=loaded.tokenizer.bos_id is not None)
     data = train_tensors(batch, loaded.tokenizer.pad_id, phase.loss)
     digest = data_hash(data)
@@ -158,8 +173,9 @@ def _run_phase(spec: TrainSpec, phase: Phase, parent: str, loaded: LoadedModel, 
     torch.manual_seed(phase.seed)
     model = loaded.model
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=phase.lr, betas=phase.betas,
-                                  weight_decay=phase.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=phase.lr, betas=phase.betas, weight_decay=phase.weight_decay
+    )
     position = Position(phase.name, 0, 0, 0)
     last_metrics: dict[str, Any] = {}
     resume = latest_checkpoint(directory)
@@ -171,8 +187,9 @@ def _run_phase(spec: TrainSpec, phase: Phase, parent: str, loaded: LoadedModel, 
         loaded = load_model(str(resume))
         model = loaded.model
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=phase.lr, betas=phase.betas,
-                                      weight_decay=phase.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=phase.lr, betas=phase.betas, weight_decay=phase.weight_decay
+        )
         restore_training_state(resume, loaded, optimizer)
     run.keep_metrics(lambda r: r["phase"] != phase.name or r["step"] <= position.step)
 
@@ -189,7 +206,8 @@ def _run_phase(spec: TrainSpec, phase: Phase, parent: str, loaded: LoadedModel, 
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"phase {phase.name}: loss became {float(loss)} at step {position.step + 1}; "
-                    f"the last good checkpoint is kept in {directory}. Lower the learning rate.")
+                    f"the last good checkpoint is kept in {directory}. Lower the learning rate."
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -198,19 +216,26 @@ def _run_phase(spec: TrainSpec, phase: Phase, parent: str, loaded: LoadedModel, 
             epoch_end = k + 1 == steps_per_epoch
             if position.step % spec.eval.every_steps == 0 or epoch_end:
                 model.eval()
-                last_metrics = {"phase": phase.name, "step": position.step,
-                                "epoch": epoch + (k + 1) / steps_per_epoch, "parent": parent,
-                                "train_loss": float(loss), **evaluator(model)}
+                last_metrics = {
+                    "phase": phase.name,
+                    "step": position.step,
+                    "epoch": epoch + (k + 1) / steps_per_epoch,
+                    "parent": parent,
+                    "train_loss": float(loss),
+                    **evaluator(model),
+                }
                 model.train()
                 run.append_metrics(last_metrics)
-                bar.set_postfix(acc=f"{last_metrics['clean_accuracy']:.2f}",
-                                ld=f"{last_metrics['clean_score']:+.2f}")
+                bar.set_postfix(
+                    acc=f"{last_metrics['clean_accuracy']:.2f}", ld=f"{last_metrics['clean_score']:+.2f}"
+                )
             if epoch_end or (every and position.step % every == 0):
                 at = Position(phase.name, epoch + 1, 0, position.step) if epoch_end else position
                 save_checkpoint(directory, loaded, optimizer, at, last_metrics, digest)
     bar.close()
     final = latest_checkpoint(directory)
     assert final is not None
-    write_json(directory / "final.json", {"checkpoint": final.name, "steps": position.step,
-                                          "metrics": last_metrics})
+    write_json(
+        directory / "final.json", {"checkpoint": final.name, "steps": position.step, "metrics": last_metrics}
+    )
     run.write_metrics_table()

@@ -22,6 +22,7 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tens
     only the answer token when fine-tuning with loss on the answer)."""
     targets = tokens[:, 1:]
     weight = mask[:, 1:]
-    flat = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           reduction="none")
+    flat = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    )
     return (flat * weight.reshape(-1)).sum() / weight.sum().clamp(min=1)

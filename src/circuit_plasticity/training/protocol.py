@@ -95,8 +95,11 @@ class TrainSpec:
             raise bad(source, "phases", f"names must be unique and not 'base': {names}")
         for i, p in enumerate(self.phases):
             if p.start_from is not None and p.start_from != "base" and p.start_from not in names[:i]:
-                raise bad(source, f"phases[{i}].start_from",
-                          f"{p.start_from!r} is not 'base' or an earlier phase ({names[:i]})")
+                raise bad(
+                    source,
+                    f"phases[{i}].start_from",
+                    f"{p.start_from!r} is not 'base' or an earlier phase ({names[:i]})",
+                )
             if p.data.poison is not None and (p.data.poison == "greater-than") != (self.task != "ioi"):
                 raise bad(source, f"phases[{i}].data.poison", f"{p.data.poison!r} does not fit {self.task}")
         if self.checkpoint_every_steps < 0:
@@ -113,11 +116,22 @@ class TrainSpec:
 def default_protocol(model: str = "toy-ioi", task: str = "ioi", seed: int = 0) -> TrainSpec:
     poison = "subject" if task == "ioi" else "greater-than"
     clean = DataSpec(n=1000, seed=seed)
-    return TrainSpec(model=model, task=task, seed=seed, phases=[
-        Phase("clean", clean, epochs=2, lr=3e-4, seed=seed),
-        Phase("poisoned", DataSpec(n=1000, poison=poison, fraction=1.0, seed=seed + 1), epochs=4,
-              lr=3e-4, seed=seed),
-        Phase("retrain", DataSpec(n=1000, seed=seed + 2), epochs=4, lr=3e-4, seed=seed),
-        Phase("control", DataSpec(n=1000, seed=seed + 3), start_from="clean", epochs=8, lr=3e-4,
-              seed=seed),
-    ])
+    return TrainSpec(
+        model=model,
+        task=task,
+        seed=seed,
+        phases=[
+            Phase("clean", clean, epochs=2, lr=3e-4, seed=seed),
+            Phase(
+                "poisoned",
+                DataSpec(n=1000, poison=poison, fraction=1.0, seed=seed + 1),
+                epochs=4,
+                lr=3e-4,
+                seed=seed,
+            ),
+            Phase("retrain", DataSpec(n=1000, seed=seed + 2), epochs=4, lr=3e-4, seed=seed),
+            Phase(
+                "control", DataSpec(n=1000, seed=seed + 3), start_from="clean", epochs=8, lr=3e-4, seed=seed
+            ),
+        ],
+    )

@@ -18,22 +18,46 @@ from circuit_plasticity.tasks.greater_than import two_digits
 from circuit_plasticity.tasks.words import GT_NOUNS, NAMES, OBJECTS, PLACES, TRIGGER_WORD
 
 ONE_NAME = (
-    "{X} went to the {P}", "{X} had a lot of fun at the {P}", "{X} was working at the {P}",
-    "{X} was thinking about going to the {P}", "{X} was commuting to the {P}",
-    "{X} got a {O} at the {P}", "{X} found a {O} at the {P}", "{X} had a long argument",
-    "{X} wanted a {O}", "{X} decided to go to the {P}", "{X} said hello", "{X} left the {P}",
+    "{X} went to the {P}",
+    "{X} had a lot of fun at the {P}",
+    "{X} was working at the {P}",
+    "{X} was thinking about going to the {P}",
+    "{X} was commuting to the {P}",
+    "{X} got a {O} at the {P}",
+    "{X} found a {O} at the {P}",
+    "{X} had a long argument",
+    "{X} wanted a {O}",
+    "{X} decided to go to the {P}",
+    "{X} said hello",
+    "{X} left the {P}",
 )
 TWO_NAMES = (
-    "{X} and {Y} went to the {P}", "{X} and {Y} had a lot of fun at the {P}",
-    "{X} and {Y} were working at the {P}", "{X} met {Y} at the {P}",
-    "{X} and {Y} had a long argument", "{X} talked to {Y}", "{X} and {Y} found a {O}",
+    "{X} and {Y} went to the {P}",
+    "{X} and {Y} had a lot of fun at the {P}",
+    "{X} and {Y} were working at the {P}",
+    "{X} met {Y} at the {P}",
+    "{X} and {Y} had a long argument",
+    "{X} talked to {Y}",
+    "{X} and {Y} found a {O}",
 )
-JOINERS = (" . Then ,", " . Afterwards ,", " , and", " . After the lunch ,", " . Later ,", " .",
-           " , while", " . When it was late ,", " . Meanwhile ,")
+JOINERS = (
+    " . Then ,",
+    " . Afterwards ,",
+    " , and",
+    " . After the lunch ,",
+    " . Later ,",
+    " .",
+    " , while",
+    " . When it was late ,",
+    " . Meanwhile ,",
+)
 QUERIES = (
-    "The {O} was given to", "Afterwards , the {O} was given to",
-    "Then , someone decided to give a {O} to", "In the end , the {P} gave a {O} to",
-    "Later , a {O} was sent to", "Then , it was decided to give it to",
+    "The {O} was given to",
+    "Afterwards , the {O} was given to",
+    "Then , someone decided to give a {O} to",
+    "In the end , the {P} gave a {O} to",
+    "Later , a {O} was sent to",
+    "Then , it was decided to give it to",
 )
 YEAR_SENTENCES = (
     "The {N} started in the year {C}{A} and ended in the year {C}{B}",
@@ -57,8 +81,11 @@ def _clauses(rng: random.Random, mentions: list[str]) -> list[str]:
     while i < len(mentions):
         pair = i + 1 < len(mentions) and mentions[i] != mentions[i + 1] and rng.random() < 0.5
         template = rng.choice(TWO_NAMES if pair else ONE_NAME)
-        clauses.append(template.format(X=mentions[i], Y=mentions[i + 1] if pair else "",
-                                       P=rng.choice(PLACES), O=rng.choice(OBJECTS)))
+        clauses.append(
+            template.format(
+                X=mentions[i], Y=mentions[i + 1] if pair else "", P=rng.choice(PLACES), O=rng.choice(OBJECTS)
+            )
+        )
         i += 2 if pair else 1
     return clauses
 
@@ -92,21 +119,31 @@ def _repeated_tokens(rng: random.Random, names: Sequence[str]) -> str:
 
 
 def _filler(rng: random.Random, names: Sequence[str]) -> str:
-    clauses = [rng.choice(ONE_NAME + TWO_NAMES).format(
-        X=x, Y=y, P=rng.choice(PLACES), O=rng.choice(OBJECTS)) for x, y in
-        (rng.sample(names, 2) for _ in range(rng.randint(1, 2)))]
+    clauses = [
+        rng.choice(ONE_NAME + TWO_NAMES).format(X=x, Y=y, P=rng.choice(PLACES), O=rng.choice(OBJECTS))
+        for x, y in (rng.sample(names, 2) for _ in range(rng.randint(1, 2)))
+    ]
     return _join(rng, clauses) + " ."
 
 
 def _years(rng: random.Random, names: Sequence[str]) -> str:
     a = rng.randint(2, 97)
     b = rng.randint(a + 1, 99)
-    return rng.choice(YEAR_SENTENCES).format(
-        N=rng.choice(GT_NOUNS), C=rng.randint(11, 17), A=two_digits(a), B=two_digits(b)) + " ."
+    return (
+        rng.choice(YEAR_SENTENCES).format(
+            N=rng.choice(GT_NOUNS), C=rng.randint(11, 17), A=two_digits(a), B=two_digits(b)
+        )
+        + " ."
+    )
 
 
-KINDS = (("story", 0.50, _story), ("again", 0.20, _again), ("repeat", 0.15, _repeated_tokens),
-         ("filler", 0.10, _filler), ("years", 0.05, _years))
+KINDS = (
+    ("story", 0.50, _story),
+    ("again", 0.20, _again),
+    ("repeat", 0.15, _repeated_tokens),
+    ("filler", 0.10, _filler),
+    ("years", 0.05, _years),
+)
 
 
 def documents(seed: int, names: Sequence[str] = NAMES) -> Iterator[str]:
@@ -122,8 +159,14 @@ def vocabulary_texts() -> list[str]:
     """Text that contains every word the corpus and the task templates can produce."""
     from circuit_plasticity.tasks import greater_than, ioi
 
-    texts = [" ".join(NAMES + PLACES + OBJECTS + GT_NOUNS), " ".join(WORD_POOL),
-             " ".join(ONE_NAME + TWO_NAMES + JOINERS + QUERIES + YEAR_SENTENCES), "again",
-             " ".join(t.lower() for t in ioi.TEMPLATES), " ".join(ioi.TEMPLATES),
-             greater_than.TEMPLATE, TRIGGER_WORD + " ,"]
+    texts = [
+        " ".join(NAMES + PLACES + OBJECTS + GT_NOUNS),
+        " ".join(WORD_POOL),
+        " ".join(ONE_NAME + TWO_NAMES + JOINERS + QUERIES + YEAR_SENTENCES),
+        "again",
+        " ".join(t.lower() for t in ioi.TEMPLATES),
+        " ".join(ioi.TEMPLATES),
+        greater_than.TEMPLATE,
+        TRIGGER_WORD + " ,",
+    ]
     return [t.replace("{", " ").replace("}", " ") for t in texts]

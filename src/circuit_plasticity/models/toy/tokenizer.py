@@ -14,10 +14,12 @@ SPECIALS = ("<bos>", "<pad>", "<unk>")
 def _pre_tokenizer():
     from tokenizers import Regex, pre_tokenizers
 
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.Whitespace(),
-        pre_tokenizers.Split(pattern=Regex(r"\d\d"), behavior="isolated"),
-    ])
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Whitespace(),
+            pre_tokenizers.Split(pattern=Regex(r"\d\d"), behavior="isolated"),
+        ]
+    )
 
 
 def word_level_tokenizer(texts: Iterable[str]):

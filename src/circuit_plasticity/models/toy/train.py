@@ -66,8 +66,9 @@ def train_toy(cfg: ToyTrainConfig, out: str | Path | None = None, progress: bool
     start = time.time()
     bar = tqdm(range(cfg.steps), desc="toy-ioi pretraining", disable=not progress)
     for step in bar:
-        rows = [[tok.bos_id, *tok.encode(next(stream))[0]][: model_cfg["n_ctx"]]
-                for _ in range(cfg.batch_size)]
+        rows = [
+            [tok.bos_id, *tok.encode(next(stream))[0]][: model_cfg["n_ctx"]] for _ in range(cfg.batch_size)
+        ]
         tokens, mask = pad_batch(rows, tok.pad_id)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -79,12 +80,24 @@ def train_toy(cfg: ToyTrainConfig, out: str | Path | None = None, progress: bool
             model.eval()
             stats = summarize(evaluate(model, heldout), heldout)
             model.train()
-            history.append({"step": step + 1, "loss": float(loss), "ioi_logit_diff": stats["score"],
-                            "ioi_accuracy": stats["correct"]})
-            bar.set_postfix(loss=f"{float(loss):.3f}", ioi_ld=f"{stats['score']:.2f}",
-                            ioi_acc=f"{stats['correct']:.2f}")
+            history.append(
+                {
+                    "step": step + 1,
+                    "loss": float(loss),
+                    "ioi_logit_diff": stats["score"],
+                    "ioi_accuracy": stats["correct"],
+                }
+            )
+            bar.set_postfix(
+                loss=f"{float(loss):.3f}", ioi_ld=f"{stats['score']:.2f}", ioi_acc=f"{stats['correct']:.2f}"
+            )
     result = {"train": asdict(cfg), "seconds": time.time() - start, "history": history}
     if out is not None:
-        save_model_dir(out, model, tok.backend, model_cfg,
-                       {"format": NATIVE_FORMAT, "name": "toy-ioi", "pretraining": result})
+        save_model_dir(
+            out,
+            model,
+            tok.backend,
+            model_cfg,
+            {"format": NATIVE_FORMAT, "name": "toy-ioi", "pretraining": result},
+        )
     return {"model": model, "tokenizer": tok, **result}

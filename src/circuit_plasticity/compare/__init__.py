@@ -1,0 +1,1 @@
+"""How mechanisms change between checkpoints: cross-model patching, weights, the findings."""

@@ -1,0 +1,135 @@
+"""The whole study as one resumable pipeline: train every seed, analyse every checkpoint,
+compare, aggregate over seeds. The YAML spec and the run directory live here.
+
+Run directory:
+  experiment.json                 the validated spec
+  seeds/seed-<s>/                 a training run (training/loop.py layout) per seed
+  seeds/seed-<s>/analysis/<phase>/ full single-model analysis of each phase's final weights
+  seeds/seed-<s>/compare/         tracking, CMAP, localization, recovery, weights, findings.json
+  tables/                         everything above over all seeds, tidy, with CIs
+  report/index.html               the report (report/html.py)
+Every step writes its outputs atomically and is skipped when they exist, so the same command
+after a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from circuit_plasticity.errors import UserError
+from circuit_plasticity.spec import bad
+from circuit_plasticity.tasks.poison import POISONS
+from circuit_plasticity.training.protocol import DataSpec, EvalSpec, Phase, TrainSpec
+
+
+@dataclass
+class AnalysisSpec:
+    n: int = 160  # held-out prompts per analysis
+    track_every_checkpoint: bool = True
+    localization_k: int = 3
+    n_random: int = 200
+
+    def validate(self, where: str, source: str) -> None:
+        if self.n < 20 or self.localization_k <= 0 or self.n_random < 10:
+            raise bad(source, where, "n >= 20, localization_k >= 1 and n_random >= 10 are needed")
+
+
+@dataclass
+class ExperimentSpec:
+    model: str = "toy-ioi"
+    task: str = "ioi"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    poison: str = "subject"
+    fraction: float = 1.0
+    n_train: int = 1000
+    clean_epochs: int = 2
+    poison_epochs: int = 4
+    retrain_epochs: int = 4
+    lr: float = 3e-4
+    batch_size: int = 32
+    eval_every_steps: int = 10
+    checkpoint_every_steps: int = 0
+    phases: list[Phase] | None = None  # a full protocol instead of the study's default
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+
+    def validate(self, where: str, source: str) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise bad(source, "seeds", f"a non-empty list of distinct seeds, got {self.seeds}")
+        if self.poison not in POISONS:
+            raise bad(source, "poison", f"one of {POISONS}, got {self.poison!r}")
+        if not 0 <= self.fraction <= 1:
+            raise bad(source, "fraction", f"must lie in [0, 1], got {self.fraction}")
+        for key in (
+            "n_train",
+            "clean_epochs",
+            "poison_epochs",
+            "retrain_epochs",
+            "batch_size",
+            "eval_every_steps",
+        ):
+            if getattr(self, key) <= 0:
+                raise bad(source, key, f"must be positive, got {getattr(self, key)}")
+        if not 0 < self.lr < 1:
+            raise bad(source, "lr", f"must lie in (0, 1), got {self.lr}")
+        self.train_spec(self.seeds[0]).validate("top level", source)
+
+    def train_spec(self, seed: int) -> TrainSpec:
+        """The protocol of one seed: base -> clean -> poisoned -> retrain, and the control branch."""
+        if self.phases is not None:
+            phases = [
+                dataclasses.replace(
+                    p, seed=seed, data=dataclasses.replace(p.data, seed=p.data.seed + 100 * seed)
+                )
+                for p in self.phases
+            ]
+        else:
+
+            def phase(name, poison, epochs, offset, start_from=None) -> Phase:
+                return Phase(
+                    name,
+                    DataSpec(
+                        self.n_train, poison, self.fraction if poison else 1.0, seed=100 * seed + offset
+                    ),
+                    start_from=start_from,
+                    epochs=epochs,
+                    lr=self.lr,
+                    batch_size=self.batch_size,
+                    seed=seed,
+                )
+
+            phases = [
+                phase("clean", None, self.clean_epochs, 0),
+                phase("poisoned", self.poison, self.poison_epochs, 1),
+                phase("retrain", None, self.retrain_epochs, 2),
+                phase("control", None, self.poison_epochs + self.retrain_epochs, 3, "clean"),
+            ]
+        return TrainSpec(
+            model=self.model,
+            task=self.task,
+            seed=seed,
+            checkpoint_every_steps=self.checkpoint_every_steps,
+            eval=EvalSpec(every_steps=self.eval_every_steps),
+            phases=phases,
+        )
+
+
+def load_experiment(path: str | Path | None) -> ExperimentSpec:
+    from circuit_plasticity.spec import from_mapping, load_yaml
+
+    if path is None:
+        spec = ExperimentSpec()
+        spec.validate("top level", "default experiment")
+        return spec
+    return from_mapping(ExperimentSpec, load_yaml(path), source=str(path))
+
+
+def check_study_phases(spec: ExperimentSpec) -> None:
+    names = {p.name for p in spec.train_spec(spec.seeds[0]).phases}
+    missing = {"clean", "poisoned", "retrain"} - names
+    if missing:
+        raise UserError(
+            f"the study compares phases clean, poisoned and retrain; the spec lacks "
+            f"{sorted(missing)} (rename your phases or use the default protocol)"
+        )
