@@ -20,7 +20,7 @@ import torch
 from circuit_plasticity.analysis.circuit import Circuit, CircuitHead, Edge
 from circuit_plasticity.analysis.hooks import head_labels
 from circuit_plasticity.analysis.metrics import end_logits, task_score
-from circuit_plasticity.analysis.patching import Receivers, path_patch
+from circuit_plasticity.analysis.patching import Receivers, path_patch, z_cache
 from circuit_plasticity.tasks.encode import TaskBatch
 
 Head = tuple[int, int]
@@ -40,9 +40,9 @@ class Stage:
 
 
 def _effects(
-    model, batch: TaskBatch, receivers: Receivers, clean: torch.Tensor, scale: float
+    model, batch: TaskBatch, receivers: Receivers, clean: torch.Tensor, scale: float, caches
 ) -> torch.Tensor:
-    scores = path_patch(model, batch, receivers)
+    scores = path_patch(model, batch, receivers, caches=caches)
     return (scores - clean[None]).mean(1) / scale
 
 
@@ -120,7 +120,8 @@ def discover_circuit(
             for r in receivers or ["logits"]:
                 edges.append(Edge(h, r, kind))
 
-    direct = _effects(model, batch, Receivers(), clean, scale)
+    caches = (z_cache(model, batch.tokens), z_cache(model, batch.corrupted))
+    direct = _effects(model, batch, Receivers(), clean, scale, caches)
     record("logits", direct)
     movers = _select(direct, labels, config.share, config.max_per_stage, taken, sign=-1)
     for h in movers:  # a head that helps directly but reads S2, not IO, suppresses S
@@ -139,7 +140,7 @@ def discover_circuit(
         if not receivers:
             break
         recv_pos = "end" if kind == "q" else position
-        effects = _effects(model, batch, Receivers(tuple(receivers), kind, recv_pos), clean, scale)
+        effects = _effects(model, batch, Receivers(tuple(receivers), kind, recv_pos), clean, scale, caches)
         record(f"{kind}_of_{role}_receivers", effects)
         found = _select(effects, labels, config.share, config.max_per_stage, taken)
         if role == "induction" and attention:

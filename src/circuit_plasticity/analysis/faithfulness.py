@@ -21,6 +21,7 @@ from circuit_plasticity.analysis.ablation import group_means, knockout
 from circuit_plasticity.analysis.circuit import Circuit
 from circuit_plasticity.analysis.hooks import head_labels
 from circuit_plasticity.analysis.metrics import end_logits, task_score
+from circuit_plasticity.analysis.patching import patch_each_set
 from circuit_plasticity.tasks.encode import TaskBatch
 
 Head = tuple[int, int]
@@ -54,26 +55,42 @@ def circuit_score(model, batch: TaskBatch, keep: set[Head], means=None) -> float
 
 
 @torch.no_grad()
+def ablated_scores(model, batch: TaskBatch, ablate_sets: list[list[Head]], means) -> list[float]:
+    """Mean score with each set of heads mean-ablated jointly: one batched pass for all sets."""
+    scores = patch_each_set(model, batch, batch.tokens, means, ablate_sets)
+    return [float(s) for s in scores.mean(1)]
+
+
+@torch.no_grad()
 def evaluate_circuit(
     model, batch: TaskBatch, circuit: Circuit | set[Head], minimality_threshold: float = 0.01
 ) -> CircuitScores:
     keep = circuit.head_set() if isinstance(circuit, Circuit) else set(circuit)
+    labels = head_labels(model)
     means = group_means(model, batch)
     f_model = float(task_score(end_logits(model(batch.tokens), batch), batch).mean())
-    f_circuit = circuit_score(model, batch, keep, means)
     scale = max(abs(f_model), 1e-6)
+
+    def outside(kept: set[Head]) -> list[Head]:
+        return [h for h in labels if h not in kept]
+
     classes: dict[str, set[Head]] = {}
     if isinstance(circuit, Circuit):
         for h in circuit.heads:
             classes.setdefault(h.role, set()).add(h.key)
-    gaps = []
-    for members in classes.values():
-        f_c_minus = circuit_score(model, batch, keep - members, means)
-        f_m_minus = float(knockout(model, batch, sorted(members), means).mean())
-        gaps.append(abs(f_c_minus - f_m_minus) / scale)
+    members = sorted(keep)
+    sets = [outside(keep)]  # F(C)
+    sets += [outside(keep - {h}) for h in members]  # F(C \ {v})
+    sets += [outside(keep - k) for k in classes.values()]  # F(C \ K)
+    sets += [sorted(k) for k in classes.values()]  # F(M \ K)
+    scores = ablated_scores(model, batch, sets, means)
+    f_circuit = scores[0]
+    without = scores[1 : 1 + len(members)]
+    c_minus = scores[1 + len(members) : 1 + len(members) + len(classes)]
+    m_minus = scores[1 + len(members) + len(classes) :]
+    gaps = [abs(c - m) / scale for c, m in zip(c_minus, m_minus, strict=True)]
     minimality = {
-        f"{lay}.{head}": (f_circuit - circuit_score(model, batch, keep - {(lay, head)}, means)) / scale
-        for lay, head in sorted(keep)
+        f"{lay}.{head}": (f_circuit - w) / scale for (lay, head), w in zip(members, without, strict=True)
     }
     return CircuitScores(
         model_score=f_model,
@@ -83,6 +100,6 @@ def evaluate_circuit(
         completeness_gap=max(gaps) if gaps else 0.0,
         minimality=minimality,
         minimal=all(v >= minimality_threshold for v in minimality.values()),
-        sparsity=len(keep) / len(head_labels(model)),
+        sparsity=len(keep) / len(labels),
         minimality_threshold=minimality_threshold,
     )

@@ -166,15 +166,16 @@ def path_patch(
     receivers: Receivers,
     senders: Sequence[Head] | None = None,
     heads_per_pass: int = 16,
+    caches: tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """[len(senders), n]: per-prompt score when only the sender->receiver path is corrupted.
 
     Senders at or after the first receiver layer cannot reach a receiver and score as clean.
+    `caches` = (clean z, corrupted z) when the caller has them already (discovery's stages).
     """
     senders = list(senders if senders is not None else head_labels(model))
     n = len(batch)
-    clean_z = z_cache(model, batch.tokens)
-    corrupt_z = z_cache(model, batch.corrupted)
+    clean_z, corrupt_z = caches or (z_cache(model, batch.tokens), z_cache(model, batch.corrupted))
     n_layers, _ = n_layers_heads(model)
     results = []
     for chunk in _chunks(senders, heads_per_pass):
