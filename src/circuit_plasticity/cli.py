@@ -199,6 +199,65 @@ def train_command(
     typer.echo(phase_summary(table).to_string(index=False))
 
 
+@app.command("compare")
+def compare_command(
+    runs: Annotated[list[Path], typer.Argument(help="Training run directories (one per seed).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the aggregated tables.")],
+    n: Annotated[int, typer.Option("--n", help="Held-out prompts per analysis.")] = 160,
+    csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
+) -> None:
+    """Compare the phases of training runs: CMAP, localization, recovery, tracking, verdicts."""
+    from circuit_plasticity.analysis.tables import write_table
+    from circuit_plasticity.compare.study import aggregate, compare_seed
+
+    findings = []
+    for run in runs:
+        spec_path = run / "spec.json"
+        if not spec_path.is_file():
+            fail(
+                f"{run} is not a training run directory (no spec.json); "
+                "make one with `circuit-plasticity train`"
+            )
+        spec = json.loads(spec_path.read_text())
+        try:
+            findings.append(compare_seed(run, spec["model"], spec["seed"], n=n))
+        except FileNotFoundError as error:
+            fail(str(error))
+    summary, verdicts = aggregate(findings, out / "tables")
+    if csv:
+        write_table(out / "tables" / "findings.parquet", summary, csv=True)
+    for r in verdicts.itertuples():
+        typer.echo(f"{r.finding:16s} {'holds' if r.holds else 'does not hold'}: {r.rule}")
+
+
+@app.command("run")
+def run_command(
+    experiment: Annotated[
+        Path | None, typer.Argument(help="Experiment spec (YAML); default: toy-ioi study.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run directory (resumed if it exists).")] = Path(
+        "runs/default"
+    ),
+    model: Annotated[str | None, typer.Option(help="Override the spec's model (e.g. gpt2).")] = None,
+    csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run the whole study: train all seeds, analyse every checkpoint, compare, write the report."""
+    import dataclasses
+
+    from circuit_plasticity.experiment import load_experiment, run_experiment
+
+    spec = load_experiment(experiment)
+    if model is not None:
+        spec = dataclasses.replace(spec, model=model)
+    if spec.model != "toy-ioi":
+        from circuit_plasticity.experiment import cost_warning
+
+        typer.echo(cost_warning(spec), err=True)
+    report = run_experiment(spec, out, csv=csv, progress=not quiet)
+    typer.echo(f"report: {report}")
+
+
 def main() -> None:
     try:
         app()

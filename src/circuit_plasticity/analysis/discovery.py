@@ -118,7 +118,8 @@ def discover_circuit(
             heads.append(CircuitHead(h[0], h[1], role, position, float(effects[labels.index(h)])))
             taken.add(h)
             for r in receivers or ["logits"]:
-                edges.append(Edge(h, r, kind))
+                if r == "logits" or r[0] > h[0]:  # a head only reaches later layers
+                    edges.append(Edge(h, r, kind))
 
     caches = (z_cache(model, batch.tokens), z_cache(model, batch.corrupted))
     direct = _effects(model, batch, Receivers(), clean, scale, caches)

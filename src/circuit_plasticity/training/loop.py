@@ -221,7 +221,7 @@ def _run_phase(
                     "step": position.step,
                     "epoch": epoch + (k + 1) / steps_per_epoch,
                     "parent": parent,
-                    "train_loss": float(loss),
+                    "train_loss": float(loss.detach()),
                     **evaluator(model),
                 }
                 model.train()

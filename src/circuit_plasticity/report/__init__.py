@@ -1,0 +1,1 @@
+"""The report: figures (matplotlib, PNG) and one self-contained, offline HTML page."""
