@@ -1,0 +1,78 @@
+"""The whole study in one command: spec validation, a small end-to-end run, resume, escaping."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from circuit_plasticity.report.html import render_report
+
+TINY = textwrap.dedent("""\
+    seeds: [0]
+    n_train: 96
+    clean_epochs: 1
+    poison_epochs: 2
+    retrain_epochs: 2
+    eval_every_steps: 3
+    analysis: {n: 40, n_random: 20}
+    """)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.mark.slow
+def test_run_end_to_end_then_resume_does_nothing_again(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    first = cli("run", str(spec), "--out", str(tmp_path / "run"), "--quiet", "--csv")
+    assert first.returncode == 0, first.stderr[-2000:]
+    report = tmp_path / "run" / "report" / "index.html"
+    html = report.read_text()
+    assert html.count("<img") >= 8 and "http://" not in html and "https://" not in html
+    verdicts = pd.read_parquet(tmp_path / "run" / "tables" / "verdicts.parquet")
+    assert list(verdicts.finding) == ["amplification", "localization", "neuroplasticity"]
+    findings = pd.read_parquet(tmp_path / "run" / "tables" / "findings.parquet").set_index("measure")
+    assert findings.loc["score_poisoned", "mean"] < findings.loc["score_clean", "mean"]
+    for name in ("metrics", "heads", "circuits", "tracking", "cmap", "recovery", "weights"):
+        assert (tmp_path / "run" / "tables" / f"{name}.parquet").is_file()
+    assert (tmp_path / "run" / "tables" / "heads.csv").is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "seeds").rglob("*.safetensors")}
+    again = cli("run", str(spec), "--out", str(tmp_path / "run"), "--quiet")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no checkpoint was rewritten
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ("seedz: [1]", "unknown key 'seedz' (line 8)"),
+        ("poison: everything", "poison"),
+        ("lr: 2.0", "lr"),
+    ],
+)
+def test_bad_experiment_spec_exits_2(tmp_path, patch, message):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(TINY + patch + "\n")
+    r = cli("run", str(spec), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_escapes_user_strings(tmp_path):
+    evil = "<script>alert(1)</script>"
+    verdicts = pd.DataFrame([{"finding": evil, "holds": True, "rule": evil}])
+    findings = pd.DataFrame(
+        [{"measure": "amplification_score_ratio", "mean": 2.0, "ci_low": 1.5, "ci_high": 2.5, "n_seeds": 3}]
+    )
+    scores = pd.DataFrame([{"phase": evil, "score": 1.0, "ci_low": 0.5, "ci_high": 1.5, "accuracy": 0.9}])
+    path = render_report(tmp_path, evil, {"model": evil}, verdicts, findings, scores, [(evil, evil, b"png")])
+    text = path.read_text()
+    assert "<script>" not in text and "&lt;script&gt;" in text
