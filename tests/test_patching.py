@@ -106,3 +106,23 @@ def test_direct_attributions_sum_to_the_logit_difference(toy):
     rest = rest + direction @ model.ln_final.bias + (model.b_U[batch.answer_id] - model.b_U[batch.wrong_id])
     logit_diff = task_score(end_logits(model(batch.tokens), batch), batch)
     torch.testing.assert_close(dla.sum((1, 2)) + rest, logit_diff, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["toy", "gpt2"])
+@pytest.mark.parametrize("role", [None, "end", "s2"])
+def test_fast_path_equals_hook_path_for_head_sets(which, role, toy, gpt2_and_batch):
+    """The cache-reusing fast path against full hooked forward passes, on joint sets."""
+    from circuit_plasticity.analysis import fastpath
+    from circuit_plasticity.analysis.patching import _patch_each_set_hooked, patch_each_set
+
+    loaded, batch = (toy, toy_batch(toy, n=20)) if which == "toy" else gpt2_and_batch
+    model = loaded.model
+    assert fastpath.supported(model)
+    source = z_cache(model, batch.corrupted)
+    sets = [[(0, 1)], [(1, 2)], [(model.cfg.n_layers - 1, 3)], [(0, 0), (1, 3)], [(0, 2), (1, 1), (1, 0)], []]
+    positions = None if role is None else batch.positions[role]
+    fast = patch_each_set(model, batch, batch.tokens, source, sets, positions)
+    slow = _patch_each_set_hooked(model, batch, batch.tokens, source, sets, positions, 4, "z")
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
+    if which == "toy":  # the trained model responds to the patches (the random GPT-2 barely does)
+        assert (fast - fast[-1]).abs().max() > 1e-3

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from circuit_plasticity.analysis import fastpath
 from circuit_plasticity.analysis.hooks import head_labels, n_layers_heads, run_cached, z_name
 from circuit_plasticity.analysis.metrics import end_logits, task_score
 from circuit_plasticity.tasks.encode import TaskBatch
@@ -120,6 +121,22 @@ def patch_each_set(
 ) -> torch.Tensor:
     """[len(head_sets), n]: like `patch_each_head`, but each copy patches a whole set of heads
     jointly (matched random controls, circuits)."""
+    if activation == "z" and fastpath.supported(model):
+        patcher = fastpath.FastPatcher(model, tokens, batch.end)
+
+        def score(end_logits: torch.Tensor, k: int) -> torch.Tensor:
+            return task_score(end_logits, repeat_batch(batch, k))
+
+        return patcher.scores([list(s) for s in head_sets], replacement, positions, score, sets_per_pass)
+    return _patch_each_set_hooked(
+        model, batch, tokens, replacement, head_sets, positions, sets_per_pass, activation
+    )
+
+
+def _patch_each_set_hooked(
+    model, batch, tokens, replacement, head_sets, positions, sets_per_pass, activation
+) -> torch.Tensor:
+    """The general path: every copy runs the whole model with hooks (any architecture)."""
     n = tokens.shape[0]
     out = []
     for chunk in _chunks([list(s) for s in head_sets], sets_per_pass):

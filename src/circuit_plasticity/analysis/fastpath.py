@@ -1,0 +1,170 @@
+"""A patching fast path that never recomputes what a run already has.
+
+When a set of heads is patched and the earliest of them sits in layer L, everything before
+layer L is unchanged: we start from the cached residual stream. Layer L itself changes only
+by the patched heads' outputs, so its new output is the cached one plus (z_new - z_old) W_O.
+Later layers are recomputed, the last one only at END (the metric reads nothing else), and the
+unembedding only at END. For a 3-layer model, patching a head of the last layer costs one
+LayerNorm and one unembedding row instead of a whole forward pass.
+
+Supported: pre-LayerNorm GPT-2-style blocks (learned positions, sequential attention and
+MLP, LN or no norm). Everything else uses the hook path; `supported` says which.
+The tests check this path against the hook path and TransformerLens to 1e-4.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from circuit_plasticity.analysis.hooks import run_cached
+
+Head = tuple[int, int]
+ACTS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+def supported(model) -> bool:
+    cfg = model.cfg
+    return (
+        cfg.normalization_type == "LN"
+        and cfg.positional_embedding_type == "standard"
+        and not cfg.parallel_attn_mlp
+        and not cfg.scale_attn_by_inverse_layer_idx
+        and (cfg.attn_only or cfg.act_fn in ACTS)
+        and not getattr(cfg, "use_qk_norm", False)
+        and getattr(cfg, "n_key_value_heads", None) in (None, cfg.n_heads)
+    )
+
+
+def _ln(x: torch.Tensor, module, eps: float) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), module.weight, module.bias, eps)
+
+
+class FastPatcher:
+    """Caches one base run (residual stream before each block, every head's z) and evaluates
+    END logits with any sets of heads' z replaced."""
+
+    def __init__(self, model, tokens: torch.Tensor, end: torch.Tensor):
+        self.model, self.cfg = model, model.cfg
+        self.n_layers = model.cfg.n_layers
+        names = [f"blocks.{lay}.hook_resid_pre" for lay in range(self.n_layers)]
+        names += [f"blocks.{lay}.attn.hook_z" for lay in range(self.n_layers)]
+        names += [f"blocks.{lay}.hook_attn_out" for lay in range(self.n_layers)]
+        _, cache = run_cached(model, tokens, names)
+        self.resid = [cache[f"blocks.{lay}.hook_resid_pre"] for lay in range(self.n_layers)]
+        self.z = [cache[f"blocks.{lay}.attn.hook_z"] for lay in range(self.n_layers)]
+        self.attn_out = [cache[f"blocks.{lay}.hook_attn_out"] for lay in range(self.n_layers)]
+        self.end = end
+        d_head = self.cfg.d_head
+        self.scale = (
+            self.cfg.attn_scale
+            if self.cfg.use_attn_scale and self.cfg.attn_scale > 0
+            else (math.sqrt(d_head) if self.cfg.use_attn_scale else 1.0)
+        )
+
+    def _attention(self, layer: int, x: torch.Tensor, z_patch, only_end: torch.Tensor | None) -> torch.Tensor:
+        m = self.model
+        a = _ln(x, m.blocks[layer].ln1, self.cfg.eps)
+        k = torch.einsum("bpd,hde->bphe", a, m.W_K[layer]) + m.b_K[layer]
+        v = torch.einsum("bpd,hde->bphe", a, m.W_V[layer]) + m.b_V[layer]
+        rows = torch.arange(x.shape[0])
+        qa = a if only_end is None else a[rows, only_end][:, None]
+        q = torch.einsum("bpd,hde->bphe", qa, m.W_Q[layer]) + m.b_Q[layer]
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / self.scale
+        seq = x.shape[1]
+        qpos = torch.arange(seq)[None, :] if only_end is None else only_end[:, None]
+        mask = torch.arange(seq)[None, None, :] > qpos[:, :, None]  # [b or 1, q, k]
+        scores = scores.masked_fill(mask[:, None], float("-inf"))
+        z = torch.einsum("bhqk,bkhe->bqhe", scores.softmax(-1), v)
+        z = z_patch(layer, z, only_end)
+        return torch.einsum("bqhe,hem->bqm", z, m.W_O[layer]) + m.b_O[layer]
+
+    def _mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.attn_only:
+            return torch.zeros_like(x)
+        m = self.model
+        h = _ln(x, m.blocks[layer].ln2, self.cfg.eps) @ m.W_in[layer] + m.b_in[layer]
+        return ACTS[self.cfg.act_fn](h) @ m.W_out[layer] + m.b_out[layer]
+
+    @torch.no_grad()
+    def scores(
+        self,
+        sets: Sequence[Sequence[Head]],
+        replacement: dict[int, torch.Tensor],
+        positions: torch.Tensor | None,
+        score: Callable[[torch.Tensor, int], torch.Tensor],
+        sets_per_pass: int = 16,
+    ) -> torch.Tensor:
+        """[len(sets), n]: `score(end_logits [k*n, vocab], k)` with each set's z replaced."""
+        n = self.resid[0].shape[0]
+        out = torch.empty(len(sets), n)
+        by_start: dict[int, list[int]] = {}
+        for i, members in enumerate(sets):
+            by_start.setdefault(min((lay for lay, _ in members), default=self.n_layers), []).append(i)
+        for start, idx in by_start.items():
+            for j in range(0, len(idx), sets_per_pass):
+                chunk = idx[j : j + sets_per_pass]
+                logits = self._run_group(start, [sets[i] for i in chunk], replacement, positions)
+                out[chunk] = score(logits, len(chunk)).view(len(chunk), n)
+        return out
+
+    def _run_group(self, start: int, sets, replacement, positions) -> torch.Tensor:
+        k, n = len(sets), self.resid[0].shape[0]
+        end = self.end.repeat(k)
+        rows = torch.arange(n)
+        pos_all = None if positions is None else positions
+
+        def replaced(layer: int, z: torch.Tensor, only_end: torch.Tensor | None) -> torch.Tensor:
+            """z [k*n, q, H, e] with each copy's heads of `layer` replaced."""
+            heads_by_copy = [[h for lay, h in s if lay == layer] for s in sets]
+            if not any(heads_by_copy):
+                return z
+            z = z.clone().view(k, n, *z.shape[1:])
+            src = replacement[layer]
+            for c, heads in enumerate(heads_by_copy):
+                for h in heads:
+                    if only_end is None:
+                        if pos_all is None:
+                            z[c, :, :, h] = src[:, :, h]
+                        else:
+                            z[c, rows, pos_all, h] = src[rows, pos_all, h]
+                    else:  # one query row (END) per prompt
+                        keep = None if pos_all is None else (pos_all == self.end)
+                        new = src[rows, self.end, h]
+                        z[c, :, 0, h] = (
+                            new if keep is None else torch.where(keep[:, None], new, z[c, :, 0, h])
+                        )
+            return z.view(k * n, *z.shape[2:])
+
+        if start >= self.n_layers:  # nothing patched
+            x = self.resid[-1] + self.attn_out[-1]
+            x = (x + self._mlp(self.n_layers - 1, x)).repeat(k, 1, 1)
+            return self._unembed(x[torch.arange(k * n), end])
+        # layer `start`: cached output plus the patched heads' change
+        delta = replaced(start, self.z[start].repeat(k, 1, 1, 1), None) - self.z[start].repeat(k, 1, 1, 1)
+        x = self.resid[start].repeat(k, 1, 1) + self.attn_out[start].repeat(k, 1, 1)
+        x = x + torch.einsum("bqhe,hem->bqm", delta, self.model.W_O[start])
+        last = self.n_layers - 1
+        if start == last:
+            x = x[torch.arange(k * n), end][:, None]
+            return self._unembed((x + self._mlp(start, x))[:, 0])
+        x = x + self._mlp(start, x)
+        for layer in range(start + 1, last):
+            x = x + self._attention(layer, x, replaced, None)
+            x = x + self._mlp(layer, x)
+        attn = self._attention(last, x, replaced, end)  # [k*n, 1, d]
+        x_end = x[torch.arange(k * n), end][:, None] + attn
+        return self._unembed((x_end + self._mlp(last, x_end))[:, 0])
+
+    def _unembed(self, x_end: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        return _ln(x_end, m.ln_final, self.cfg.eps) @ m.W_U + m.b_U
