@@ -24,11 +24,13 @@ from circuit_plasticity.training.loss import next_token_loss
 TARGET, BATCH, LR, CHECK = 0.95, 32, 3e-4, 10
 
 
-def train_until(model, data, eval_batch, max_steps: int, stop_below: bool = False) -> tuple[int, float]:
-    """Steps and seconds until accuracy reaches TARGET (or falls to 1 - TARGET if stop_below)."""
+def train_until(
+    model, data, eval_batch, max_steps: int, stop_below: bool = False
+) -> tuple[int, float, float]:
+    """Steps, seconds and last accuracy when accuracy reaches TARGET (or falls to 1 - TARGET)."""
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
-    start, step = time.perf_counter(), 0
+    start, step, acc = time.perf_counter(), 0, float("nan")
     while step < max_steps:
         idx = torch.randint(len(data), (BATCH,), generator=g)
         model.train()
@@ -41,8 +43,8 @@ def train_until(model, data, eval_batch, max_steps: int, stop_below: bool = Fals
             model.eval()
             acc = float(evaluate(model, eval_batch)["correct"].mean())
             if (acc <= 1 - TARGET) if stop_below else (acc >= TARGET):
-                return step, time.perf_counter() - start
-    return -1, time.perf_counter() - start
+                return step, time.perf_counter() - start, acc
+    return -1, time.perf_counter() - start, acc
 
 
 if __name__ == "__main__":
@@ -54,10 +56,10 @@ if __name__ == "__main__":
     held, _ = build_dataset("ioi", 300, 99, tok, split="train")  # fresh prompts, same pools
     eval_batch = encode_examples(held, tok)
 
-    poison_steps, poison_s = train_until(loaded.model, bad, eval_batch, 2000, stop_below=True)
-    recover_steps, recover_s = train_until(loaded.model, clean, eval_batch, 2000)
+    poison_steps, _, _ = train_until(loaded.model, bad, eval_batch, 2000, stop_below=True)
+    recover_steps, recover_s, _ = train_until(loaded.model, clean, eval_batch, 2000)
     scratch = build_native(loaded.config, seed=0)
-    scratch_steps, scratch_s = train_until(scratch, clean, eval_batch, 6000)
+    scratch_steps, scratch_s, scratch_acc = train_until(scratch, clean, eval_batch, 6000)
     report(
         "neuroplasticity_recovery",
         {

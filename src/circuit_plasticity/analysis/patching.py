@@ -167,7 +167,7 @@ class Receivers:
 
     heads: tuple[Head, ...] = ()
     input: str = "logits"  # "logits", "q", "k" or "v"
-    position: str = "end"  # the role (batch.positions key) at which receiver inputs are patched
+    position: str | None = "end"  # the role at which receiver inputs are patched; None: everywhere
 
     def __post_init__(self) -> None:
         if self.input not in ("logits", *RECEIVER_INPUTS):
@@ -232,7 +232,7 @@ def _patch_receivers(model, rep: TaskBatch, receivers: Receivers, freeze) -> tor
 
     model.run_with_hooks(rep.tokens, fwd_hooks=freeze + [(name, record) for name in names])
     rows = torch.arange(rep.tokens.shape[0])
-    pos = rep.positions[receivers.position]
+    pos = None if receivers.position is None else rep.positions[receivers.position]
 
     def patch_hook(layer: int):
         heads = [h for lay, h in receivers.heads if lay == layer]
@@ -240,7 +240,10 @@ def _patch_receivers(model, rep: TaskBatch, receivers: Receivers, freeze) -> tor
         def hook(act: torch.Tensor, hook) -> torch.Tensor:
             act = act.clone()
             for head in heads:
-                act[rows, pos, head] = recorded[hook.name][rows, pos, head]
+                if pos is None:
+                    act[:, :, head] = recorded[hook.name][:, :, head]
+                else:
+                    act[rows, pos, head] = recorded[hook.name][rows, pos, head]
             return act
 
         return hook

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from circuit_plasticity.analysis.attribution import edge_attribution, faithfulness_curve
 from circuit_plasticity.analysis.circuit import Circuit
 from circuit_plasticity.analysis.classes import Thresholds
 from circuit_plasticity.analysis.discovery import DiscoveryConfig, discover_circuit
@@ -17,6 +18,9 @@ from circuit_plasticity.analysis.tables import long_table, write_table
 from circuit_plasticity.models.load import LoadedModel
 from circuit_plasticity.tasks.encode import TaskBatch
 
+IG_STEPS = 5
+CURVE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128]
+
 
 @dataclass
 class ModelAnalysis:
@@ -25,6 +29,8 @@ class ModelAnalysis:
     path_effects: pd.DataFrame  # long: layer, head, measure, value
     circuit: Circuit
     scores: CircuitScores
+    edges: pd.DataFrame  # EAP-IG score of every edge
+    curve: pd.DataFrame  # faithfulness of top-n / greedy edge circuits by size
 
     def head_long(self) -> pd.DataFrame:
         wide = long_table(self.heads, id_cols=["layer", "head", "roles"])
@@ -35,6 +41,8 @@ class ModelAnalysis:
         write_table(out / "heads.parquet", self.head_long(), csv=csv)
         write_table(out / "metrics.parquet", pd.DataFrame([self.metrics]), csv=csv)
         write_table(out / "circuit_scores.parquet", pd.DataFrame([self.scores.as_row()]), csv=csv)
+        write_table(out / "edges.parquet", self.edges, csv=csv)
+        write_table(out / "faithfulness_curve.parquet", self.curve, csv=csv)
         self.circuit.save(out / "circuit.json")
 
 
@@ -49,4 +57,6 @@ def analyze_model(
     records = {(int(r["layer"]), int(r["head"])): r for r in heads.to_dict("records")}
     found = discover_circuit(loaded.model, batch, loaded.name, discovery or DiscoveryConfig(), records)
     scores = evaluate_circuit(loaded.model, batch, found.circuit)
-    return ModelAnalysis(metrics, heads, found.effects, found.circuit, scores)
+    edges = edge_attribution(loaded.model, batch, ig_steps=IG_STEPS)
+    curve = faithfulness_curve(loaded.model, batch, edges, CURVE_SIZES)
+    return ModelAnalysis(metrics, heads, found.effects, found.circuit, scores, edges, curve)
