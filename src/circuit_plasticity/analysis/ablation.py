@@ -36,12 +36,8 @@ def group_means(model, batch: TaskBatch) -> dict[int, torch.Tensor]:
     return means
 
 
-@torch.no_grad()
-def knockout(
-    model, batch: TaskBatch, heads: Sequence[Head], means: dict[int, torch.Tensor] | None = None
-) -> torch.Tensor:
-    """Per-prompt score with all `heads` mean-ablated at once (a joint knockout)."""
-    means = group_means(model, batch) if means is None else means
+def knockout_hooks(heads: Sequence[Head], means: dict[int, torch.Tensor]) -> list:
+    """Forward hooks that mean-ablate all `heads` at once."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
@@ -56,8 +52,16 @@ def knockout(
 
         return hook
 
-    hooks = [(z_name(layer), hook_for(layer)) for layer in by_layer]
-    logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+    return [(z_name(layer), hook_for(layer)) for layer in by_layer]
+
+
+@torch.no_grad()
+def knockout(
+    model, batch: TaskBatch, heads: Sequence[Head], means: dict[int, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Per-prompt score with all `heads` mean-ablated at once (a joint knockout)."""
+    means = group_means(model, batch) if means is None else means
+    logits = model.run_with_hooks(batch.tokens, fwd_hooks=knockout_hooks(heads, means))
     return task_score(end_logits(logits, batch), batch)
 
 

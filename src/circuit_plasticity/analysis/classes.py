@@ -20,6 +20,7 @@ class Thresholds:
     duplicate: float = 0.2  # attention S2 -> S1
     induction: float = 0.3
     previous_token: float = 0.3
+    backup_share: float = 0.04  # DLA gain, as a share of the score, when the name movers are knocked out
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -51,6 +52,8 @@ def classify_heads(
             and r.get("knockout_effect", 0) / scale <= -th.knockout_share
         ):
             mine.append("s_inhibition")
+        if "name_mover" not in mine and r.get("dla_gain_without_name_movers", 0) / scale >= th.backup_share:
+            mine.append("backup_name_mover")
         if r.get("attn_s2_s1", 0) >= th.duplicate:
             mine.append("duplicate_token")
         if r.get("induction", 0) >= th.induction:

@@ -92,12 +92,13 @@ def final_norm_apply(model, component: torch.Tensor, scale: torch.Tensor) -> tor
 
 
 @torch.no_grad()
-def head_dla(model, batch: TaskBatch) -> torch.Tensor:
+def head_dla(model, batch: TaskBatch, fwd_hooks: list | None = None) -> torch.Tensor:
     """[n, layers, heads]: each head's direct effect on logit(answer) - logit(wrong) at END,
-    through the final norm with its scale frozen from the run."""
+    through the final norm with its scale frozen from the run (optionally under `fwd_hooks`,
+    e.g. with the name movers knocked out, to see backups take over)."""
     n_layers, _ = n_layers_heads(model)
     names = [z_name(lay) for lay in range(n_layers)] + ["ln_final.hook_scale"]
-    _, cache = run_cached(model, batch.tokens, names)
+    _, cache = run_cached(model, batch.tokens, names, fwd_hooks)
     rows = torch.arange(len(batch))
     scale = cache["ln_final.hook_scale"][rows, batch.end]  # [n, 1]
     direction = unembed_direction(model, batch)

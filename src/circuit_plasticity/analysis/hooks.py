@@ -17,10 +17,14 @@ def q_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_q"
 
 
-def run_cached(model, tokens: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One forward pass keeping only the named activations (never the whole model's)."""
+def run_cached(
+    model, tokens: torch.Tensor, names: list[str], fwd_hooks: list | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward pass keeping only the named activations (never the whole model's),
+    optionally under intervention hooks (e.g. a joint knockout)."""
     wanted = set(names)
-    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
+    with model.hooks(fwd_hooks=fwd_hooks or []):
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
     return logits, {n: cache[n] for n in names}
 
 

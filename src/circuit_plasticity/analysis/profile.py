@@ -5,11 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from circuit_plasticity.analysis.ablation import group_means, knockout_each_head
+from circuit_plasticity.analysis.ablation import group_means, knockout_each_head, knockout_hooks
 from circuit_plasticity.analysis.classes import Thresholds, classify_heads
 from circuit_plasticity.analysis.copying import copy_scores
 from circuit_plasticity.analysis.heads import (
     direct_logit_attribution,
+    head_dla,
     ioi_attention,
     merge_head_tables,
     repeated_random_tokens,
@@ -43,4 +44,12 @@ def head_profile(
         names = torch.unique(torch.cat([batch.answer_id, batch.wrong_id]))
         tables += [ioi_attention(model, batch), copy_scores(model, names)]
     table = merge_head_tables(*tables)
-    return classify_heads(table, score, thresholds or Thresholds()), score
+    thresholds = thresholds or Thresholds()
+    first = classify_heads(table, score, thresholds)
+    movers = [(int(r.layer), int(r.head)) for r in first.itertuples() if "name_mover" in r.roles.split(",")]
+    gain = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    if movers:  # joint knockout of the name movers: which heads' direct effect grows (self-repair)?
+        means = group_means(model, batch)
+        gain = (head_dla(model, batch, knockout_hooks(movers, means)) - head_dla(model, batch)).mean(0)
+    table["dla_gain_without_name_movers"] = [float(gain[r.layer, r.head]) for r in table.itertuples()]
+    return classify_heads(table, score, thresholds), score
