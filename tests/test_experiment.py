@@ -76,3 +76,26 @@ def test_report_escapes_user_strings(tmp_path):
     path = render_report(tmp_path, evil, {"model": evil}, verdicts, findings, scores, [(evil, evil, b"png")])
     text = path.read_text()
     assert "<script>" not in text and "&lt;script&gt;" in text
+
+
+def test_shipped_specs_validate_and_default_yaml_is_the_default():
+    from pathlib import Path
+
+    from circuit_plasticity.experiment import ExperimentSpec, check_study_phases, load_experiment
+    from circuit_plasticity.spec import from_mapping, load_yaml
+    from circuit_plasticity.training.protocol import TrainSpec
+
+    root = Path(__file__).resolve().parent.parent / "experiments"
+    for path in sorted(root.glob("*.yaml")):
+        if path.name == "toy-protocol.yaml":
+            from_mapping(TrainSpec, load_yaml(path), source=str(path))
+        else:
+            check_study_phases(load_experiment(path))
+    assert load_experiment(root / "default.yaml") == ExperimentSpec()
+
+
+def test_greater_than_study_is_refused_clearly(tmp_path):
+    spec = tmp_path / "gt.yaml"
+    spec.write_text("task: greater-than\npoison: greater-than\n")
+    r = cli("run", str(spec), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "no circuit discovery yet" in r.stderr

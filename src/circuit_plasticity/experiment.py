@@ -127,6 +127,11 @@ def load_experiment(path: str | Path | None) -> ExperimentSpec:
 
 
 def check_study_phases(spec: ExperimentSpec) -> None:
+    if spec.task != "ioi":
+        raise UserError(
+            f"the study pipeline (`run`) analyses IOI circuits; task {spec.task!r} has datasets, "
+            "training (`train`) and evaluation (`eval`), but no circuit discovery yet"
+        )
     names = {p.name for p in spec.train_spec(spec.seeds[0]).phases}
     missing = {"clean", "poisoned", "retrain"} - names
     if missing:
