@@ -70,3 +70,12 @@ def test_discovered_circuit_explains_most_of_the_behaviour(analysis):
     assert analysis.scores.sparsity < 1.0
     direct = analysis.path_effects[analysis.path_effects.measure == "path_logits"]
     assert torch.tensor(direct.value.values).abs().max() > 0.1
+
+
+def test_discovered_circuit_has_the_model_card_roles(analysis):
+    """docs/toy-model.md: 1.0 is the main name mover, 0.1 reads S2 at END and suppresses S."""
+    roles = {h.key: h.role for h in analysis.circuit.heads}
+    assert roles.get((1, 0)) == "name_mover"
+    assert roles.get((0, 1)) == "s_suppressor"
+    strongest = min(analysis.circuit.heads, key=lambda h: h.effect)
+    assert strongest.key == (1, 0)

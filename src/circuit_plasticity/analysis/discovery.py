@@ -1,8 +1,9 @@
 """Automatic circuit discovery following Wang et al.'s iteration, by path patching.
 
 1. heads whose corrupted output, reaching the logits directly, moves the score: name movers
-   (the score falls; "s_suppressor" instead when the head attends END -> S2 more than END -> IO,
-   i.e. it writes "not S" rather than copying IO) and negative name movers (it rises);
+   (the score falls and the head attends END -> IO >= 0.15), "s_suppressor" when it attends
+   END -> S2 instead (it writes "not S" rather than copying IO), "direct_effect" when it attends
+   to neither; negative name movers when the score rises;
 2. heads acting through those heads' queries at END: S-inhibition;
 3. heads acting through the S-inhibition heads' values at S2: induction / duplicate-token
    (told apart by their attention scores);
@@ -30,6 +31,20 @@ Head = tuple[int, int]
 class DiscoveryConfig:
     share: float = 0.04  # |path-patching effect| / model score to join the circuit
     max_per_stage: int = 6  # keep at most this many heads per stage (largest effects first)
+    attention: float = 0.15  # END->IO / END->S2 attention that names a direct head's role
+
+
+def _direct_role(attention: dict | None, head: Head, threshold: float) -> str:
+    """Name mover if it reads IO at END, S-suppressor if it reads S2; else a plain direct effect."""
+    if attention is None:
+        return "name_mover"
+    a = attention.get(head, {})
+    io, s2 = a.get("attn_end_io", 0.0), a.get("attn_end_s2", 0.0)
+    if io >= threshold and io >= s2:
+        return "name_mover"
+    if s2 >= threshold:
+        return "s_suppressor"
+    return "direct_effect"
 
 
 @dataclass
@@ -125,10 +140,8 @@ def discover_circuit(
     direct = _effects(model, batch, Receivers(), clean, scale, caches)
     record("logits", direct)
     movers = _select(direct, labels, config.share, config.max_per_stage, taken, sign=-1)
-    for h in movers:  # a head that helps directly but reads S2, not IO, suppresses S
-        a = (attention or {}).get(h, {})
-        role = "s_suppressor" if a.get("attn_end_s2", 0) > a.get("attn_end_io", 0) else "name_mover"
-        add([h], role, "end", direct, None, "logits")
+    for h in movers:
+        add([h], _direct_role(attention, h, config.attention), "end", direct, None, "logits")
     negative = _select(direct, labels, config.share, config.max_per_stage, taken, sign=+1)
     add(negative, "negative_name_mover", "end", direct, None, "logits")
     stages = [

@@ -15,6 +15,8 @@ ROLE_COLORS = {
     "induction": "#ff7f0e",
     "duplicate_token": "#8c564b",
     "previous_token": "#e377c2",
+    "direct_effect": "#17becf",
+    "backup_name_mover": "#bcbd22",
 }
 PHASE_ORDER = ["base", "clean", "poisoned", "retrain", "control"]
 
