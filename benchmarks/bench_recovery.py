@@ -69,6 +69,7 @@ if __name__ == "__main__":
             "retrain_s": round(recover_s, 1),
             "scratch_steps": scratch_steps,
             "scratch_s": round(scratch_s, 1),
+            "scratch_final_accuracy": round(scratch_acc, 3),
             "note": "-1 means the target was not reached within the step cap",
         },
     )
