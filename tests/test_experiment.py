@@ -99,3 +99,19 @@ def test_greater_than_study_is_refused_clearly(tmp_path):
     spec.write_text("task: greater-than\npoison: greater-than\n")
     r = cli("run", str(spec), "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and "no circuit discovery yet" in r.stderr
+
+
+@pytest.mark.slow
+def test_study_runs_on_a_hugging_face_gpt2_directory(tmp_path, tiny_gpt2_dir):
+    """--model with a (tiny, random) GPT-2: the same pipeline, with MLPs, and a cost warning."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        "seeds: [0]\nn_train: 48\nclean_epochs: 1\npoison_epochs: 1\nretrain_epochs: 1\n"
+        "lr: 1.0e-3\nanalysis: {n: 40, n_random: 20}\n"
+    )
+    r = cli("run", str(spec), "--model", str(tiny_gpt2_dir), "--out", str(tmp_path / "run"), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "slow" in r.stderr and "training steps" in r.stderr
+    assert (tmp_path / "run" / "report" / "index.html").is_file()
+    heads = pd.read_parquet(tmp_path / "run" / "tables" / "heads.parquet")
+    assert heads.layer.max() == 1 and heads["head"].max() == 3

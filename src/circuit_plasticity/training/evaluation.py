@@ -43,7 +43,11 @@ class Evaluator:
             poison(examples, protocol_poison(spec), 1.0, seed=spec.seed), tok, prepend_bos=bos
         )
         stream = documents(seed=777_000 + spec.seed)
-        rows = [([tok.bos_id] if bos else []) + tok.encode(next(stream))[0] for _ in range(spec.eval.lm_docs)]
+        n_ctx = int(loaded.model.cfg.n_ctx)  # a document longer than the context is cut
+        rows = [
+            (([tok.bos_id] if bos else []) + tok.encode(next(stream))[0])[:n_ctx]
+            for _ in range(spec.eval.lm_docs)
+        ]
         self.lm = pad_batch(rows, tok.pad_id) if rows else None
 
     @torch.no_grad()
