@@ -33,15 +33,23 @@ def collect_tables(out: Path, seeds: list[int], csv: bool = False) -> None:
         ]
         if frames:
             write_table(out / "tables" / f"{name}.parquet", pd.concat(frames, ignore_index=True), csv=csv)
-    heads, circuits = [], []
+    heads, circuits, curves, edges = [], [], [], []
     for s in seeds:
         for phase_dir in sorted((out / "seeds" / f"seed-{s}" / "analysis").glob("*")):
             heads.append(pd.read_parquet(phase_dir / "heads.parquet").assign(seed=s, phase=phase_dir.name))
+            curves.append(
+                pd.read_parquet(phase_dir / "faithfulness_curve.parquet").assign(seed=s, phase=phase_dir.name)
+            )
+            edges.append(pd.read_parquet(phase_dir / "edges.parquet").assign(seed=s, phase=phase_dir.name))
             c = json.loads((phase_dir / "circuit.json").read_text())
             circuits += [{**h, "seed": s, "phase": phase_dir.name} for h in c["heads"]]
     if heads:
         write_table(out / "tables" / "heads.parquet", pd.concat(heads, ignore_index=True), csv=csv)
         write_table(out / "tables" / "circuits.parquet", pd.DataFrame(circuits), csv=csv)
+        write_table(
+            out / "tables" / "faithfulness_curves.parquet", pd.concat(curves, ignore_index=True), csv=csv
+        )
+        write_table(out / "tables" / "edges.parquet", pd.concat(edges, ignore_index=True), csv=csv)
 
 
 def _scores(out: Path, seeds: list[int]) -> pd.DataFrame:
@@ -119,6 +127,15 @@ def build_report(out: Path, spec) -> Path:
             figures.recovery_bars(read("recovery"), members),
         ),
     ]
+    figs.append(
+        (
+            "Edge attribution circuits: faithfulness against size",
+            "EAP-IG edge scores; circuits "
+            "of the n best edges (top-n) or grown from the logits (greedy), all other heads "
+            "mean-ablated; mean over seeds.",
+            figures.faithfulness_curves(read("faithfulness_curves")),
+        )
+    )
     if (tables / "tracking.parquet").is_file():
         figs.append(
             (

@@ -221,3 +221,22 @@ def tracking_curves(tracking: pd.DataFrame) -> bytes:
     if dla_cols:
         axes[1].legend(fontsize=7, ncol=2)
     return _png(fig)
+
+
+def faithfulness_curves(curves: pd.DataFrame) -> bytes:
+    """Faithfulness of edge-attribution circuits against their size, one line per phase."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
+    for ax, method in zip(axes, ["top_n", "greedy"], strict=True):
+        rows = curves[curves.method == method]
+        for phase in [p for p in PHASE_ORDER if p in set(rows.phase)]:
+            mean = rows[rows.phase == phase].groupby("edges").faithfulness.mean()
+            ax.plot(mean.index, mean.values, marker="o", ms=3, label=phase)
+        ax.set_xscale("log", base=2)
+        ax.axhline(1, color="black", lw=0.6, ls=":")
+        ax.set_title(f"{method} edges")
+        ax.set_xlabel("edges in the circuit")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("faithfulness")
+    axes[0].legend(fontsize=8)
+    return _png(fig)
