@@ -126,3 +126,22 @@ def test_fast_path_equals_hook_path_for_head_sets(which, role, toy, gpt2_and_bat
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
     if which == "toy":  # the trained model responds to the patches (the random GPT-2 barely does)
         assert (fast - fast[-1]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_head_and_mlp_attributions_sum_to_the_logit_difference_on_gpt2(gpt2_and_batch):
+    """With MLPs: heads + MLPs + embeddings + biases = logit diff (means over prompts)."""
+    from circuit_plasticity.analysis.heads import final_norm_apply, mlp_dla, unembed_direction
+
+    loaded, batch = gpt2_and_batch
+    model = loaded.model
+    _, cache = model.run_with_cache(batch.tokens)
+    rows = torch.arange(len(batch))
+    scale = cache["ln_final.hook_scale"][rows, batch.end]
+    direction = unembed_direction(model, batch)
+    other = cache["hook_embed"][rows, batch.end] + cache["hook_pos_embed"][rows, batch.end] + model.b_O.sum(0)
+    rest = (final_norm_apply(model, other, scale) * direction).sum(-1)
+    rest = rest + direction @ model.ln_final.bias + (model.b_U[batch.answer_id] - model.b_U[batch.wrong_id])
+    total = head_dla(model, batch).sum((1, 2)).mean() + float(mlp_dla(model, batch).dla.sum()) + rest.mean()
+    logit_diff = task_score(end_logits(model(batch.tokens), batch), batch).mean()
+    assert abs(float(total - logit_diff)) < 1e-4

@@ -63,6 +63,9 @@ TokOpt = Annotated[
     ),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output JSONL file.")]
+ModelArg = Annotated[str, typer.Argument(help="toy-ioi, a hub name, a model dir or a checkpoint.")]
+TaskOpt = Annotated[str, typer.Option(help="ioi or greater-than.")]
+SplitOpt = Annotated[str, typer.Option(help="IOI names/templates: test (held out), train, all.")]
 
 
 @data_app.command("ioi")
@@ -124,12 +127,12 @@ def toy_train(
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[str, typer.Argument(help="toy-ioi, a hub name, a model dir or a checkpoint.")],
-    task: Annotated[str, typer.Option(help="ioi or greater-than.")] = "ioi",
+    model: ModelArg,
+    task: TaskOpt = "ioi",
     n: NOpt = 500,
     seed: SeedOpt = 0,
     data: Annotated[Path | None, typer.Option(help="Evaluate on this JSONL (e.g. poisoned).")] = None,
-    split: Annotated[str, typer.Option(help="IOI names/templates: test (held out), train, all.")] = "test",
+    split: SplitOpt = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Accuracy and mean logit difference (bootstrap 95 % CI), split clean/poisoned."""
@@ -153,12 +156,12 @@ def eval_command(
 
 @app.command("analyze")
 def analyze_command(
-    model: Annotated[str, typer.Argument(help="toy-ioi, a hub name, a model dir or a checkpoint.")],
+    model: ModelArg,
     out: Annotated[Path, typer.Option("--out", help="Directory for tables (Parquet) and circuit.json.")],
-    task: Annotated[str, typer.Option(help="ioi or greater-than.")] = "ioi",
+    task: Annotated[str, typer.Option(help="ioi (circuit analysis is implemented for IOI).")] = "ioi",
     n: NOpt = 200,
     seed: SeedOpt = 0,
-    split: Annotated[str, typer.Option(help="IOI names/templates: test (held out), train, all.")] = "test",
+    split: SplitOpt = "test",
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
 ) -> None:
     """Per-head measurements, head classes, path patching, the circuit and its faithfulness."""

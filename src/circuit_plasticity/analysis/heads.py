@@ -119,6 +119,28 @@ def direct_logit_attribution(model, batch: TaskBatch) -> pd.DataFrame:
     )
 
 
+@torch.no_grad()
+def mlp_dla(model, batch: TaskBatch) -> pd.DataFrame:
+    """Each MLP's direct effect on logit(answer) - logit(wrong) at END (none in attention-only
+    models); rows use head = -1 so they sit in the same tidy tables as heads."""
+    if model.cfg.attn_only:
+        return pd.DataFrame(
+            {"layer": pd.Series(dtype=int), "head": pd.Series(dtype=int), "dla": pd.Series(dtype=float)}
+        )
+    n_layers, _ = n_layers_heads(model)
+    names = [f"blocks.{lay}.hook_mlp_out" for lay in range(n_layers)] + ["ln_final.hook_scale"]
+    _, cache = run_cached(model, batch.tokens, names)
+    rows = torch.arange(len(batch))
+    scale = cache["ln_final.hook_scale"][rows, batch.end]
+    direction = unembed_direction(model, batch)
+    out = []
+    for lay in range(n_layers):
+        mlp = cache[f"blocks.{lay}.hook_mlp_out"][rows, batch.end]
+        value = (final_norm_apply(model, mlp, scale) * direction).sum(-1).mean()
+        out.append({"layer": lay, "head": -1, "dla": float(value)})
+    return pd.DataFrame(out)
+
+
 def merge_head_tables(*tables: pd.DataFrame) -> pd.DataFrame:
     out = tables[0]
     for t in tables[1:]:

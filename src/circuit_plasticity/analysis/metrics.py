@@ -100,3 +100,15 @@ def summarize(metrics: dict[str, torch.Tensor], batch: TaskBatch, seed: int = 0)
             if key in metrics:
                 out[prefix + key] = float(metrics[key][mask].mean())
     return out
+
+
+def by_group(metrics: dict[str, torch.Tensor], batch: TaskBatch, seed: int = 0) -> list[dict[str, float]]:
+    """Per template (IOI) or century (Greater-Than): score and accuracy with bootstrap CIs."""
+    rows = []
+    for group in torch.unique(batch.group).tolist():
+        mask = batch.group == group
+        row: dict[str, float] = {"group": int(group), "n": int(mask.sum())}
+        for key in ("score", "correct"):
+            row |= bootstrap(metrics[key][mask], seed=seed).as_dict(key)
+        rows.append(row)
+    return rows

@@ -12,9 +12,11 @@ from circuit_plasticity.analysis.circuit import Circuit
 from circuit_plasticity.analysis.classes import Thresholds
 from circuit_plasticity.analysis.discovery import DiscoveryConfig, discover_circuit
 from circuit_plasticity.analysis.faithfulness import CircuitScores, evaluate_circuit
-from circuit_plasticity.analysis.metrics import evaluate, summarize
+from circuit_plasticity.analysis.heads import mlp_dla
+from circuit_plasticity.analysis.metrics import by_group, evaluate, summarize
 from circuit_plasticity.analysis.profile import head_profile
 from circuit_plasticity.analysis.tables import long_table, write_table
+from circuit_plasticity.errors import UserError
 from circuit_plasticity.models.load import LoadedModel
 from circuit_plasticity.tasks.encode import TaskBatch
 
@@ -25,6 +27,7 @@ CURVE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128]
 @dataclass
 class ModelAnalysis:
     metrics: dict[str, float]
+    by_template: pd.DataFrame  # the same metrics per template (IOI) with bootstrap CIs
     heads: pd.DataFrame  # wide: one row per head, with roles
     path_effects: pd.DataFrame  # long: layer, head, measure, value
     circuit: Circuit
@@ -32,14 +35,20 @@ class ModelAnalysis:
     edges: pd.DataFrame  # EAP-IG score of every edge
     curve: pd.DataFrame  # faithfulness of top-n / greedy edge circuits by size
 
+    mlps: pd.DataFrame  # layer, head=-1, dla: each MLP's direct effect (empty without MLPs)
+
     def head_long(self) -> pd.DataFrame:
         wide = long_table(self.heads, id_cols=["layer", "head", "roles"])
-        return pd.concat([wide, self.path_effects.assign(roles="")], ignore_index=True)
+        parts = [wide, self.path_effects.assign(roles="")]
+        if len(self.mlps):
+            parts.append(long_table(self.mlps.assign(roles="mlp"), id_cols=["layer", "head", "roles"]))
+        return pd.concat(parts, ignore_index=True)
 
     def write(self, out: str | Path, csv: bool = False) -> None:
         out = Path(out)
         write_table(out / "heads.parquet", self.head_long(), csv=csv)
         write_table(out / "metrics.parquet", pd.DataFrame([self.metrics]), csv=csv)
+        write_table(out / "metrics_by_template.parquet", self.by_template, csv=csv)
         write_table(out / "circuit_scores.parquet", pd.DataFrame([self.scores.as_row()]), csv=csv)
         write_table(out / "edges.parquet", self.edges, csv=csv)
         write_table(out / "faithfulness_curve.parquet", self.curve, csv=csv)
@@ -52,11 +61,19 @@ def analyze_model(
     thresholds: Thresholds | None = None,
     discovery: DiscoveryConfig | None = None,
 ) -> ModelAnalysis:
-    metrics = summarize(evaluate(loaded.model, batch), batch)
+    if batch.task != "ioi":
+        raise UserError(
+            f"circuit analysis is implemented for IOI; {batch.task} has datasets, training and "
+            "evaluation (`eval --task greater-than`) but no head roles or discovery yet"
+        )
+    per_prompt = evaluate(loaded.model, batch)
+    metrics = summarize(per_prompt, batch)
+    templates = pd.DataFrame(by_group(per_prompt, batch)).rename(columns={"group": "template"})
     heads, _ = head_profile(loaded.model, loaded.tokenizer, batch, thresholds)
     records = {(int(r["layer"]), int(r["head"])): r for r in heads.to_dict("records")}
     found = discover_circuit(loaded.model, batch, loaded.name, discovery or DiscoveryConfig(), records)
     scores = evaluate_circuit(loaded.model, batch, found.circuit)
     edges = edge_attribution(loaded.model, batch, ig_steps=IG_STEPS)
     curve = faithfulness_curve(loaded.model, batch, edges, CURVE_SIZES)
-    return ModelAnalysis(metrics, heads, found.effects, found.circuit, scores, edges, curve)
+    mlps = mlp_dla(loaded.model, batch)
+    return ModelAnalysis(metrics, templates, heads, found.effects, found.circuit, scores, edges, curve, mlps)
