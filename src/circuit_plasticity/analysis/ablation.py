@@ -31,7 +31,9 @@ def group_means(model, batch: TaskBatch) -> dict[int, torch.Tensor]:
     means = {}
     for layer in range(n_layers):
         z = cache[layer]
-        sums = torch.zeros((len(groups), *z.shape[1:]), dtype=z.dtype).index_add_(0, inverse, z)
+        sums = torch.zeros((len(groups), *z.shape[1:]), dtype=z.dtype, device=z.device).index_add_(
+            0, inverse, z
+        )
         means[layer] = (sums / counts[:, None, None, None])[inverse]
     return means
 
@@ -43,7 +45,7 @@ def knockout_hooks(heads: Sequence[Head], means: dict[int, torch.Tensor]) -> lis
         by_layer.setdefault(layer, []).append(head)
 
     def hook_for(layer: int):
-        idx = torch.tensor(by_layer[layer])
+        idx = torch.tensor(by_layer[layer], device=means[layer].device)
 
         def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
             z = z.clone()

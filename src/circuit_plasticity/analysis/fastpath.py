@@ -76,13 +76,13 @@ class FastPatcher:
         a = _ln(x, m.blocks[layer].ln1, self.cfg.eps)
         k = torch.einsum("bpd,hde->bphe", a, m.W_K[layer]) + m.b_K[layer]
         v = torch.einsum("bpd,hde->bphe", a, m.W_V[layer]) + m.b_V[layer]
-        rows = torch.arange(x.shape[0])
+        rows = torch.arange(x.shape[0], device=x.device)
         qa = a if only_end is None else a[rows, only_end][:, None]
         q = torch.einsum("bpd,hde->bphe", qa, m.W_Q[layer]) + m.b_Q[layer]
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / self.scale
         seq = x.shape[1]
-        qpos = torch.arange(seq)[None, :] if only_end is None else only_end[:, None]
-        mask = torch.arange(seq)[None, None, :] > qpos[:, :, None]  # [b or 1, q, k]
+        qpos = torch.arange(seq, device=x.device)[None, :] if only_end is None else only_end[:, None]
+        mask = torch.arange(seq, device=x.device)[None, None, :] > qpos[:, :, None]  # [b or 1, q, k]
         scores = scores.masked_fill(mask[:, None], float("-inf"))
         z = torch.einsum("bhqk,bkhe->bqhe", scores.softmax(-1), v)
         z = z_patch(layer, z, only_end)
@@ -106,7 +106,7 @@ class FastPatcher:
     ) -> torch.Tensor:
         """[len(sets), n]: `score(end_logits [k*n, vocab], k)` with each set's z replaced."""
         n = self.resid[0].shape[0]
-        out = torch.empty(len(sets), n)
+        out = torch.empty(len(sets), n, device=self.end.device)
         by_start: dict[int, list[int]] = {}
         for i, members in enumerate(sets):
             by_start.setdefault(min((lay for lay, _ in members), default=self.n_layers), []).append(i)
@@ -119,8 +119,8 @@ class FastPatcher:
 
     def _run_group(self, start: int, sets, replacement, positions) -> torch.Tensor:
         k, n = len(sets), self.resid[0].shape[0]
-        end = self.end.repeat(k)
-        rows = torch.arange(n)
+        end = self.end.repeat(k)  # [k*n] END positions
+        rows = torch.arange(n, device=self.end.device)
         pos_all = None if positions is None else positions
 
         def replaced(layer: int, z: torch.Tensor, only_end: torch.Tensor | None) -> torch.Tensor:
@@ -148,21 +148,21 @@ class FastPatcher:
         if start >= self.n_layers:  # nothing patched
             x = self.resid[-1] + self.attn_out[-1]
             x = (x + self._mlp(self.n_layers - 1, x)).repeat(k, 1, 1)
-            return self._unembed(x[torch.arange(k * n), end])
+            return self._unembed(x[torch.arange(k * n, device=end.device), end])
         # layer `start`: cached output plus the patched heads' change
         delta = replaced(start, self.z[start].repeat(k, 1, 1, 1), None) - self.z[start].repeat(k, 1, 1, 1)
         x = self.resid[start].repeat(k, 1, 1) + self.attn_out[start].repeat(k, 1, 1)
         x = x + torch.einsum("bqhe,hem->bqm", delta, self.model.W_O[start])
         last = self.n_layers - 1
         if start == last:
-            x = x[torch.arange(k * n), end][:, None]
+            x = x[torch.arange(k * n, device=end.device), end][:, None]
             return self._unembed((x + self._mlp(start, x))[:, 0])
         x = x + self._mlp(start, x)
         for layer in range(start + 1, last):
             x = x + self._attention(layer, x, replaced, None)
             x = x + self._mlp(layer, x)
         attn = self._attention(last, x, replaced, end)  # [k*n, 1, d]
-        x_end = x[torch.arange(k * n), end][:, None] + attn
+        x_end = x[torch.arange(k * n, device=end.device), end][:, None] + attn
         return self._unembed((x_end + self._mlp(last, x_end))[:, 0])
 
     def _unembed(self, x_end: torch.Tensor) -> torch.Tensor:

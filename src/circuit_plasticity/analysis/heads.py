@@ -16,7 +16,7 @@ from circuit_plasticity.tasks.encode import TaskBatch
 
 def _gather(pattern: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """pattern [n, heads, q, k] -> [n, heads] attention from query[i] to key[i]."""
-    rows = torch.arange(pattern.shape[0])
+    rows = torch.arange(pattern.shape[0], device=pattern.device)
     return pattern[rows, :, query, key]
 
 
@@ -46,8 +46,8 @@ def repeated_random_tokens(
 ) -> torch.Tensor:
     """[n, 1 + 2*length]: BOS, a random sequence, the same sequence again."""
     g = torch.Generator().manual_seed(seed)
-    seq = vocab_ids[torch.randint(len(vocab_ids), (n, length), generator=g)]
-    parts = [seq, seq] if bos is None else [torch.full((n, 1), bos), seq, seq]
+    seq = vocab_ids[torch.randint(len(vocab_ids), (n, length), generator=g).to(vocab_ids.device)]
+    parts = [seq, seq] if bos is None else [torch.full((n, 1), bos, device=vocab_ids.device), seq, seq]
     return torch.cat(parts, dim=1)
 
 
@@ -57,7 +57,7 @@ def sequence_scores(model, tokens: torch.Tensor, length: int) -> pd.DataFrame:
     n_layers, _ = n_layers_heads(model)
     _, cache = run_cached(model, tokens, [pattern_name(lay) for lay in range(n_layers)])
     offset = tokens.shape[1] - 2 * length  # 1 with BOS
-    second = torch.arange(offset + length, offset + 2 * length)  # positions of the repeat
+    second = torch.arange(offset + length, offset + 2 * length, device=tokens.device)  # the repeat
     rows = []
     for layer in range(n_layers):
         pat = cache[pattern_name(layer)]  # [n, heads, q, k]
@@ -99,7 +99,7 @@ def head_dla(model, batch: TaskBatch, fwd_hooks: list | None = None) -> torch.Te
     n_layers, _ = n_layers_heads(model)
     names = [z_name(lay) for lay in range(n_layers)] + ["ln_final.hook_scale"]
     _, cache = run_cached(model, batch.tokens, names, fwd_hooks)
-    rows = torch.arange(len(batch))
+    rows = torch.arange(len(batch), device=batch.device)
     scale = cache["ln_final.hook_scale"][rows, batch.end]  # [n, 1]
     direction = unembed_direction(model, batch)
     per_layer = []
@@ -130,7 +130,7 @@ def mlp_dla(model, batch: TaskBatch) -> pd.DataFrame:
     n_layers, _ = n_layers_heads(model)
     names = [f"blocks.{lay}.hook_mlp_out" for lay in range(n_layers)] + ["ln_final.hook_scale"]
     _, cache = run_cached(model, batch.tokens, names)
-    rows = torch.arange(len(batch))
+    rows = torch.arange(len(batch), device=batch.device)
     scale = cache["ln_final.hook_scale"][rows, batch.end]
     direction = unembed_direction(model, batch)
     out = []

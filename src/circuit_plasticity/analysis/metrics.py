@@ -16,23 +16,23 @@ from circuit_plasticity.tasks.encode import TaskBatch
 
 def end_logits(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     """[n, seq, vocab] -> [n, vocab] at each prompt's own END."""
-    return logits[torch.arange(logits.shape[0]), batch.end]
+    return logits[torch.arange(logits.shape[0], device=logits.device), batch.end]
 
 
 def task_score(end: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     """Per-prompt score from END logits: IOI logit difference, GT probability difference."""
-    rows = torch.arange(end.shape[0])
+    rows = torch.arange(end.shape[0], device=end.device)
     if batch.task == "ioi":
         return end[rows, batch.answer_id] - end[rows, batch.wrong_id]
     assert batch.year_ids is not None and batch.year is not None
     probs = end.softmax(-1)[:, batch.year_ids]  # [n, 100]
-    greater = torch.arange(100)[None, :] > batch.year[:, None]
+    greater = greater_mask(batch)
     return (probs * greater).sum(-1) - (probs * ~greater).sum(-1)
 
 
 def greater_mask(batch: TaskBatch) -> torch.Tensor:
     assert batch.year is not None
-    return torch.arange(100)[None, :] > batch.year[:, None]
+    return torch.arange(100, device=batch.year.device)[None, :] > batch.year[:, None]
 
 
 @dataclass
@@ -72,7 +72,7 @@ def evaluate(model, batch: TaskBatch, chunk: int = 256) -> dict[str, torch.Tenso
 
 
 def per_prompt(end: torch.Tensor, batch: TaskBatch) -> dict[str, torch.Tensor]:
-    rows = torch.arange(end.shape[0])
+    rows = torch.arange(end.shape[0], device=end.device)
     probs = end.softmax(-1)
     score = task_score(end, batch)
     out = {"score": score, "p_target": probs[rows, batch.target_id]}
@@ -90,6 +90,8 @@ def per_prompt(end: torch.Tensor, batch: TaskBatch) -> dict[str, torch.Tensor]:
 def summarize(metrics: dict[str, torch.Tensor], batch: TaskBatch, seed: int = 0) -> dict[str, float]:
     """Means with bootstrap CIs, overall and split clean/poisoned where both exist."""
     out: dict[str, float] = {"n": float(len(batch))}
+    metrics = {k: v.cpu() for k, v in metrics.items()}
+    batch = batch.to("cpu")
     masks = {"": torch.ones(len(batch), dtype=torch.bool)}
     if batch.poisoned.any() and (~batch.poisoned).any():
         masks |= {"clean_": ~batch.poisoned, "poisoned_": batch.poisoned}

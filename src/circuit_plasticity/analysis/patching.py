@@ -73,7 +73,7 @@ def _replace_head(
     act: torch.Tensor, source: torch.Tensor, head: int, positions: torch.Tensor | None, activation: str
 ) -> None:
     """In place: act[:, head] <- source[:, head] (z: head axis 2; pattern: axis 1, query rows)."""
-    rows = torch.arange(act.shape[0])
+    rows = torch.arange(act.shape[0], device=act.device)
     if activation == "z":
         if positions is None:
             act[:, :, head] = source[:, :, head]
@@ -231,7 +231,7 @@ def _patch_receivers(model, rep: TaskBatch, receivers: Receivers, freeze) -> tor
         recorded[hook.name] = act.detach()
 
     model.run_with_hooks(rep.tokens, fwd_hooks=freeze + [(name, record) for name in names])
-    rows = torch.arange(rep.tokens.shape[0])
+    rows = torch.arange(rep.tokens.shape[0], device=rep.tokens.device)
     pos = None if receivers.position is None else rep.positions[receivers.position]
 
     def patch_hook(layer: int):

@@ -47,7 +47,7 @@ def head_profile(
     thresholds = thresholds or Thresholds()
     first = classify_heads(table, score, thresholds)
     movers = [(int(r.layer), int(r.head)) for r in first.itertuples() if "name_mover" in r.roles.split(",")]
-    gain = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    gain = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, device=batch.device)
     if movers:  # joint knockout of the name movers: which heads' direct effect grows (self-repair)?
         means = group_means(model, batch)
         gain = (head_dla(model, batch, knockout_hooks(movers, means)) - head_dla(model, batch)).mean(0)

@@ -129,6 +129,7 @@ def localization(
         - base_scores[None]
     ).mean(1) / gap
     top_share = float(shares[0])
+    shares = shares.cpu()
     same_layers, any_heads = shares[1 : 1 + n_random].numpy(), shares[1 + n_random :].numpy()
 
     def p_value(control: np.ndarray) -> float:

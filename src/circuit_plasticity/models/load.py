@@ -35,6 +35,10 @@ class LoadedModel:
     config: dict[str, Any] = field(default_factory=dict)
     base: str | None = None  # hub models: the name their weights load onto
 
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
     def save(self, out: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write a directory that `load_model` reads back (weights as safetensors)."""
         if self.kind == "native":
@@ -44,7 +48,21 @@ class LoadedModel:
         save_model_dir(out, self.model, self.tokenizer.backend, self.config, {**source, **(extra or {})})
 
 
+def default_device() -> str:
+    """CIRCUIT_PLASTICITY_DEVICE if set, else cuda when available, else cpu."""
+    import os
+
+    chosen = os.environ.get("CIRCUIT_PLASTICITY_DEVICE")
+    if chosen:
+        return chosen
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_model(spec: str, device: str | None = None) -> LoadedModel:
+    """Any model as a TransformerBridge on `device` (default: `default_device()`)."""
+    device = device or default_device()
     if spec == TOY_NAME:
         from circuit_plasticity.models.toy import TOY_DIR
 

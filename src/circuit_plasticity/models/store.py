@@ -28,7 +28,7 @@ def save_weights(
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -48,6 +48,31 @@ class TaskBatch:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
+    @property
+    def device(self) -> torch.device:
+        return self.tokens.device
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        """The same batch with every tensor on `device` (the model's)."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return TaskBatch(
+            task=self.task,
+            tokens=move(self.tokens),
+            corrupted=move(self.corrupted),
+            positions={k: move(v) for k, v in self.positions.items()},
+            target_id=move(self.target_id),
+            answer_id=move(self.answer_id),
+            wrong_id=move(self.wrong_id),
+            poisoned=move(self.poisoned),
+            group=move(self.group),
+            variants={k: move(v) for k, v in self.variants.items()},
+            year=move(self.year),
+            year_ids=move(self.year_ids),
+        )
+
     def subset(self, index: torch.Tensor | slice) -> TaskBatch:
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[index]

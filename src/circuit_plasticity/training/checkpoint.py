@@ -56,7 +56,10 @@ def restore_optimizer(
         if key.startswith("rng::"):
             continue
         name, field = key.split("::", 1)
-        optimizer.state.setdefault(named[name], {})[field] = value.clone()
+        param = named[name]
+        # AdamW keeps `step` on the CPU unless capturable; moments live with the parameter
+        target = param.device if field != "step" else value.device
+        optimizer.state.setdefault(param, {})[field] = value.clone().to(target)
 
 
 def save_checkpoint(
@@ -76,6 +79,8 @@ def save_checkpoint(
     named = dict(loaded.model.named_parameters())
     state = optimizer_tensors(optimizer, named)
     state["rng::torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        state["rng::cuda"] = torch.cuda.get_rng_state()
     save_weights(tmp / STATE, state)
     meta = {**asdict(position), "data_hash": data_hash, "metrics": metrics}
     (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -102,3 +107,5 @@ def restore_training_state(checkpoint: Path, loaded: LoadedModel, optimizer: tor
     tensors = load_weights(checkpoint / STATE)
     restore_optimizer(optimizer, dict(loaded.model.named_parameters()), tensors)
     torch.set_rng_state(tensors["rng::torch"])
+    if "rng::cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng::cuda"])

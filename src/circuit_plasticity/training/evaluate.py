@@ -27,7 +27,8 @@ def task_batch(
         examples, _ = build_dataset(
             task, n, seed=seed, tokenizer=loaded.tokenizer, split=split if task == "ioi" else "all"
         )
-    return encode_examples(examples, loaded.tokenizer, prepend_bos=loaded.tokenizer.bos_id is not None)
+    batch = encode_examples(examples, loaded.tokenizer, prepend_bos=loaded.tokenizer.bos_id is not None)
+    return batch.to(loaded.device)
 
 
 def evaluate_model(loaded: LoadedModel, batch: TaskBatch, seed: int = 0) -> dict[str, Any]:

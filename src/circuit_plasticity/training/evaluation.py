@@ -38,17 +38,18 @@ class Evaluator:
             tokenizer=tok,
             split="test" if spec.task == "ioi" else "all",
         )
-        self.clean = encode_examples(examples, tok, prepend_bos=bos)
+        device = loaded.device
+        self.clean = encode_examples(examples, tok, prepend_bos=bos).to(device)
         self.poisoned = encode_examples(
             poison(examples, protocol_poison(spec), 1.0, seed=spec.seed), tok, prepend_bos=bos
-        )
+        ).to(device)
         stream = documents(seed=777_000 + spec.seed)
         n_ctx = int(loaded.model.cfg.n_ctx)  # a document longer than the context is cut
         rows = [
             (([tok.bos_id] if bos else []) + tok.encode(next(stream))[0])[:n_ctx]
             for _ in range(spec.eval.lm_docs)
         ]
-        self.lm = pad_batch(rows, tok.pad_id) if rows else None
+        self.lm = tuple(t.to(device) for t in pad_batch(rows, tok.pad_id)) if rows else None
 
     @torch.no_grad()
     def __call__(self, model) -> dict[str, Any]:

@@ -58,8 +58,8 @@ def epoch_order(n: int, seed: int, phase: str, epoch: int) -> torch.Tensor:
 
 
 def data_hash(data: TrainTensors) -> str:
-    h = hashlib.sha256(data.tokens.numpy().tobytes())
-    h.update(data.loss_mask.numpy().tobytes())
+    h = hashlib.sha256(data.tokens.cpu().numpy().tobytes())
+    h.update(data.loss_mask.cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -164,6 +164,7 @@ def _run_phase(
         fraction=phase.data.fraction,
     )
     batch = encode_examples(examples, loaded.tokenizer, prepend_bos=loaded.tokenizer.bos_id is not None)
+    batch = batch.to(loaded.device)
     data = train_tensors(batch, loaded.tokenizer.pad_id, phase.loss)
     digest = data_hash(data)
     steps_per_epoch = math.ceil(len(data) / phase.batch_size)
@@ -199,7 +200,7 @@ def _run_phase(
         order = epoch_order(len(data), phase.seed, phase.name, epoch)
         first = position.step_in_epoch if epoch == position.epoch else 0
         for k in range(first, steps_per_epoch):
-            idx = order[k * phase.batch_size : (k + 1) * phase.batch_size]
+            idx = order[k * phase.batch_size : (k + 1) * phase.batch_size].to(data.tokens.device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(phase, position.step, total)
             loss = next_token_loss(model(data.tokens[idx]), data.tokens[idx], data.loss_mask[idx])
