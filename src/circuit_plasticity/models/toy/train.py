@@ -83,7 +83,7 @@ def train_toy(cfg: ToyTrainConfig, out: str | Path | None = None, progress: bool
             history.append(
                 {
                     "step": step + 1,
-                    "loss": float(loss),
+                    "loss": float(loss.detach()),
                     "ioi_logit_diff": stats["score"],
                     "ioi_accuracy": stats["correct"],
                 }
