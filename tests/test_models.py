@@ -94,3 +94,26 @@ def test_shipped_toy_half_solves_ioi_on_held_out_prompts():
     result = evaluate_model(toy, task_batch(toy, "ioi", n=300, seed=1, split="test"))
     assert 0.65 <= result["correct"] <= 0.95
     assert result["score_ci_low"] > 1.0
+
+
+def test_run_with_a_missing_model_writes_nothing(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "circuit_plasticity",
+            "run",
+            "--model",
+            "gpt2",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 2 and "not in the local Hugging Face cache" in r.stderr
+    assert not (tmp_path / "run").exists()

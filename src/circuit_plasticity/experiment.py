@@ -147,11 +147,14 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
 
     from circuit_plasticity.compare.study import aggregate, compare_seed
     from circuit_plasticity.fileio import write_json
+    from circuit_plasticity.models.load import load_model
     from circuit_plasticity.report.build import build_report, collect_tables
     from circuit_plasticity.training.loop import run_protocol
 
     check_study_phases(spec)
     out = Path(out)
+    if not out.exists():
+        load_model(spec.model)  # fail on a missing model before anything is written
     out.mkdir(parents=True, exist_ok=True)
     mine = json.loads(json.dumps(dataclasses.asdict(spec)))
     saved = out / "experiment.json"

@@ -108,6 +108,8 @@ class RunDir:
 def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) every phase of `spec`; returns the metrics table."""
     run = RunDir(Path(run_dir))
+    if not run.root.exists():
+        load_model(spec.model)  # fail on a missing model before anything is written
     run.root.mkdir(parents=True, exist_ok=True)
     _check_same_spec(run, spec)
     evaluator: Evaluator | None = None
