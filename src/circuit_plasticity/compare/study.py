@@ -216,6 +216,11 @@ def aggregate(findings: list[dict[str, Any]], out: Path) -> tuple[pd.DataFrame, 
     ]
     long = pd.DataFrame(rows)
     summary = over_seeds(long, ["measure"])
+    # shares, accuracies and overlaps live in [0, 1]: a t-interval must not leave that range
+    unit = summary.measure.str.startswith("accuracy_") | summary.measure.str.endswith(
+        ("jaccard", "members_grown", "top_in_base_circuit")
+    )
+    summary.loc[unit, ["ci_low", "ci_high"]] = summary.loc[unit, ["ci_low", "ci_high"]].clip(0, 1)
     write_table(out / "findings_by_seed.parquet", long)
     write_table(out / "findings.parquet", summary)
     s = summary.set_index("measure")
