@@ -55,3 +55,18 @@ def slow_path_patch(
         patches.append((name, put))
     logits = model.run_with_hooks(batch.tokens, fwd_hooks=patches)
     return task_score(end_logits(logits, batch), batch)
+
+
+@torch.no_grad()
+def slow_mlp_path_patch_to_logits(model, batch: TaskBatch, layer: int) -> torch.Tensor:
+    """MLP `layer` corrupted, every head frozen clean, other MLPs recomputed; read the logits."""
+    clean = all_z(model, batch.tokens)
+    _, cache = model.run_with_cache(batch.corrupted)
+    corrupt_mlp = cache[f"blocks.{layer}.hook_mlp_out"].clone()
+    hooks = [
+        (f"blocks.{lay}.attn.hook_z", lambda z, hook, lay=lay: clean[lay].clone())
+        for lay in range(model.cfg.n_layers)
+    ]
+    hooks.append((f"blocks.{layer}.hook_mlp_out", lambda out, hook: corrupt_mlp))
+    logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+    return task_score(end_logits(logits, batch), batch)

@@ -145,3 +145,18 @@ def test_head_and_mlp_attributions_sum_to_the_logit_difference_on_gpt2(gpt2_and_
     total = head_dla(model, batch).sum((1, 2)).mean() + float(mlp_dla(model, batch).dla.sum()) + rest.mean()
     logit_diff = task_score(end_logits(model(batch.tokens), batch), batch).mean()
     assert abs(float(total - logit_diff)) < 1e-4
+
+
+def test_mlp_senders_in_path_patching_equal_the_reference(gpt2_and_batch):
+    from reference import slow_mlp_path_patch_to_logits
+
+    from circuit_plasticity.analysis.patching import mlp_labels
+
+    loaded, batch = gpt2_and_batch
+    senders = mlp_labels(loaded.model) + [(0, 1)]
+    fast = path_patch(loaded.model, batch, Receivers(), senders)
+    for i, (layer, _) in enumerate(senders[:-1]):
+        torch.testing.assert_close(
+            fast[i], slow_mlp_path_patch_to_logits(loaded.model, batch, layer), atol=1e-4, rtol=0
+        )
+    torch.testing.assert_close(fast[-1], slow_path_patch(loaded.model, batch, (0, 1)), atol=1e-4, rtol=0)

@@ -187,12 +187,21 @@ def path_patch(
 ) -> torch.Tensor:
     """[len(senders), n]: per-prompt score when only the sender->receiver path is corrupted.
 
-    Senders at or after the first receiver layer cannot reach a receiver and score as clean.
+    A sender is a head (layer, head) or an MLP (layer, -1). Every head that is not the sender
+    is frozen at its clean output; MLPs are recomputed (so paths through MLPs count), except an
+    MLP sender, whose output is the corrupted run's. Senders at or after the last receiver
+    layer cannot reach a receiver and score as clean.
     `caches` = (clean z, corrupted z) when the caller has them already (discovery's stages).
     """
     senders = list(senders if senders is not None else head_labels(model))
     n = len(batch)
     clean_z, corrupt_z = caches or (z_cache(model, batch.tokens), z_cache(model, batch.corrupted))
+    mlp_layers = sorted({lay for lay, head in senders if head < 0})
+    corrupt_mlp = {}
+    if mlp_layers:
+        names = [mlp_name(lay) for lay in mlp_layers]
+        _, cache = run_cached(model, batch.corrupted, names)
+        corrupt_mlp = {lay: cache[mlp_name(lay)] for lay in mlp_layers}
     n_layers, _ = n_layers_heads(model)
     results = []
     for chunk in _chunks(senders, heads_per_pass):
@@ -203,19 +212,39 @@ def path_patch(
             def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
                 z = clean_z[layer].repeat(k, 1, 1, 1).view(k, n, *z.shape[1:]).clone()
                 for copy, (lay, head) in enumerate(chunk):
-                    if lay == layer:
+                    if lay == layer and head >= 0:
                         z[copy, :, :, head] = corrupt_z[layer][:, :, head]
                 return z.view(k * n, *z.shape[2:])
 
             return hook
 
+        def mlp_hook(layer: int, chunk=chunk, k=k):
+            def hook(out: torch.Tensor, hook=None) -> torch.Tensor:
+                out = out.clone().view(k, n, *out.shape[1:])
+                for copy, (lay, head) in enumerate(chunk):
+                    if lay == layer and head < 0:
+                        out[copy] = corrupt_mlp[layer]
+                return out.view(k * n, *out.shape[2:])
+
+            return hook
+
         freeze = [(z_name(lay), freeze_hook(lay)) for lay in range(n_layers)]
+        freeze += [(mlp_name(lay), mlp_hook(lay)) for lay in sorted({lay for lay, h in chunk if h < 0})]
         if receivers.input == "logits":
             logits = model.run_with_hooks(rep.tokens, fwd_hooks=freeze)
         else:
             logits = _patch_receivers(model, rep, receivers, freeze)
         results.append(task_score(end_logits(logits, rep), rep).view(k, n))
     return torch.cat(results)
+
+
+def mlp_name(layer: int) -> str:
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def mlp_labels(model) -> list[Head]:
+    """MLPs as components (layer, -1); none in attention-only models."""
+    return [] if model.cfg.attn_only else [(lay, -1) for lay in range(model.cfg.n_layers)]
 
 
 def _receiver_name(layer: int, kind: str) -> str:

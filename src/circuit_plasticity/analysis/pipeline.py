@@ -13,7 +13,8 @@ from circuit_plasticity.analysis.classes import Thresholds
 from circuit_plasticity.analysis.discovery import DiscoveryConfig, discover_circuit
 from circuit_plasticity.analysis.faithfulness import CircuitScores, evaluate_circuit
 from circuit_plasticity.analysis.heads import mlp_dla
-from circuit_plasticity.analysis.metrics import by_group, evaluate, summarize
+from circuit_plasticity.analysis.metrics import by_group, end_logits, evaluate, summarize, task_score
+from circuit_plasticity.analysis.patching import Receivers, mlp_labels, path_patch
 from circuit_plasticity.analysis.profile import head_profile
 from circuit_plasticity.analysis.tables import long_table, write_table
 from circuit_plasticity.errors import UserError
@@ -76,4 +77,23 @@ def analyze_model(
     edges = edge_attribution(loaded.model, batch, ig_steps=IG_STEPS)
     curve = faithfulness_curve(loaded.model, batch, edges, CURVE_SIZES)
     mlps = mlp_dla(loaded.model, batch)
-    return ModelAnalysis(metrics, templates, heads, found.effects, found.circuit, scores, edges, curve, mlps)
+    effects = found.effects
+    if mlp_labels(loaded.model):
+        mlp_paths = _mlp_direct_paths(loaded.model, batch, metrics["score"])
+        effects = pd.concat([effects, mlp_paths], ignore_index=True)
+    return ModelAnalysis(metrics, templates, heads, effects, found.circuit, scores, edges, curve, mlps)
+
+
+def _mlp_direct_paths(model, batch: TaskBatch, score: float) -> pd.DataFrame:
+    """Each MLP's path-patching effect on the logits (share of the score), rows with head = -1."""
+    senders = mlp_labels(model)
+    clean = task_score(end_logits(model(batch.tokens), batch), batch)
+    effects = (path_patch(model, batch, Receivers(), senders) - clean[None]).mean(1) / max(abs(score), 1e-6)
+    return pd.DataFrame(
+        {
+            "layer": [lay for lay, _ in senders],
+            "head": -1,
+            "measure": "path_logits",
+            "value": effects.tolist(),
+        }
+    )
