@@ -178,3 +178,53 @@ def test_unknown_top_level_key_is_rejected(tmp_path):
     spec.write_text("model: toy-ioi\nmodle: gpt2\nphases: []\n")
     with pytest.raises(UserError, match="unknown key 'modle' \\(line 2\\)"):
         from_mapping(TrainSpec, load_yaml(spec), source=str(spec))
+
+
+def test_train_only_moves_only_the_chosen_heads(tmp_path):
+    from circuit_plasticity.models.native import stable_state_dict
+    from circuit_plasticity.training.loop import run_protocol
+
+    spec = from_mapping(
+        TrainSpec,
+        {
+            "eval": {"every_steps": 50, "n": 20, "lm_docs": 0},
+            "phases": [
+                {
+                    "name": "repair",
+                    "data": {"n": 32, "poison": "subject"},
+                    "epochs": 1,
+                    "batch_size": 8,
+                    "lr": 1.0e-3,
+                    "train_only": ["1.0", "2.3"],
+                }
+            ],
+        },
+    )
+    run_protocol(spec, tmp_path / "run", progress=False)
+    before = stable_state_dict(load_model("toy-ioi").model)
+    after = load_weights(tmp_path / "run" / "phases" / "repair" / "step-000004" / "model.safetensors")
+    d = 32
+    moved = set()
+    for name, tensor in before.items():
+        diff = after[name] != tensor
+        if not diff.any():
+            continue
+        layer, proj = int(name.split(".")[1]), name.split(".")[3]
+        axis_rows = (
+            diff.any(dim=0)
+            if (proj == "o" and name.endswith("weight"))
+            else (diff if diff.dim() == 1 else diff.any(dim=1))
+        )
+        heads = {int(i) // d for i in axis_rows.nonzero().flatten()}
+        moved |= {(layer, h) for h in heads}
+        assert proj in "qkvo" and name.startswith("blocks.") and not name.endswith("o.bias")
+    assert moved == {(1, 0), (2, 3)}
+
+
+def test_train_only_needs_heads_and_no_weight_decay():
+    with pytest.raises(UserError, match="train_only"):
+        from_mapping(TrainSpec, {"phases": [{"name": "r", "train_only": ["1.0"], "weight_decay": 0.1}]})
+    with pytest.raises(UserError, match="LAYER.HEAD"):
+        from circuit_plasticity.training.masking import parse_heads
+
+        parse_heads(["mlp2"])

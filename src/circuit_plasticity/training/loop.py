@@ -195,6 +195,10 @@ def _run_phase(
         )
         restore_training_state(resume, loaded, optimizer)
     run.keep_metrics(lambda r: r["phase"] != phase.name or r["step"] <= position.step)
+    if phase.train_only:
+        from circuit_plasticity.training.masking import apply_masks, head_gradient_masks
+
+        apply_masks(head_gradient_masks(loaded, phase.train_only))
 
     every = spec.checkpoint_every_steps
     bar = tqdm(total=total, initial=position.step, desc=f"phase {phase.name}", disable=not progress)

@@ -48,6 +48,7 @@ class Phase:
     betas: tuple[float, float] = (0.9, 0.999)
     loss: str = "answer"
     seed: int = 0
+    train_only: list[str] | None = None  # heads (LAYER.HEAD) to train; the rest stays frozen
 
     def validate(self, where: str, source: str) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -61,6 +62,12 @@ class Phase:
             raise bad(source, f"{where}.schedule", f"one of {SCHEDULES}, got {self.schedule!r}")
         if self.loss not in LOSSES:
             raise bad(source, f"{where}.loss", f"one of {LOSSES}, got {self.loss!r}")
+        if self.train_only is not None and (not self.train_only or self.weight_decay != 0):
+            raise bad(
+                source,
+                f"{where}.train_only",
+                "needs at least one head and weight_decay 0 (decay would move the frozen weights)",
+            )
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise bad(source, where, "warmup_steps and weight_decay must be >= 0")
 
