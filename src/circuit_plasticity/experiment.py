@@ -54,6 +54,7 @@ class ExperimentSpec:
     checkpoint_every_steps: int = 0
     phases: list[Phase] | None = None  # a full protocol instead of the study's default
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    repair: bool = True  # targeted repair: retrain only the localized heads (toy-built models)
 
     def validate(self, where: str, source: str) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -158,7 +159,9 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
     out.mkdir(parents=True, exist_ok=True)
     mine = json.loads(json.dumps(dataclasses.asdict(spec)))
     saved = out / "experiment.json"
-    if saved.is_file() and json.loads(saved.read_text()) != mine:
+    from circuit_plasticity.spec import same_spec
+
+    if saved.is_file() and not same_spec(ExperimentSpec, json.loads(saved.read_text()), spec):
         raise UserError(f"{out} holds a different experiment; use another --out or delete it")
     write_json(saved, mine)
     say = print if progress else (lambda *_: None)
@@ -167,18 +170,28 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
         seed_dir = out / "seeds" / f"seed-{seed}"
         say(f"seed {seed}: training")
         run_protocol(spec.train_spec(seed), seed_dir, progress=progress)
-        findings.append(
-            compare_seed(
-                seed_dir,
-                spec.model,
-                seed,
-                n=spec.analysis.n,
-                k=spec.analysis.localization_k,
-                n_random=spec.analysis.n_random,
-                track=spec.analysis.track_every_checkpoint,
-                progress=say,
-            )
+        finding = compare_seed(
+            seed_dir,
+            spec.model,
+            seed,
+            n=spec.analysis.n,
+            k=spec.analysis.localization_k,
+            n_random=spec.analysis.n_random,
+            track=spec.analysis.track_every_checkpoint,
+            progress=say,
         )
+        if spec.repair:
+            from circuit_plasticity.compare.repair import targeted_repair
+
+            say(f"seed {seed}: targeted repair")
+            retrain = next(p for p in spec.train_spec(seed).phases if p.name == "retrain")
+            finding = {
+                **finding,
+                **targeted_repair(
+                    seed_dir, spec.model, seed, finding, retrain, spec.analysis.n, spec.eval_every_steps
+                ),
+            }
+        findings.append(finding)
     aggregate(findings, out / "tables")
     collect_tables(out, spec.seeds, csv=csv)
     return build_report(out, spec)

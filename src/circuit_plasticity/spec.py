@@ -8,6 +8,7 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -118,6 +119,18 @@ def _convert(hint: Any, value: Any, path: str, source: str, at: str = "") -> Any
     if hint is typing.Any:
         return value
     raise UserError(f"{source}: '{path}'{at} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def same_spec(cls: type, saved: dict, current: Any) -> bool:
+    """True if a saved spec (JSON) means the same as `current`: the saved one is read back
+    through the dataclass, so fields added later with defaults do not count as a difference."""
+    try:
+        reread = from_mapping(cls, saved, source="saved spec")
+    except UserError:
+        return False
+    return json.loads(json.dumps(dataclasses.asdict(reread))) == json.loads(
+        json.dumps(dataclasses.asdict(current))
+    )
 
 
 def bad(source: str, where: str, message: str) -> UserError:

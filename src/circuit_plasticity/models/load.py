@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.models.store import (
     HUB_FORMAT,
@@ -119,7 +121,7 @@ def _load_native(path: Path, config: dict[str, Any], device: str | None, name: s
         load_stable_state_dict(model, load_weights(path / WEIGHTS))
     except (ValueError, FileNotFoundError) as error:
         raise UserError(f"{path}: {error}") from error
-    if device:
+    if device and next(model.parameters()).device != torch.device(device):
         model = model.to(device)
     model.eval()
     tok = TextTokenizer.wrap(Tokenizer.from_file(str(path / "tokenizer.json")), name)

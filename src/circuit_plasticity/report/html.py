@@ -37,6 +37,17 @@ HEADLINES = [
         "base circuit faithfulness in retrained model",
     ),
     ("neuroplasticity", "neuroplasticity_node_jaccard", "node Jaccard, base vs retrained circuit"),
+    (
+        "targeted repair",
+        "repair_score_recovery",
+        "share of the poisoning drop recovered training only the top-k heads",
+    ),
+    (
+        "targeted repair",
+        "repair_base_circuit_faithfulness",
+        "base circuit faithfulness in the repaired model",
+    ),
+    ("targeted repair", "repair_trained_head_share", "share of heads trained"),
     ("hysteresis", "hysteresis_gap_area", "mean |retrain - clean| logit difference, same steps"),
     ("hysteresis", "hysteresis_final_gap", "retrain minus clean, final logit difference"),
 ]

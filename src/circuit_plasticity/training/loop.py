@@ -23,6 +23,7 @@ import torch
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.fileio import write_atomic, write_json
 from circuit_plasticity.models.load import LoadedModel, load_model
+from circuit_plasticity.spec import same_spec
 from circuit_plasticity.training.checkpoint import (
     Position,
     latest_checkpoint,
@@ -133,8 +134,7 @@ def _check_same_spec(run: RunDir, spec: TrainSpec) -> None:
     path = run.root / "spec.json"
     mine = json.loads(json.dumps(asdict(spec)))
     if path.is_file():
-        theirs = json.loads(path.read_text())
-        if theirs != mine:
+        if not same_spec(TrainSpec, json.loads(path.read_text()), spec):
             raise UserError(
                 f"{run.root} holds a run of a different spec; use another --out or delete that directory"
             )
