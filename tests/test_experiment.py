@@ -37,6 +37,7 @@ def test_run_end_to_end_then_resume_does_nothing_again(tmp_path):
     report = tmp_path / "run" / "report" / "index.html"
     html = report.read_text()
     assert html.count("<img") >= 8 and "http://" not in html and "https://" not in html
+    assert "targeted repair" in html
     verdicts = pd.read_parquet(tmp_path / "run" / "tables" / "verdicts.parquet")
     assert list(verdicts.finding) == ["amplification", "localization", "neuroplasticity"]
     findings = pd.read_parquet(tmp_path / "run" / "tables" / "findings.parquet").set_index("measure")
@@ -44,6 +45,9 @@ def test_run_end_to_end_then_resume_does_nothing_again(tmp_path):
     for name in ("metrics", "heads", "circuits", "tracking", "cmap", "recovery", "weights"):
         assert (tmp_path / "run" / "tables" / f"{name}.parquet").is_file()
     assert (tmp_path / "run" / "tables" / "heads.csv").is_file()
+    compared = cli("compare", str(tmp_path / "run" / "seeds" / "seed-0"), "--out", str(tmp_path / "cmp"))
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    assert "amplification" in compared.stdout and (tmp_path / "cmp" / "tables" / "verdicts.parquet").is_file()
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "seeds").rglob("*.safetensors")}
     again = cli("run", str(spec), "--out", str(tmp_path / "run"), "--quiet")
     assert again.returncode == 0, again.stderr[-2000:]
