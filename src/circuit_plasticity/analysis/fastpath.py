@@ -64,6 +64,7 @@ class FastPatcher:
         self.z = [cache[f"blocks.{lay}.attn.hook_z"] for lay in range(self.n_layers)]
         self.attn_out = [cache[f"blocks.{lay}.hook_attn_out"] for lay in range(self.n_layers)]
         self.end = end
+        self._weights: dict[int, tuple[torch.Tensor, ...]] = {}
         d_head = self.cfg.d_head
         self.scale = (
             self.cfg.attn_scale
@@ -71,22 +72,43 @@ class FastPatcher:
             else (math.sqrt(d_head) if self.cfg.use_attn_scale else 1.0)
         )
 
+    def _fused(self, layer: int) -> tuple[torch.Tensor, ...]:
+        """Per-layer projections as plain matrices ([d, H*e] and [H*e, d]): matmuls, not einsums."""
+        if layer not in self._weights:
+            m, h, e = self.model, self.cfg.n_heads, self.cfg.d_head
+            d = m.W_Q.shape[2]
+
+            def cols(w: torch.Tensor) -> torch.Tensor:  # [H, d, e] -> [d, H*e]
+                return w.permute(1, 0, 2).reshape(d, h * e)
+
+            self._weights[layer] = (
+                cols(m.W_Q[layer]),
+                m.b_Q[layer].reshape(-1),
+                cols(m.W_K[layer]),
+                m.b_K[layer].reshape(-1),
+                cols(m.W_V[layer]),
+                m.b_V[layer].reshape(-1),
+                m.W_O[layer].reshape(h * e, -1),
+            )
+        return self._weights[layer]
+
     def _attention(self, layer: int, x: torch.Tensor, z_patch, only_end: torch.Tensor | None) -> torch.Tensor:
-        m = self.model
+        m, h, e = self.model, self.cfg.n_heads, self.cfg.d_head
+        wq, bq, wk, bk, wv, bv, wo = self._fused(layer)
+        b, seq, _ = x.shape
         a = _ln(x, m.blocks[layer].ln1, self.cfg.eps)
-        k = torch.einsum("bpd,hde->bphe", a, m.W_K[layer]) + m.b_K[layer]
-        v = torch.einsum("bpd,hde->bphe", a, m.W_V[layer]) + m.b_V[layer]
-        rows = torch.arange(x.shape[0], device=x.device)
+        k = (a @ wk + bk).view(b, seq, h, e).transpose(1, 2)  # [b, H, k, e]
+        v = (a @ wv + bv).view(b, seq, h, e).transpose(1, 2)
+        rows = torch.arange(b, device=x.device)
         qa = a if only_end is None else a[rows, only_end][:, None]
-        q = torch.einsum("bpd,hde->bphe", qa, m.W_Q[layer]) + m.b_Q[layer]
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / self.scale
-        seq = x.shape[1]
+        q = (qa @ wq + bq).view(b, qa.shape[1], h, e).transpose(1, 2)  # [b, H, q, e]
+        scores = (q @ k.transpose(-1, -2)) / self.scale
         qpos = torch.arange(seq, device=x.device)[None, :] if only_end is None else only_end[:, None]
         mask = torch.arange(seq, device=x.device)[None, None, :] > qpos[:, :, None]  # [b or 1, q, k]
         scores = scores.masked_fill(mask[:, None], float("-inf"))
-        z = torch.einsum("bhqk,bkhe->bqhe", scores.softmax(-1), v)
+        z = (scores.softmax(-1) @ v).transpose(1, 2)  # [b, q, H, e]
         z = z_patch(layer, z, only_end)
-        return torch.einsum("bqhe,hem->bqm", z, m.W_O[layer]) + m.b_O[layer]
+        return z.reshape(b, z.shape[1], h * e) @ wo + m.b_O[layer]
 
     def _mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.attn_only:
@@ -149,14 +171,14 @@ class FastPatcher:
             x = self.resid[-1] + self.attn_out[-1]
             x = (x + self._mlp(self.n_layers - 1, x)).repeat(k, 1, 1)
             return self._unembed(x[torch.arange(k * n, device=end.device), end])
-        # layer `start`: cached output plus the patched heads' change
-        delta = replaced(start, self.z[start].repeat(k, 1, 1, 1), None) - self.z[start].repeat(k, 1, 1, 1)
-        x = self.resid[start].repeat(k, 1, 1) + self.attn_out[start].repeat(k, 1, 1)
-        x = x + torch.einsum("bqhe,hem->bqm", delta, self.model.W_O[start])
+        # layer `start`: its cached output plus each copy's patched heads' change (no recomputation)
         last = self.n_layers - 1
+        only_end = self.end if start == last else None
+        x = self._post_attention(start, sets, replacement, positions, only_end)  # [k, n, seq|1, d]
         if start == last:
-            x = x[torch.arange(k * n, device=end.device), end][:, None]
+            x = x.reshape(k * n, 1, -1)
             return self._unembed((x + self._mlp(start, x))[:, 0])
+        x = x.reshape(k * n, *x.shape[2:])
         x = x + self._mlp(start, x)
         for layer in range(start + 1, last):
             x = x + self._attention(layer, x, replaced, None)
@@ -164,6 +186,29 @@ class FastPatcher:
         attn = self._attention(last, x, replaced, end)  # [k*n, 1, d]
         x_end = x[torch.arange(k * n, device=end.device), end][:, None] + attn
         return self._unembed((x_end + self._mlp(last, x_end))[:, 0])
+
+    def _post_attention(self, layer, sets, replacement, positions, only_end) -> torch.Tensor:
+        """[k, n, seq (or 1 at END), d]: the cached residual after `layer`'s attention, plus each
+        copy's patched heads' output change (z_new - z_old) W_O."""
+        n = self.resid[0].shape[0]
+        rows = torch.arange(n, device=self.end.device)
+        base = self.resid[layer] + self.attn_out[layer]
+        diff = replacement[layer] - self.z[layer]  # [n, seq, H, e]
+        if positions is not None:  # the patch touches one position per prompt
+            keep = torch.zeros(diff.shape[:2], dtype=diff.dtype, device=diff.device)
+            keep[rows, positions] = 1
+            diff = diff * keep[:, :, None, None]
+        if only_end is not None:
+            base, diff = base[rows, only_end][:, None], diff[rows, only_end][:, None]
+        w_o = self.model.W_O[layer]  # [H, e, d]
+        used = sorted({h for s in sets for lay, h in s if lay == layer})
+        change = {h: diff[:, :, h] @ w_o[h] for h in used}
+        out = base.unsqueeze(0).repeat(len(sets), 1, 1, 1)
+        for c, members in enumerate(sets):
+            for lay, h in members:
+                if lay == layer:
+                    out[c] += change[h]
+        return out
 
     def _unembed(self, x_end: torch.Tensor) -> torch.Tensor:
         m = self.model
