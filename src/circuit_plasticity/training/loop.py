@@ -212,7 +212,7 @@ def _run_phase(
             loss = next_token_loss(model(data.tokens[idx]), data.tokens[idx], data.loss_mask[idx])
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
-                    f"phase {phase.name}: loss became {float(loss)} at step {position.step + 1}; "
+                    f"phase {phase.name}: loss became {float(loss.detach())} at step {position.step + 1}; "
                     f"the last good checkpoint is kept in {directory}. Lower the learning rate."
                 )
             optimizer.zero_grad(set_to_none=True)
