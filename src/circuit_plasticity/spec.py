@@ -19,23 +19,20 @@ from circuit_plasticity.errors import UserError
 T = TypeVar("T")
 
 
-class _LineLoader:
-    """A YAML loader that remembers the line of every mapping key."""
+def _load_with_lines(text: str) -> Any:
+    """Parse YAML safely, remembering the line of every mapping key (LineDict.lines)."""
+    import yaml
 
-    @staticmethod
-    def load(text: str) -> Any:
-        import yaml
+    class Loader(yaml.SafeLoader):
+        pass
 
-        class Loader(yaml.SafeLoader):
-            pass
+    def construct_mapping(loader, node, deep=False):
+        mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if hasattr(k, "value")}
+        return LineDict(mapping, lines)
 
-        def construct_mapping(loader, node, deep=False):
-            mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-            lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if hasattr(k, "value")}
-            return LineDict(mapping, lines)
-
-        Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-        return yaml.load(text, Loader=Loader)  # noqa: S506 - SafeLoader subclass
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - SafeLoader subclass
 
 
 class LineDict(dict):
@@ -52,7 +49,7 @@ def load_yaml(path: str | Path) -> Any:
     except OSError as error:
         raise UserError(f"cannot read spec {path}: {error.strerror}") from error
     try:
-        return _LineLoader.load(text)
+        return _load_with_lines(text)
     except yaml.YAMLError as error:
         raise UserError(f"{path}: not valid YAML: {error}") from None
 

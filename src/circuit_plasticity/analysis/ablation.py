@@ -14,7 +14,7 @@ import torch
 
 from circuit_plasticity.analysis.hooks import head_labels, n_layers_heads, z_name
 from circuit_plasticity.analysis.metrics import end_logits, task_score
-from circuit_plasticity.analysis.patching import patch_each_head, z_cache
+from circuit_plasticity.analysis.patching import patch_each_head, patch_each_set, z_cache
 from circuit_plasticity.tasks.encode import TaskBatch
 
 Head = tuple[int, int]
@@ -63,8 +63,7 @@ def knockout(
 ) -> torch.Tensor:
     """Per-prompt score with all `heads` mean-ablated at once (a joint knockout)."""
     means = group_means(model, batch) if means is None else means
-    logits = model.run_with_hooks(batch.tokens, fwd_hooks=knockout_hooks(heads, means))
-    return task_score(end_logits(logits, batch), batch)
+    return patch_each_set(model, batch, batch.tokens, means, [list(heads)])[0]
 
 
 @torch.no_grad()

@@ -13,10 +13,6 @@ def pattern_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_pattern"
 
 
-def q_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_q"
-
-
 def run_cached(
     model, tokens: torch.Tensor, names: list[str], fwd_hooks: list | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from circuit_plasticity.analysis.attribution import edge_attribution, faithfulness_curve
 from circuit_plasticity.analysis.circuit import Circuit
@@ -13,7 +14,7 @@ from circuit_plasticity.analysis.classes import Thresholds
 from circuit_plasticity.analysis.discovery import DiscoveryConfig, discover_circuit
 from circuit_plasticity.analysis.faithfulness import CircuitScores, evaluate_circuit
 from circuit_plasticity.analysis.heads import mlp_dla
-from circuit_plasticity.analysis.metrics import by_group, end_logits, evaluate, summarize, task_score
+from circuit_plasticity.analysis.metrics import by_group, evaluate, summarize
 from circuit_plasticity.analysis.patching import Receivers, mlp_labels, path_patch
 from circuit_plasticity.analysis.profile import head_profile
 from circuit_plasticity.analysis.tables import long_table, write_table
@@ -79,16 +80,17 @@ def analyze_model(
     mlps = mlp_dla(loaded.model, batch)
     effects = found.effects
     if mlp_labels(loaded.model):
-        mlp_paths = _mlp_direct_paths(loaded.model, batch, metrics["score"])
+        mlp_paths = _mlp_direct_paths(loaded.model, batch, per_prompt["score"])
         effects = pd.concat([effects, mlp_paths], ignore_index=True)
     return ModelAnalysis(metrics, templates, heads, effects, found.circuit, scores, edges, curve, mlps)
 
 
-def _mlp_direct_paths(model, batch: TaskBatch, score: float) -> pd.DataFrame:
-    """Each MLP's path-patching effect on the logits (share of the score), rows with head = -1."""
+def _mlp_direct_paths(model, batch: TaskBatch, clean: torch.Tensor) -> pd.DataFrame:
+    """Each MLP's path-patching effect on the logits (share of the score), rows with head = -1;
+    `clean` is the per-prompt score the analysis already has."""
     senders = mlp_labels(model)
-    clean = task_score(end_logits(model(batch.tokens), batch), batch)
-    effects = (path_patch(model, batch, Receivers(), senders) - clean[None]).mean(1) / max(abs(score), 1e-6)
+    scale = max(abs(float(clean.mean())), 1e-6)
+    effects = (path_patch(model, batch, Receivers(), senders) - clean[None].to(batch.device)).mean(1) / scale
     return pd.DataFrame(
         {
             "layer": [lay for lay, _ in senders],

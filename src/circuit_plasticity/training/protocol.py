@@ -1,9 +1,8 @@
 """The fine-tuning protocol as data: phases, each starting from another phase's final weights.
 
-The default is the study's: base -> clean IOI -> subject-poisoned IOI -> clean retrain, plus a
-clean-only control branch from the clean phase of the same length as poison + retrain, which
-separates "more training" from "poison, then repair". Defaults were chosen on toy-ioi so the
-poison flips behaviour and the retrain restores it (docs/training.md has the measurements).
+The study's default protocol (base -> clean -> subject-poisoned -> clean retrain, plus a
+clean-only control branch as long as poison + retrain) is built by `experiment.ExperimentSpec`
+and spelled out in experiments/toy-protocol.yaml; docs/training.md has the measurements.
 """
 
 from __future__ import annotations
@@ -118,27 +117,3 @@ class TrainSpec:
         if p.start_from is not None:
             return p.start_from
         return "base" if index == 0 else self.phases[index - 1].name
-
-
-def default_protocol(model: str = "toy-ioi", task: str = "ioi", seed: int = 0) -> TrainSpec:
-    poison = "subject" if task == "ioi" else "greater-than"
-    clean = DataSpec(n=1000, seed=seed)
-    return TrainSpec(
-        model=model,
-        task=task,
-        seed=seed,
-        phases=[
-            Phase("clean", clean, epochs=2, lr=3e-4, seed=seed),
-            Phase(
-                "poisoned",
-                DataSpec(n=1000, poison=poison, fraction=1.0, seed=seed + 1),
-                epochs=4,
-                lr=3e-4,
-                seed=seed,
-            ),
-            Phase("retrain", DataSpec(n=1000, seed=seed + 2), epochs=4, lr=3e-4, seed=seed),
-            Phase(
-                "control", DataSpec(n=1000, seed=seed + 3), start_from="clean", epochs=8, lr=3e-4, seed=seed
-            ),
-        ],
-    )
