@@ -205,32 +205,75 @@ def train_command(
 @app.command("compare")
 def compare_command(
     runs: Annotated[list[Path], typer.Argument(help="Training run directories (one per seed).")],
-    out: Annotated[Path, typer.Option("--out", help="Directory for the aggregated tables.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the tables and the report.")],
     n: Annotated[int, typer.Option("--n", help="Held-out prompts per analysis.")] = 160,
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
 ) -> None:
-    """Compare the phases of training runs: CMAP, localization, recovery, tracking, verdicts."""
-    from circuit_plasticity.analysis.tables import write_table
-    from circuit_plasticity.compare.study import aggregate, compare_seed
+    """Judge the phases of training runs made by `train`: evidence, controls, verdicts, report."""
+    from circuit_plasticity.compare.judge import JudgeOptions
+    from circuit_plasticity.experiment import judge_and_report, seeds_from_run_dirs
 
-    findings = []
-    for run in runs:
-        spec_path = run / "spec.json"
-        if not spec_path.is_file():
-            fail(
-                f"{run} is not a training run directory (no spec.json); "
-                "make one with `circuit-plasticity train`"
-            )
-        spec = json.loads(spec_path.read_text())
-        try:
-            findings.append(compare_seed(run, spec["model"], spec["seed"], n=n))
-        except FileNotFoundError as error:
-            fail(str(error))
-    summary, verdicts = aggregate(findings, out / "tables")
-    if csv:
-        write_table(out / "tables" / "findings.parquet", summary, csv=True)
-    for r in verdicts.itertuples():
-        typer.echo(f"{r.finding:16s} {'holds' if r.holds else 'does not hold'}: {r.rule}")
+    seeds = seeds_from_run_dirs(runs)
+    summary = {"runs": ", ".join(map(str, runs)), "task": "ioi"}
+    report = judge_and_report(seeds, out, JudgeOptions(n=n), summary, csv=csv)
+    _print_verdicts(out, report)
+
+
+def _print_verdicts(out: Path, report: Path) -> None:
+    import pandas as pd
+
+    for r in pd.read_parquet(out / "tables" / "verdicts.parquet").itertuples():
+        typer.echo(f"{r.finding:16s} {r.verdict}: {r.reason}")
+    typer.echo(f"report: {report}")
+
+
+@app.command("judge")
+def judge_command(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the tables and the report.")],
+    base: Annotated[list[str], typer.Option("--base", help="The base model (one, or one per seed).")] = [],  # noqa: B006
+    clean: Annotated[list[str], typer.Option("--clean", help="Clean fine-tune; repeat per seed.")] = [],  # noqa: B006
+    poisoned: Annotated[
+        list[str], typer.Option("--poisoned", help="Poisoned model (fine-tuned from clean); repeat per seed.")
+    ] = [],  # noqa: B006
+    retrain: Annotated[
+        list[str], typer.Option("--retrain", help="Clean retrain of the poisoned model.")
+    ] = [],  # noqa: B006
+    control: Annotated[
+        list[str], typer.Option("--control", help="Clean model trained as long on clean data (optional).")
+    ] = [],  # noqa: B006
+    seeds_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--seeds-file", help="YAML/JSON list of {seed, base, clean, poisoned, retrain, control}."
+        ),
+    ] = None,
+    n: Annotated[int, typer.Option("--n", help="Held-out prompts per analysis.")] = 160,
+    k: Annotated[int, typer.Option("--k", help="Heads in the localized set.")] = 3,
+    min_seeds: Annotated[int, typer.Option("--min-seeds", help="Fewer seeds: at most inconclusive.")] = 3,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Also run targeted repair (models built by this tool).")
+    ] = False,
+    csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
+) -> None:
+    """Bring your own checkpoints: the study's analyses, controls, verdicts and report on them."""
+    from circuit_plasticity.compare.judge import JudgeOptions, RepairPlan, read_seed_file, seeds_from_options
+    from circuit_plasticity.compare.verdicts import VerdictThresholds
+    from circuit_plasticity.experiment import judge_and_report
+
+    if seeds_file is not None:
+        if base or clean or poisoned or retrain or control:
+            fail("give the models either with --seeds-file or with --base/--clean/..., not both")
+        seeds = read_seed_file(seeds_file)
+    else:
+        seeds = seeds_from_options(base, clean, poisoned, retrain, control)
+    if out.exists() and any(out.iterdir()) and not (out / "tables").exists() and not (out / "seeds").exists():
+        fail(f"{out} exists and is not a judge output; use another --out")
+    options = JudgeOptions(
+        n=n, k=k, thresholds=VerdictThresholds(min_seeds=min_seeds), repair=RepairPlan() if repair else None
+    )
+    summary = {"task": "ioi", "seeds": str(len(seeds)), "base": str(seeds[0].base)}
+    report = judge_and_report(seeds, out, options, summary, csv=csv)
+    _print_verdicts(out, report)
 
 
 @app.command("run")

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from circuit_plasticity.compare.verdicts import VerdictThresholds
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.spec import bad
 from circuit_plasticity.tasks.poison import POISONS
@@ -54,6 +55,7 @@ class ExperimentSpec:
     checkpoint_every_steps: int = 0
     phases: list[Phase] | None = None  # a full protocol instead of the study's default
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    verdicts: VerdictThresholds = field(default_factory=VerdictThresholds)
     repair: bool = True  # targeted repair: retrain only the localized heads (toy-built models)
 
     def validate(self, where: str, source: str) -> None:
@@ -143,13 +145,12 @@ def check_study_phases(spec: ExperimentSpec) -> None:
 
 
 def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, progress: bool = True) -> Path:
-    """Train every seed, compare, aggregate, report. Resumable: finished steps are skipped."""
+    """Train every seed, judge the checkpoints, report. Resumable: finished steps are skipped."""
     import json
 
-    from circuit_plasticity.compare.study import aggregate, compare_seed
     from circuit_plasticity.fileio import write_json
     from circuit_plasticity.models.load import load_model
-    from circuit_plasticity.report.build import build_report, collect_tables
+    from circuit_plasticity.spec import same_spec
     from circuit_plasticity.training.loop import run_protocol
 
     check_study_phases(spec)
@@ -159,42 +160,120 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
     out.mkdir(parents=True, exist_ok=True)
     mine = json.loads(json.dumps(dataclasses.asdict(spec)))
     saved = out / "experiment.json"
-    from circuit_plasticity.spec import same_spec
-
     if saved.is_file() and not same_spec(ExperimentSpec, json.loads(saved.read_text()), spec):
         raise UserError(f"{out} holds a different experiment; use another --out or delete it")
     write_json(saved, mine)
     say = print if progress else (lambda *_: None)
-    findings = []
     for seed in spec.seeds:
-        seed_dir = out / "seeds" / f"seed-{seed}"
         say(f"seed {seed}: training")
-        run_protocol(spec.train_spec(seed), seed_dir, progress=progress)
-        finding = compare_seed(
-            seed_dir,
-            spec.model,
-            seed,
-            n=spec.analysis.n,
-            k=spec.analysis.localization_k,
-            n_random=spec.analysis.n_random,
-            track=spec.analysis.track_every_checkpoint,
-            progress=say,
-        )
-        if spec.repair:
-            from circuit_plasticity.compare.repair import targeted_repair
+        run_protocol(spec.train_spec(seed), out / "seeds" / f"seed-{seed}", progress=progress)
+    return judge_runs(spec, out, csv=csv, progress=say)
 
-            say(f"seed {seed}: targeted repair")
-            retrain = next(p for p in spec.train_spec(seed).phases if p.name == "retrain")
-            finding = {
-                **finding,
-                **targeted_repair(
-                    seed_dir, spec.model, seed, finding, retrain, spec.analysis.n, spec.eval_every_steps
-                ),
-            }
-        findings.append(finding)
-    aggregate(findings, out / "tables")
-    collect_tables(out, spec.seeds, csv=csv)
-    return build_report(out, spec)
+
+def judge_runs(spec: ExperimentSpec, out: Path, csv: bool = False, progress=print) -> Path:
+    """The trained seeds of `out` through `judge`, then the tables and the report."""
+    import pandas as pd
+
+    from circuit_plasticity.compare.judge import JudgeOptions, RepairPlan, SeedModels
+    from circuit_plasticity.compare.study import all_checkpoints, phase_checkpoints
+    from circuit_plasticity.training.loop import RunDir
+
+    seeds = []
+    for seed in spec.seeds:
+        run = RunDir(out / "seeds" / f"seed-{seed}")
+        phases = phase_checkpoints(run, spec.model)
+        missing = {"clean", "poisoned", "retrain"} - set(phases)
+        if missing:
+            raise UserError(f"{run.root}: phases {sorted(missing)} have not finished; rerun `run`")
+        seeds.append(
+            SeedModels(
+                seed=seed,
+                **phases,
+                checkpoints=all_checkpoints(run) if spec.analysis.track_every_checkpoint else [],
+                training_metrics=pd.DataFrame(run.read_metrics()),
+            )
+        )
+    retrain = next(p for p in spec.train_spec(spec.seeds[0]).phases if p.name == "retrain")
+    plan = RepairPlan(
+        n_train=retrain.data.n,
+        data_seed=retrain.data.seed,
+        epochs=retrain.epochs,
+        lr=retrain.lr,
+        batch_size=retrain.batch_size,
+        eval_every=spec.eval_every_steps,
+    )
+    options = JudgeOptions(
+        n=spec.analysis.n,
+        k=spec.analysis.localization_k,
+        n_random=spec.analysis.n_random,
+        thresholds=spec.verdicts,
+        repair=plan if spec.repair else None,
+        task=spec.task,
+    )
+    return judge_and_report(seeds, out, options, spec_summary(spec), csv, progress, validate=False)
+
+
+def judge_and_report(
+    seeds, out: str | Path, options, summary: dict[str, str], csv: bool = False, progress=print, validate=True
+) -> Path:
+    """`judge` the models, collect every table, write the report; returns the report's path.
+    Bad input (missing models, different architectures, a model given twice) fails before any
+    file is written."""
+    from circuit_plasticity.compare.judge import judge, validate_seeds
+    from circuit_plasticity.report.build import build_report, collect_tables
+
+    if validate:
+        validate_seeds(seeds)
+    out = Path(out)
+    judge(seeds, out, options, progress=progress, validate=False)
+    ids = [s.seed for s in seeds]
+    collect_tables(out, ids, csv=csv)
+    return build_report(out, summary, ids)
+
+
+def seeds_from_run_dirs(runs: list[Path]) -> list:
+    """Training run directories (`train`, one per seed) as the models `judge` compares."""
+    import json
+
+    import pandas as pd
+
+    from circuit_plasticity.compare.judge import SeedModels
+    from circuit_plasticity.compare.study import all_checkpoints, phase_checkpoints
+    from circuit_plasticity.training.loop import RunDir
+
+    seeds = []
+    for root in runs:
+        spec_path = Path(root) / "spec.json"
+        if not spec_path.is_file():
+            raise UserError(
+                f"{root} is not a training run directory (no spec.json); "
+                "make one with `circuit-plasticity train`"
+            )
+        spec = json.loads(spec_path.read_text())
+        run = RunDir(Path(root))
+        phases = phase_checkpoints(run, spec["model"])
+        missing = {"clean", "poisoned", "retrain"} - set(phases)
+        if missing:
+            raise UserError(f"{root}: phases {sorted(missing)} have not finished")
+        seeds.append(
+            SeedModels(
+                seed=int(spec["seed"]),
+                **phases,
+                checkpoints=all_checkpoints(run),
+                training_metrics=pd.DataFrame(run.read_metrics()),
+            )
+        )
+    return seeds
+
+
+def spec_summary(spec: ExperimentSpec) -> dict[str, str]:
+    return {
+        "model": spec.model,
+        "task": spec.task,
+        "seeds": ", ".join(map(str, spec.seeds)),
+        "poison": f"{spec.poison} ({spec.fraction:.0%})",
+        "held-out prompts per analysis": str(spec.analysis.n),
+    }
 
 
 def cost_warning(spec: ExperimentSpec) -> str:

@@ -1,6 +1,12 @@
 """Cross-model activation patching (CMAP, Prakash et al. 2024) and cross-model attention-pattern
 patching (the study's localization evidence), through the one patching engine.
 
+Two models differ in every weight, the output projection W_O included. Patching a head's z
+(its attention-weighted values) from model A into model B still multiplies it by B's W_O and
+so misses what fine-tuning did to W_O; `patch_outputs` patches the head's whole output
+z_A W_O^A: z is replaced through the engine's hooks and z_A (W_O^A - W_O^B) is added to the
+layer's attention output. (The shared output bias b_O belongs to no head and is not patched.)
+
 For every head (and head x position): run model B on the prompts with that head's output (or
 attention pattern) taken from model A on the same prompts. The change of B's score says how
 much of A's difference from B lives in that component; its share of the A - B gap says how much
@@ -14,10 +20,64 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from circuit_plasticity.analysis.hooks import head_labels
+from circuit_plasticity.analysis.hooks import head_labels, z_name
 from circuit_plasticity.analysis.metrics import end_logits, task_score
-from circuit_plasticity.analysis.patching import activation_cache, patch_each_head
+from circuit_plasticity.analysis.patching import activation_cache, patch_each_head, repeat_batch
 from circuit_plasticity.tasks.encode import TaskBatch
+
+Head = tuple[int, int]
+
+
+@torch.no_grad()
+def patch_outputs(
+    target,
+    source,
+    batch: TaskBatch,
+    head_sets: Sequence[Sequence[Head]],
+    source_z: dict[int, torch.Tensor] | None = None,
+    sets_per_pass: int = 16,
+) -> torch.Tensor:
+    """[len(head_sets), n] scores of `target` with each set's head outputs taken from `source`
+    (the same prompts), the heads' output projections included."""
+    z_src = source_z if source_z is not None else activation_cache(source, batch.tokens, "z")
+    delta_w = (source.W_O - target.W_O).detach()  # [layers, heads, d_head, d_model]
+    n = batch.tokens.shape[0]
+    out = []
+    for start in range(0, len(head_sets), sets_per_pass):
+        chunk = [list(s) for s in head_sets[start : start + sets_per_pass]]
+        k = len(chunk)
+        layers = sorted({lay for members in chunk for lay, _ in members})
+
+        def z_hook(layer: int, chunk=chunk, k=k):
+            def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
+                z = z.clone().view(k, n, *z.shape[1:])
+                for copy, members in enumerate(chunk):
+                    heads = [h for lay, h in members if lay == layer]
+                    if heads:
+                        z[copy][:, :, heads] = z_src[layer][:, :, heads]
+                return z.view(k * n, *z.shape[2:])
+
+            return hook
+
+        def out_hook(layer: int, chunk=chunk, k=k):
+            def hook(attn_out: torch.Tensor, hook=None) -> torch.Tensor:
+                attn_out = attn_out.clone().view(k, n, *attn_out.shape[1:])
+                for copy, members in enumerate(chunk):
+                    heads = [h for lay, h in members if lay == layer]
+                    if heads:
+                        attn_out[copy] += torch.einsum(
+                            "nphd,hdm->npm", z_src[layer][:, :, heads], delta_w[layer, heads]
+                        )
+                return attn_out.view(k * n, *attn_out.shape[2:])
+
+            return hook
+
+        hooks = [(z_name(lay), z_hook(lay)) for lay in layers]
+        hooks += [(f"blocks.{lay}.hook_attn_out", out_hook(lay)) for lay in layers]
+        rep = repeat_batch(batch, k)
+        logits = target.run_with_hooks(batch.tokens.repeat(k, 1), fwd_hooks=hooks)
+        out.append(task_score(end_logits(logits, rep), rep).view(k, n))
+    return torch.cat(out) if out else torch.empty(0, n)
 
 
 @torch.no_grad()

@@ -76,22 +76,26 @@ def _scores(out: Path, seeds: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build_report(out: Path, spec) -> Path:
+def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
     tables = out / "tables"
     read = lambda name: pd.read_parquet(tables / f"{name}.parquet")  # noqa: E731
     heads = read("heads")
-    first = out / "seeds" / f"seed-{spec.seeds[0]}" / "analysis"
+    first = out / "seeds" / f"seed-{seeds[0]}" / "analysis"
     circuits = {p.name: json.loads((p / "circuit.json").read_text()) for p in sorted(first.glob("*"))}
     n_layers = int(heads.layer.max()) + 1
     n_heads = int(heads["head"].max()) + 1
     members = {f"{h['layer']}.{h['head']}" for h in circuits.get("base", {}).get("heads", [])}
-    figs = [
-        (
-            "Metrics through all phases",
-            "Held-out clean logit difference and accuracy, poison success and "
-            "general-text loss; solid: clean -> poisoned -> retrain, dashed: the clean-only control branch.",
-            figures.metric_curves(read("metrics")),
-        ),
+    figs = []
+    if (tables / "metrics.parquet").is_file():
+        figs.append(
+            (
+                "Metrics through all phases",
+                "Held-out clean logit difference and accuracy, poison success and general-text "
+                "loss; solid: clean -> poisoned -> retrain, dashed: the clean-only control branch.",
+                figures.metric_curves(read("metrics")),
+            )
+        )
+    figs += [
         (
             "Direct logit attribution per head",
             "Each head's direct effect on logit(IO) - logit(S), per phase (mean over seeds).",
@@ -110,7 +114,7 @@ def build_report(out: Path, spec) -> Path:
             figures.head_heatmaps(heads, "attn_end_s2"),
         ),
         (
-            f"Circuits per phase (seed {spec.seeds[0]})",
+            f"Circuits per phase (seed {seeds[0]})",
             "Colour: role. Ringed: in this phase's circuit but "
             "not the base's; hollow ring: a base head that left.",
             figures.circuit_diagram(circuits, n_layers, n_heads),
@@ -121,12 +125,16 @@ def build_report(out: Path, spec) -> Path:
             "head's output from it into the base.",
             figures.cmap_maps(read("cmap")),
         ),
-        (
-            "Recovery after retraining",
-            "1 - |retrained - base| / |poisoned - base| of each head's DLA.",
-            figures.recovery_bars(read("recovery"), members),
-        ),
     ]
+    if (tables / "recovery.parquet").is_file():
+        figs.append(
+            (
+                "Recovery after retraining",
+                "1 - |retrained - clean| / |poisoned - clean| of each head's DLA (the poison phase "
+                "starts from the clean fine-tune).",
+                figures.recovery_bars(read("recovery"), members),
+            )
+        )
     figs.append(
         (
             "Edge attribution circuits: faithfulness against size",
@@ -145,19 +153,12 @@ def build_report(out: Path, spec) -> Path:
                 figures.tracking_curves(read("tracking")),
             )
         )
-    summary = {
-        "model": spec.model,
-        "task": spec.task,
-        "seeds": ", ".join(map(str, spec.seeds)),
-        "poison": f"{spec.poison} ({spec.fraction:.0%})",
-        "held-out prompts per analysis": spec.analysis.n,
-    }
     return render_report(
         out,
-        f"circuit-plasticity: {spec.model} on {spec.task}",
+        f"circuit-plasticity: {summary.get('model', '')} on {summary.get('task', '')}",
         summary,
         read("verdicts"),
         read("findings"),
-        _scores(out, spec.seeds),
+        _scores(out, seeds),
         figs,
     )

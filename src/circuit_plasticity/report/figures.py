@@ -187,7 +187,7 @@ def recovery_bars(rec: pd.DataFrame, members: set[str]) -> bytes:
     )
     ax.axhline(1, color="black", lw=0.8, ls="--")
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_ylabel("recovery (1 = back to base)")
+    ax.set_ylabel("recovery (1 = back to clean)")
     ax.set_title("per-head recovery after clean retraining (green: base-circuit members)")
     ax.tick_params(axis="x", rotation=90)
     return _png(fig)

@@ -16,38 +16,45 @@ STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}
 th{background:#f4f4f4}.yes{color:#1a7f37;font-weight:bold}.no{color:#b42318;font-weight:bold}
+.inconclusive{color:#9a6700;font-weight:bold}
 img{max-width:100%;border:1px solid #eee;margin:0.5em 0}h2{border-bottom:1px solid #ddd;padding-bottom:4px}
 .note{color:#555;font-size:13px}
 """
 
 HEADLINES = [
-    ("amplification", "amplification_score_ratio", "clean / base logit difference"),
-    ("amplification", "amplification_median_member_ratio", "median base-circuit member DLA ratio"),
+    ("amplification", "amplification_gain", "clean - base logit difference"),
+    ("amplification", "amplification_member_share", "share of the gain carried by base-circuit members"),
+    ("amplification", "amplification_nonmember_share", "share carried by non-members"),
+    ("amplification", "amplification_uniform_share", "members' share under a uniform rescaling"),
+    ("amplification", "amplification_joined_share", "share carried by heads that joined the circuit"),
     ("amplification", "amplification_heads_joined", "heads that joined the circuit"),
-    ("localization", "localization_top_share", "share of base->poisoned gap carried by the top-k heads"),
-    ("localization", "localization_any_random_mean", "same share for random k-head sets (mean)"),
-    ("localization", "localization_p_any", "p-value against random k-head sets"),
+    ("amplification", "amplification_member_share_control", "members' share, base -> control"),
+    ("localization", "localization_drop", "poisoned - clean logit difference"),
+    (
+        "localization",
+        "localization_top_share",
+        "share of the drop carried by the top-k heads (held-out half)",
+    ),
+    ("localization", "localization_random_share", "same share for random k-head sets"),
+    ("localization", "localization_p_random", "p against random k-sets (Fisher over seeds)"),
+    ("localization", "localization_concentration", "concentration of the poison's per-head change"),
+    ("localization", "localization_concentration_control", "same for the clean -> control change"),
+    ("localization", "localization_concentration_excess", "poison minus control concentration"),
     ("localization", "localization_top_in_base_circuit", "top-k heads that are base-circuit members"),
     ("localization", "localization_weight_share_topk", "share of weight change in the k most-changed heads"),
-    ("neuroplasticity", "neuroplasticity_score_recovery", "share of the poisoning drop recovered"),
-    ("neuroplasticity", "neuroplasticity_median_member_recovery", "median per-member DLA recovery"),
-    (
-        "neuroplasticity",
-        "neuroplasticity_base_circuit_faithfulness_in_retrained",
-        "base circuit faithfulness in retrained model",
-    ),
+    ("neuroplasticity", "neuroplasticity_behaviour_recovery", "drop recovered, toward the clean model"),
+    ("neuroplasticity", "neuroplasticity_behaviour_recovery_to_base", "drop recovered, toward the base"),
+    ("neuroplasticity", "neuroplasticity_localized_recovery", "localized heads' recovery to clean"),
+    ("neuroplasticity", "neuroplasticity_faithfulness_retrain", "base-circuit faithfulness, retrained"),
+    ("neuroplasticity", "neuroplasticity_faithfulness_clean", "base-circuit faithfulness, clean"),
+    ("neuroplasticity", "neuroplasticity_faithfulness_control", "base-circuit faithfulness, control"),
+    ("neuroplasticity", "neuroplasticity_faithfulness_random", "random circuits of its size, retrained"),
+    ("neuroplasticity", "neuroplasticity_faithfulness_gap", "retrained minus clean/control faithfulness"),
+    ("neuroplasticity", "neuroplasticity_p_random", "p against random circuits (Fisher over seeds)"),
     ("neuroplasticity", "neuroplasticity_node_jaccard", "node Jaccard, base vs retrained circuit"),
-    (
-        "targeted repair",
-        "repair_score_recovery",
-        "share of the poisoning drop recovered training only the top-k heads",
-    ),
-    (
-        "targeted repair",
-        "repair_base_circuit_faithfulness",
-        "base circuit faithfulness in the repaired model",
-    ),
-    ("targeted repair", "repair_trained_head_share", "share of heads trained"),
+    ("targeted repair", "repair_recovery", "drop recovered training only the localized heads"),
+    ("targeted repair", "repair_random_recovery", "drop recovered training as many random heads"),
+    ("targeted repair", "repair_advantage", "localized minus random"),
     ("hysteresis", "hysteresis_gap_area", "mean |retrain - clean| logit difference, same steps"),
     ("hysteresis", "hysteresis_final_gap", "retrain minus clean, final logit difference"),
 ]
@@ -59,6 +66,56 @@ def _fmt(x: float) -> str:
 
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _ci(r) -> str:
+    if not (isinstance(r.ci_low, float) and math.isfinite(r.ci_low)):
+        return "-"
+    mark = "*" if bool(getattr(r, "clipped", False)) else ""
+    return f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]{mark}"
+
+
+def _verdict_section(verdicts: pd.DataFrame, findings: pd.DataFrame) -> list[str]:
+    """Verdicts with their reasons; each finding's evidence beside its null control; all numbers."""
+    from circuit_plasticity.compare.verdicts import SIDE_BY_SIDE
+
+    e = html.escape
+    s = findings.set_index("measure")
+    parts = ["<h2>Verdicts</h2><table><tr><th>finding</th><th>verdict</th><th>why</th><th>rule</th></tr>"]
+    for r in verdicts.itertuples():
+        parts.append(
+            f"<tr><td>{e(r.finding)}</td><td class='{e(r.verdict)}'>{e(r.verdict)}</td>"
+            f"<td>{e(r.reason)}</td><td class='note'>{e(r.rule)}</td></tr>"
+        )
+    parts.append(
+        "</table><h2>Evidence beside its control</h2><table><tr><th>finding</th>"
+        "<th>evidence</th><th>value [95 % CI]</th><th>control</th><th>value [95 % CI]</th></tr>"
+    )
+    for finding, measure, label, control, control_label in SIDE_BY_SIDE:
+        if measure not in s.index:
+            continue
+        ev, ctl = s.loc[measure], s.loc[control] if control in s.index else None
+        right = f"{_fmt(ctl['mean'])} {_ci(ctl)}" if ctl is not None else "not measured"
+        parts.append(
+            f"<tr><td>{e(finding)}</td><td>{e(label)}</td><td>{_fmt(ev['mean'])} {_ci(ev)}</td>"
+            f"<td>{e(control_label)}</td><td>{right}</td></tr>"
+        )
+    parts.append(
+        "</table><h2>Numbers behind the verdicts</h2><table><tr><th>finding</th><th>measure</th>"
+        "<th>mean</th><th>95 % CI</th><th>seeds</th><th>interval</th></tr>"
+    )
+    for finding, key, label in HEADLINES:
+        if key in s.index:
+            r = s.loc[key]
+            parts.append(
+                f"<tr><td>{e(finding)}</td><td>{e(label)}</td><td>{_fmt(r['mean'])}</td>"
+                f"<td>{_ci(r)}</td><td>{int(r.n_seeds)}</td><td class='note'>{e(str(r.interval))}</td></tr>"
+            )
+    parts.append(
+        "</table><p class='note'>* clipped to [0, 1]. n/a: not applicable (the change a ratio "
+        "divides by is within noise).</p>"
+    )
+    return parts
 
 
 def render_report(
@@ -80,27 +137,7 @@ def render_report(
         + " &middot; ".join(f"<b>{e(str(k))}</b>: {e(str(v))}" for k, v in spec_summary.items())
         + "</p>"
     )
-    parts.append(
-        "<h2>Verdicts</h2><table><tr><th>finding</th><th>holds on this model?</th><th>rule</th></tr>"
-    )
-    for r in verdicts.itertuples():
-        cls, word = ("yes", "yes") if r.holds else ("no", "no")
-        parts.append(f"<tr><td>{e(r.finding)}</td><td class='{cls}'>{word}</td><td>{e(r.rule)}</td></tr>")
-    parts.append("</table>")
-    s = findings.set_index("measure")
-    parts.append(
-        "<h2>Numbers behind the verdicts</h2><table><tr><th>finding</th><th>measure</th>"
-        "<th>mean</th><th>95 % CI</th><th>seeds</th></tr>"
-    )
-    for finding, key, label in HEADLINES:
-        if key in s.index:
-            r = s.loc[key]
-            ci = f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if r.n_seeds > 1 else "one seed"
-            parts.append(
-                f"<tr><td>{e(finding)}</td><td>{e(label)}</td><td>{_fmt(r['mean'])}</td>"
-                f"<td>{ci}</td><td>{int(r.n_seeds)}</td></tr>"
-            )
-    parts.append("</table>")
+    parts += _verdict_section(verdicts, findings)
     parts.append(
         "<h2>Task score per phase</h2><table><tr><th>phase</th><th>logit diff (mean over seeds)</th>"
         "<th>95 % CI</th><th>accuracy</th></tr>"

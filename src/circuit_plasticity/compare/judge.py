@@ -1,0 +1,294 @@
+"""Bring your own checkpoints: the study's analyses and verdicts on any set of models.
+
+`judge` takes, per seed, a base, a clean fine-tune, a poisoned model (fine-tuned from the
+clean one), a retrained model and optionally a control (the clean model trained on clean data
+for as long as poisoning and retraining took). Models are paths or loaded models; they may come
+from this tool's `train`, a Hugging Face Trainer or a script of one's own. `run` calls it on
+the checkpoints it trained. Every output is written atomically and skipped when present, so a
+killed judgement continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from circuit_plasticity.compare.verdicts import VerdictThresholds, combine_seeds, decide
+from circuit_plasticity.errors import UserError
+from circuit_plasticity.fileio import write_json
+
+PHASES = ("base", "clean", "poisoned", "retrain", "control")
+REQUIRED = ("base", "clean", "poisoned", "retrain")
+
+
+@dataclass
+class RepairPlan:
+    """Targeted repair: retrain only the localized heads (and, as the null, as many random other
+    heads) from the poisoned model on the clean data the full retrain used."""
+
+    n_train: int = 1000
+    data_seed: int = 2
+    epochs: int = 4
+    lr: float = 3e-4
+    batch_size: int = 32
+    eval_every: int = 10
+
+
+@dataclass
+class JudgeOptions:
+    n: int = 160  # held-out prompts per analysis
+    k: int = 3  # heads in the localized set
+    n_random: int = 200  # random head sets / circuits per null distribution
+    thresholds: VerdictThresholds = field(default_factory=VerdictThresholds)
+    repair: RepairPlan | None = None
+    full_analysis: bool = True  # every phase's single-model analysis (the report's figures)
+    task: str = "ioi"
+
+
+@dataclass
+class SeedModels:
+    """The models of one seed. Strings are paths or model names (`load_model` reads them)."""
+
+    seed: int
+    base: Any
+    clean: Any
+    poisoned: Any
+    retrain: Any
+    control: Any = None
+    checkpoints: list[tuple[str, int, Path]] = field(default_factory=list)  # for tracking
+    training_metrics: pd.DataFrame | None = None  # for hysteresis
+
+    def phases(self) -> dict[str, Any]:
+        return {p: getattr(self, p) for p in PHASES if getattr(self, p) is not None}
+
+
+def _describe(model: Any) -> str:
+    return model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
+
+
+def _signature(loaded) -> tuple:
+    cfg = loaded.model.cfg
+    return (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_vocab)
+
+
+def validate_seeds(seeds: Sequence[SeedModels]) -> None:
+    """Every model loads, all share one architecture and tokenizer, none is given twice in a
+    seed. Raises UserError before anything is written."""
+    from circuit_plasticity.models.load import LoadedModel, load_model
+
+    if not seeds:
+        raise UserError("judge needs at least one set of models (base, clean, poisoned, retrain)")
+    if len({s.seed for s in seeds}) != len(seeds):
+        raise UserError("judge: two model sets share a seed number; give each its own")
+    reference = None
+    for s in seeds:
+        given = s.phases()
+        missing = [p for p in REQUIRED if p not in given]
+        if missing:
+            raise UserError(f"seed {s.seed}: missing the {', '.join(missing)} model (--{missing[0]})")
+        keys: dict[str, str] = {}
+        for phase, model in given.items():
+            key = str(Path(model).resolve()) if isinstance(model, str | Path) else f"object:{id(model)}"
+            if key in keys:
+                raise UserError(
+                    f"seed {s.seed}: the {keys[key]} and {phase} models are the same model "
+                    f"({_describe(model)}); each phase needs its own checkpoint"
+                )
+            keys[key] = phase
+        for phase, model in given.items():
+            loaded = model if isinstance(model, LoadedModel) else load_model(str(model))
+            vocab = loaded.tokenizer.backend.get_vocab()
+            sig = (_signature(loaded), len(vocab), hash(frozenset(vocab.items())))
+            if reference is None:
+                reference = (sig, f"seed {s.seed} {phase} ({_describe(model)})")
+            elif sig[0] != reference[0][0]:
+                raise UserError(
+                    f"seed {s.seed} {phase} ({_describe(model)}) has architecture (layers, heads, "
+                    f"d_model, vocab) {sig[0]}, but {reference[1]} has {reference[0][0]}; "
+                    "all models must be fine-tunes of one architecture"
+                )
+            elif sig[1:] != reference[0][1:]:
+                raise UserError(
+                    f"seed {s.seed} {phase} ({_describe(model)}) has a different tokenizer from "
+                    f"{reference[1]}; all models must share one tokenizer"
+                )
+
+
+@dataclass
+class Judgement:
+    by_seed: pd.DataFrame  # seed, measure, value, ci_low, ci_high (bootstrap over prompts)
+    summary: pd.DataFrame  # measure, mean, ci_low, ci_high, n_seeds, interval, clipped
+    verdicts: pd.DataFrame  # finding, verdict, reason, criteria, rule
+    out: Path
+
+
+def judge(
+    seeds: Sequence[SeedModels],
+    out: str | Path,
+    options: JudgeOptions | None = None,
+    progress: Callable[[str], None] = print,
+    validate: bool = True,
+) -> Judgement:
+    """Analyses, evidence and verdicts of every seed, aggregated; writes tables/ under `out`."""
+    from circuit_plasticity.analysis.tables import write_table
+
+    options = options or JudgeOptions()
+    if validate:
+        validate_seeds(seeds)
+    out = Path(out)
+    rows = []
+    for s in seeds:
+        evidence = judge_seed(s, out / "seeds" / f"seed-{s.seed}", options, progress)
+        rows.append(evidence.assign(seed=s.seed))
+    by_seed = pd.concat(rows, ignore_index=True)[["seed", "measure", "value", "ci_low", "ci_high"]]
+    summary = combine_seeds(by_seed, options.thresholds.min_seeds)
+    verdicts = decide(summary, options.thresholds, len(seeds))
+    write_table(out / "tables" / "findings_by_seed.parquet", by_seed)
+    write_table(out / "tables" / "findings.parquet", summary)
+    write_table(out / "tables" / "verdicts.parquet", verdicts)
+    return Judgement(by_seed, summary, verdicts, out)
+
+
+def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -> pd.DataFrame:
+    """All evidence of one seed as rows (measure, value, ci_low, ci_high); cached on disk."""
+    path = seed_dir / "compare" / "evidence.parquet"
+    if path.is_file():
+        return pd.read_parquet(path)
+    from circuit_plasticity.analysis.tables import write_table
+    from circuit_plasticity.compare import evidence as ev
+    from circuit_plasticity.compare.study import per_head_tables, scalar_findings
+    from circuit_plasticity.models.load import LoadedModel, load_model
+    from circuit_plasticity.training.evaluate import task_batch
+
+    loaded = {p: m if isinstance(m, LoadedModel) else load_model(str(m)) for p, m in s.phases().items()}
+    batch = task_batch(loaded["base"], options.task, n=options.n, seed=20_000 + s.seed, split="test")
+    analyses = analyse_phases(loaded, batch, seed_dir / "analysis", options.full_analysis, s.seed, progress)
+    runs = ev.PhaseRuns({p: m.model for p, m in loaded.items()}, batch)
+    base_circuit = analyses["base"].head_set()
+    progress(f"seed {s.seed}: evidence and controls")
+    measures = ev.amplification_evidence(runs, base_circuit, analyses["clean"].head_set(), s.seed)
+    loc = ev.localization_evidence(runs, options.k, options.n_random, s.seed)
+    measures |= loc.measures
+    measures |= ev.plasticity_evidence(runs, base_circuit, loc.top_heads, options.n_random, s.seed)
+    extra: dict[str, Any] = {"localization_top_heads": ",".join(map(ev.head_name, loc.top_heads))}
+    if options.repair is not None:
+        repaired = _repair(s, seed_dir, loc.top_heads, runs, options.repair, progress)
+        if isinstance(repaired, str):
+            extra["repair_skipped"] = repaired
+        else:
+            measures |= ev.repair_evidence(runs, *repaired, s.seed)
+    progress(f"seed {s.seed}: per-head tables and tracking")
+    scalars = scalar_findings(s, loaded, runs, analyses, loc, seed_dir, options)
+    per_head_tables(loaded, runs, loc, seed_dir / "compare")
+    rows = [
+        {"measure": k, "value": v.value, "ci_low": v.low, "ci_high": v.high} for k, v in measures.items()
+    ] + [{"measure": k, "value": float(v), "ci_low": np.nan, "ci_high": np.nan} for k, v in scalars.items()]
+    table = pd.DataFrame(rows)
+    write_json(seed_dir / "compare" / "findings.json", {**extra, **{r["measure"]: r["value"] for r in rows}})
+    write_table(path, table)
+    return table
+
+
+def analyse_phases(loaded: dict, batch, root: Path, full: bool, seed: int, progress) -> dict:
+    """Circuits of every phase (the base and clean ones at least), each analysis cached."""
+    from circuit_plasticity.analysis.circuit import Circuit
+    from circuit_plasticity.analysis.pipeline import analyze_model
+
+    circuits = {}
+    for phase, model in loaded.items():
+        if not full and phase not in ("base", "clean"):
+            continue
+        out = root / phase
+        if not (out / "circuit.json").is_file():
+            progress(f"seed {seed}: analysing {phase}")
+            analyze_model(model, batch).write(out)
+        circuits[phase] = Circuit.load(out / "circuit.json")
+    return circuits
+
+
+def _repair(s: SeedModels, seed_dir: Path, heads, runs, plan: RepairPlan, progress):
+    """Scores of the two repaired models, or why repair was skipped."""
+    from circuit_plasticity.analysis.hooks import head_labels
+    from circuit_plasticity.compare.evidence import head_name
+    from circuit_plasticity.compare.repair import train_heads
+
+    if not isinstance(s.poisoned, str | Path):
+        return "targeted repair needs the poisoned model as a path"
+    others = [h for h in head_labels(runs.models["poisoned"]) if h not in heads]
+    random_heads = random.Random(s.seed).sample(others, min(len(heads), len(others)))
+    scores = []
+    for name, chosen in (("repair", heads), ("repair-random", random_heads)):
+        progress(f"seed {s.seed}: {name} (training only {', '.join(map(head_name, chosen))})")
+        result = train_heads(str(s.poisoned), [head_name(h) for h in chosen], plan, seed_dir / name, s.seed)
+        if isinstance(result, str):
+            return result
+        scores.append(_scores_of(result, runs.batch))
+    return tuple(scores)
+
+
+def _scores_of(path: Path, batch) -> np.ndarray:
+    import torch
+
+    from circuit_plasticity.analysis.metrics import end_logits, task_score
+    from circuit_plasticity.models.load import load_model
+
+    model = load_model(str(path)).model
+    with torch.no_grad():
+        return task_score(end_logits(model(batch.tokens), batch), batch).cpu().numpy().astype(float)
+
+
+def read_seed_file(path: str | Path) -> list[SeedModels]:
+    """A YAML/JSON list of {seed, base, clean, poisoned, retrain, control} mappings."""
+    from circuit_plasticity.spec import load_yaml
+
+    data = load_yaml(path)
+    if not isinstance(data, list) or not data:
+        raise UserError(f"{path}: must be a non-empty list of mappings with base, clean, poisoned, retrain")
+    seeds = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise UserError(f"{path}: item {i} must be a mapping, got {type(item).__name__}")
+        unknown = set(item) - set(PHASES) - {"seed"}
+        if unknown:
+            raise UserError(
+                f"{path}: item {i}: unknown keys {sorted(unknown)}; valid: seed, {', '.join(PHASES)}"
+            )
+        seeds.append(SeedModels(seed=int(item.get("seed", i)), **{p: item.get(p) for p in PHASES}))
+    return seeds
+
+
+def seeds_from_options(
+    base: list[str], clean: list[str], poisoned: list[str], retrain: list[str], control: list[str]
+) -> list[SeedModels]:
+    """Repeated CLI options, one per seed; a single base (or control) is shared by all seeds."""
+    n = max(len(clean), len(poisoned), len(retrain), len(base), 1)
+
+    def per_seed(values: list[str], name: str, optional: bool = False) -> list[str | None]:
+        if not values:
+            if optional:
+                return [None] * n
+            raise UserError(f"judge: --{name} is missing (the {name} model of each seed)")
+        if len(values) == 1 and name in ("base",):
+            return values * n
+        if len(values) != n:
+            raise UserError(f"judge: {len(values)} --{name} models for {n} seeds; give one per seed")
+        return list(values)
+
+    b, c, p, r = (
+        per_seed(v, k)
+        for v, k in ((base, "base"), (clean, "clean"), (poisoned, "poisoned"), (retrain, "retrain"))
+    )
+    x = per_seed(control, "control", optional=True)
+    for values in (b, c, p, r, x):
+        for v in values:
+            if v is not None and not Path(v).exists() and "/" in v:
+                raise UserError(f"judge: model {v} does not exist")
+    return [
+        SeedModels(seed=i, base=b[i], clean=c[i], poisoned=p[i], retrain=r[i], control=x[i]) for i in range(n)
+    ]
