@@ -241,9 +241,10 @@ def combine_seeds(by_seed: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
             mean = float(np.mean(values)) if n else float("nan")
             low = float(finite.ci_low.min()) if n else float("nan")
             high = float(finite.ci_high.max()) if n else float("nan")
-            method = f"bootstrap over prompts, {n} seed{'s' if n != 1 else ''}" + (
-                " (union)" if n > 1 else ""
-            )
+            plural = "s" if n != 1 else ""
+            method = f"bootstrap over prompts, {n} seed{plural}" + (" (union)" if n > 1 else "")
+            if not has_ci:
+                method = f"point value{plural}, {n} seed{plural}"
         clipped = False
         if _bounded(measure) and math.isfinite(low):
             clipped = low < 0 or high > 1
