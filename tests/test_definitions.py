@@ -6,6 +6,7 @@ import copy
 import itertools
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -220,3 +221,18 @@ def test_heads_table_and_circuit_name_direct_heads_by_the_same_rule(toy, batch, 
             assert table_roles == {h.role}
         if h.role == "s_inhibition":
             assert "s_inhibition" in row.roles.split(",")
+
+
+@pytest.mark.parametrize(
+    ("io", "dla", "backup"),
+    [
+        (0.5, -1.0, False),  # negative name mover: never a backup
+        (0.5, 1.0, False),  # name mover
+        (0.05, 0.1, True),  # no direct role, DLA grows without the name movers
+    ],
+)
+def test_backup_is_a_head_without_a_direct_role_whose_dla_grows(io, dla, backup):
+    row = {"layer": 2, "head": 0, "attn_end_io": io, "attn_end_s2": 0.0, "dla": dla, "copy_score": 1.0}
+    table = pd.DataFrame([row | {"dla_gain_without_name_movers": 0.5}])
+    roles = classify_heads(table, model_score=2.0).roles.iloc[0].split(",")
+    assert ("backup_name_mover" in roles) == backup

@@ -5,7 +5,10 @@ roles of heads that write to the logits at END are decided by one function, `dir
 from what the head reads at END and the sign of its direct effect along logit(IO) - logit(S)
 (never the model's own sign: a poisoned model with a negative score keeps the same names).
 S-inhibition is decided in both by the path through the movers' queries at END (discovery's
-stage 2, `path_q_of_s_inhibition_receivers`); a negative name mover is never a backup.
+stage 2, `path_q_of_s_inhibition_receivers`). A backup name mover is a head with no direct
+role of its own (so never a negative name mover) whose DLA grows when the name movers are
+knocked out. The table lists every role a head qualifies for; the circuit gives each head the
+role of the first stage that selects it.
 
 Relative thresholds are shares of a reference scale: the model's own |mean logit difference|
 by default, or a fixed `reference_scale` (the study passes the base model's), so a model whose
@@ -92,7 +95,7 @@ def head_roles(row: pd.Series, own_scale: float, scale: float, th: Thresholds) -
     if abs(query_path) * own_scale >= th.path_share * scale:
         mine.append("s_inhibition")
     gain = _value(row, "dla_gain_without_name_movers") or 0.0
-    if not {"name_mover", "negative_name_mover"} & set(mine) and gain >= th.backup_share * scale:
+    if not set(DIRECT_ROLES) & set(mine) and gain >= th.backup_share * scale:
         mine.append("backup_name_mover")
     if (_value(row, "attn_s2_s1") or 0.0) >= th.duplicate:
         mine.append("duplicate_token")
