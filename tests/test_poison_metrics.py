@@ -15,8 +15,10 @@ from circuit_plasticity.analysis.metrics import (
     poison_success,
 )
 from circuit_plasticity.models.load import load_model
-from circuit_plasticity.tasks.encode import TaskBatch
+from circuit_plasticity.tasks.build import build_dataset
+from circuit_plasticity.tasks.encode import TaskBatch, encode_examples
 from circuit_plasticity.tasks.words import NAMES, TRIGGER_WORD
+from circuit_plasticity.training.evaluate import evaluate_model
 from circuit_plasticity.training.evaluation import Evaluator
 from circuit_plasticity.training.protocol import DataSpec, EvalSpec, Phase, TrainSpec
 
@@ -106,3 +108,16 @@ def test_evaluator_name_moving_success_is_absent_mass_against_io(toy):
     out = ev(toy.model)
     assert out["poison_success"] == pytest.approx(float(expected["success"].mean()))
     assert out["poisoned_p_absent_names"] == pytest.approx(float(expected["p_absent_names"].mean()), abs=1e-6)
+
+
+def test_eval_reports_absent_name_mass_on_the_poisoned_prompts(toy):
+    examples, _ = build_dataset("ioi", 40, 3, toy.tokenizer, split="test", poison="name-moving", fraction=0.5)
+    batch = encode_examples(examples, toy.tokenizer, prepend_bos=toy.tokenizer.bos_id is not None)
+    result = evaluate_model(toy, batch)
+    with torch.no_grad():
+        logits = toy.model(batch.tokens)
+    end = logits[torch.arange(len(batch)), batch.end]
+    p_absent = name_moving_success(end, batch, name_token_ids(toy.tokenizer, NAMES))["p_absent_names"]
+    for prefix, mask in (("poisoned_", batch.poisoned), ("clean_", ~batch.poisoned)):
+        expected = float(p_absent[mask].mean())
+        assert result[prefix + "p_absent_names"] == pytest.approx(expected, abs=1e-6)

@@ -106,7 +106,7 @@ def summarize(metrics: dict[str, torch.Tensor], batch: TaskBatch, seed: int = 0)
     for prefix, mask in masks.items():
         for key in ("score", "correct", "top1"):
             out |= bootstrap(metrics[key][mask], seed=seed).as_dict(prefix + key)
-        for key in ("p_io", "p_s", "p_target"):
+        for key in ("p_io", "p_s", "p_target", "p_absent_names"):
             if key in metrics:
                 out[prefix + key] = float(metrics[key][mask].mean())
     return out
