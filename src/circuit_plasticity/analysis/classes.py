@@ -30,7 +30,6 @@ class Thresholds:
     attention: float = 0.15  # attention END->IO (name movers) or END->S2 (S-inhibition)
     copy: float = 0.5  # share of names whose logit the OV circuit puts in the top 5
     direct_share: float = 0.08  # |DLA| as a share of the model's logit difference
-    knockout_share: float = 0.08  # |knockout effect| as a share of the logit difference (kept for tables)
     duplicate: float = 0.2  # attention S2 -> S1
     induction: float = 0.3
     previous_token: float = 0.3
