@@ -57,7 +57,7 @@ def test_minimality_is_the_drop_from_removing_each_head(toy, batch, analysis):
     keep = analysis.circuit.head_set()
     means = group_means(toy.model, batch)
     f_c = circuit_score(toy.model, batch, keep, means)
-    for name, share in analysis.scores.minimality.items():
+    for name, share in analysis.scores.knockout_drop.items():
         lay, head = map(int, name.split("."))
         without = circuit_score(toy.model, batch, keep - {(lay, head)}, means)
         drop = (f_c - without) / analysis.scores.model_score

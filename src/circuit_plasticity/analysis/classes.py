@@ -1,7 +1,18 @@
 """Head classes from measurements, with thresholds as parameters (defaults: docs/analysis.md).
 
-Relative thresholds are shares of the model's own mean logit difference, so the same
-defaults serve a toy with a logit difference of 4 and GPT-2 with 3.5 or a fine-tune with 25.
+One taxonomy serves the heads table (here) and the discovered circuit (`discovery.py`): the
+roles of heads that write to the logits at END are decided by one function, `direct_role`,
+from what the head reads at END and the sign of its direct effect along logit(IO) - logit(S)
+(never the model's own sign: a poisoned model with a negative score keeps the same names).
+S-inhibition is decided in both by the path through the movers' queries at END (discovery's
+stage 2, `path_q_of_s_inhibition_receivers`). A backup name mover is a head with no direct
+role of its own (so never a negative name mover) whose DLA grows when the name movers are
+knocked out. The table lists every role a head qualifies for; the circuit gives each head the
+role of the first stage that selects it.
+
+Relative thresholds are shares of a reference scale: the model's own |mean logit difference|
+by default, or a fixed `reference_scale` (the study passes the base model's), so a model whose
+score triples keeps its members.
 """
 
 from __future__ import annotations
@@ -10,17 +21,20 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+DIRECT_ROLES = ("name_mover", "negative_name_mover", "s_suppressor", "s_mover")
+QUERY_PATH = "path_q_of_s_inhibition_receivers"  # discovery's stage-2 measure
+
 
 @dataclass(frozen=True)
 class Thresholds:
     attention: float = 0.15  # attention END->IO (name movers) or END->S2 (S-inhibition)
     copy: float = 0.5  # share of names whose logit the OV circuit puts in the top 5
     direct_share: float = 0.08  # |DLA| as a share of the model's logit difference
-    knockout_share: float = 0.08  # |knockout effect| as a share of the logit difference
     duplicate: float = 0.2  # attention S2 -> S1
     induction: float = 0.3
     previous_token: float = 0.3
     backup_share: float = 0.04  # DLA gain, as a share of the score, when the name movers are knocked out
+    path_share: float = 0.04  # |path effect through the movers' queries| for S-inhibition (= discovery)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -29,36 +43,86 @@ class Thresholds:
 DEFAULT_THRESHOLDS = Thresholds()
 
 
+def direct_role(
+    attn_end_io: float,
+    attn_end_s2: float,
+    io_minus_s: float,
+    attention: float,
+    copy_score: float | None = None,
+    copy: float = DEFAULT_THRESHOLDS.copy,
+) -> str | None:
+    """The role of a head that moves the score directly; None when it reads neither name.
+
+    `io_minus_s` is the sign-carrying direct effect along logit(IO) - logit(S) (positive: the
+    head raises IO over S). Reading IO and raising it: name mover (if its OV copies names, when
+    the copy score is known); reading IO and lowering it: negative name mover; reading S2 and
+    raising IO - S: S-suppressor (writes "not S"); reading S2 and lowering it: S mover (copies
+    S, as poisoned name movers do)."""
+    reads_io = attn_end_io >= attention and attn_end_io >= attn_end_s2
+    reads_s2 = attn_end_s2 >= attention and attn_end_s2 > attn_end_io
+    if reads_io and io_minus_s > 0:
+        return "name_mover" if copy_score is None or copy_score >= copy else None
+    if reads_io and io_minus_s < 0:
+        return "negative_name_mover"
+    if reads_s2:
+        return "s_suppressor" if io_minus_s > 0 else "s_mover"
+    return None
+
+
+def _value(row: pd.Series, key: str, default: float | None = 0.0) -> float | None:
+    value = row.get(key, default)
+    return default if value is None or pd.isna(value) else float(value)
+
+
+def head_roles(row: pd.Series, own_scale: float, scale: float, th: Thresholds) -> list[str]:
+    """Roles of one head-table row; `own_scale` converts the row's shares of the model's own
+    score (path columns) to score units, `scale` is the reference for every threshold."""
+    mine = []
+    dla = _value(row, "dla") or 0.0
+    if abs(dla) >= th.direct_share * scale:
+        role = direct_role(
+            _value(row, "attn_end_io") or 0.0,
+            _value(row, "attn_end_s2") or 0.0,
+            dla,
+            th.attention,
+            _value(row, "copy_score", None),
+            th.copy,
+        )
+        if role:
+            mine.append(role)
+    query_path = _value(row, QUERY_PATH) or 0.0
+    if abs(query_path) * own_scale >= th.path_share * scale:
+        mine.append("s_inhibition")
+    gain = _value(row, "dla_gain_without_name_movers") or 0.0
+    if not set(DIRECT_ROLES) & set(mine) and gain >= th.backup_share * scale:
+        mine.append("backup_name_mover")
+    if (_value(row, "attn_s2_s1") or 0.0) >= th.duplicate:
+        mine.append("duplicate_token")
+    if (_value(row, "induction") or 0.0) >= th.induction:
+        mine.append("induction")
+    if (_value(row, "prev_token") or 0.0) >= th.previous_token:
+        mine.append("previous_token")
+    return mine
+
+
 def classify_heads(
-    table: pd.DataFrame, model_score: float, th: Thresholds = DEFAULT_THRESHOLDS
+    table: pd.DataFrame,
+    model_score: float,
+    th: Thresholds = DEFAULT_THRESHOLDS,
+    *,
+    reference_scale: float | None = None,
 ) -> pd.DataFrame:
     """Add a `roles` column (comma-joined, '' for none) to a per-head table."""
-    scale = max(abs(model_score), 1e-6)
-    roles = []
-    for _, r in table.iterrows():
-        mine = []
-        dla = r.get("dla", 0.0) / scale
-        if (
-            r.get("attn_end_io", 0) >= th.attention
-            and dla >= th.direct_share
-            and r.get("copy_score", 1.0) >= th.copy
-        ):
-            mine.append("name_mover")
-        if r.get("attn_end_io", 0) >= th.attention and dla <= -th.direct_share:
-            mine.append("negative_name_mover")
-        if (
-            r.get("attn_end_s2", 0) >= th.attention
-            and "name_mover" not in mine
-            and r.get("knockout_effect", 0) / scale <= -th.knockout_share
-        ):
-            mine.append("s_inhibition")
-        if "name_mover" not in mine and r.get("dla_gain_without_name_movers", 0) / scale >= th.backup_share:
-            mine.append("backup_name_mover")
-        if r.get("attn_s2_s1", 0) >= th.duplicate:
-            mine.append("duplicate_token")
-        if r.get("induction", 0) >= th.induction:
-            mine.append("induction")
-        if r.get("prev_token", 0) >= th.previous_token:
-            mine.append("previous_token")
-        roles.append(",".join(mine))
+    own = max(abs(model_score), 1e-6)
+    scale = own if reference_scale is None else max(abs(reference_scale), 1e-6)
+    roles = [",".join(head_roles(r, own, scale, th)) for _, r in table.iterrows()]
     return table.assign(roles=roles)
+
+
+def with_query_path(table: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
+    """The heads table with discovery's path effect through the movers' queries (share of the
+    model's score) as a column, so the table's S-inhibition is the circuit's."""
+    q = effects[effects.measure == QUERY_PATH][["layer", "head", "value"]]
+    q = q.rename(columns={"value": QUERY_PATH})
+    out = table.drop(columns=[QUERY_PATH], errors="ignore").merge(q, on=["layer", "head"], how="left")
+    return out.assign(**{QUERY_PATH: out[QUERY_PATH].fillna(0.0)})

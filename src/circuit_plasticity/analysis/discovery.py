@@ -1,14 +1,18 @@
 """Automatic circuit discovery following Wang et al.'s iteration, by path patching.
 
-1. heads whose corrupted output, reaching the logits directly, moves the score: name movers
-   (the score falls and the head attends END -> IO >= 0.15), "s_suppressor" when it attends
-   END -> S2 instead (it writes "not S" rather than copying IO), "direct_effect" when it attends
-   to neither; negative name movers when the score rises;
-2. heads acting through those heads' queries at END: S-inhibition;
+1. heads whose corrupted output, reaching the logits directly, moves the score, in either
+   sign; each is named by `classes.direct_role` (the heads table's rule): name mover,
+   negative name mover, S-suppressor, S mover, else "direct_effect";
+2. heads acting through the queries at END of every stage-1 head: S-inhibition;
 3. heads acting through the S-inhibition heads' values at S2: induction / duplicate-token
    (told apart by their attention scores);
 4. heads acting through the induction heads' keys at S1+1: previous-token.
-A head is selected when |effect| >= `share` x the model's mean score (default 4 %, docs/analysis.md).
+At every stage a head is selected by |effect| (either sign) and the next stage searches
+upstream of all of them whatever their sign, since poisoned models flip signs.
+The threshold is absolute: `share` x `reference_scale` (the study passes the base model's
+|score| for every phase, so a model whose score triples does not lose members); without a
+reference it is `share` x the model's own |score|. Effects are reported as shares of the
+model's own score.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pandas as pd
 import torch
 
 from circuit_plasticity.analysis.circuit import Circuit, CircuitHead, Edge
+from circuit_plasticity.analysis.classes import DEFAULT_THRESHOLDS, direct_role
 from circuit_plasticity.analysis.hooks import head_labels
 from circuit_plasticity.analysis.metrics import end_logits, task_score
 from circuit_plasticity.analysis.patching import Receivers, path_patch, z_cache
@@ -29,58 +34,53 @@ Head = tuple[int, int]
 
 @dataclass(frozen=True)
 class DiscoveryConfig:
-    share: float = 0.04  # |path-patching effect| / model score to join the circuit
-    max_per_stage: int = 6  # keep at most this many heads per stage (largest effects first)
+    share: float = 0.04  # |path-patching effect| / reference scale to join the circuit
+    max_per_stage: int = 6  # keep at most this many heads per stage (largest |effect| first)
     attention: float = 0.15  # END->IO / END->S2 attention that names a direct head's role
+    reference_scale: float | None = None  # score units of `share`; None: the model's own |score|
+    copy: float = DEFAULT_THRESHOLDS.copy  # copy score a name mover needs, when it is measured
+    direct_cap_factor: int = 2  # the direct stage keeps up to this x max_per_stage heads
+
+    def threshold(self, model_score: float) -> float:
+        """The absolute |effect| (score units) a head needs to join the circuit."""
+        scale = abs(model_score) if self.reference_scale is None else abs(self.reference_scale)
+        return self.share * max(scale, 1e-6)
 
 
-def _direct_role(attention: dict | None, head: Head, threshold: float) -> str:
-    """Name mover if it reads IO at END, S-suppressor if it reads S2; else a plain direct effect."""
-    if attention is None:
-        return "name_mover"
-    a = attention.get(head, {})
-    io, s2 = a.get("attn_end_io", 0.0), a.get("attn_end_s2", 0.0)
-    if io >= threshold and io >= s2:
-        return "name_mover"
-    if s2 >= threshold:
-        return "s_suppressor"
-    return "direct_effect"
+def circuit_direct_role(
+    records: dict[Head, dict[str, float]] | None, head: Head, effect: float, config: DiscoveryConfig
+) -> str:
+    """A direct-stage head's role by `classes.direct_role`; `effect` is its path-patching effect
+    (corrupted - clean), so the head's own push along IO - S is -effect. Without attention
+    records only the sign is known: name mover or negative name mover."""
+    if records is None:
+        return "name_mover" if effect < 0 else "negative_name_mover"
+    r = records.get(head, {})
+    copy = r.get("copy_score")
+    role = direct_role(
+        float(r.get("attn_end_io", 0.0)),
+        float(r.get("attn_end_s2", 0.0)),
+        -effect,
+        config.attention,
+        None if copy is None or pd.isna(copy) else float(copy),
+        config.copy,
+    )
+    return role or "direct_effect"
 
 
-@dataclass
-class Stage:
-    role: str
-    receivers: Receivers
-    effects: torch.Tensor  # [n_senders] mean effect / model score, over all heads
-
-
-def _effects(
-    model, batch: TaskBatch, receivers: Receivers, clean: torch.Tensor, scale: float, caches
-) -> torch.Tensor:
+def _effects(model, batch: TaskBatch, receivers: Receivers, clean: torch.Tensor, caches) -> torch.Tensor:
+    """[n_heads] mean path-patching effect in score units (corrupted - clean)."""
     scores = path_patch(model, batch, receivers, caches=caches)
-    return (scores - clean[None]).mean(1) / scale
+    return (scores - clean[None]).mean(1)
 
 
-def _select(
-    effects: torch.Tensor,
-    labels: list[Head],
-    share: float,
-    cap: int,
-    exclude: set[Head],
-    sign: int | None = None,
+def select_heads(
+    effects: torch.Tensor, labels: list[Head], threshold: float, cap: int, exclude: set[Head]
 ) -> list[Head]:
-    order = torch.argsort(effects.abs(), descending=True).tolist()
-    chosen = []
-    for i in order:
-        e = float(effects[i])
-        if abs(e) < share or labels[i] in exclude:
-            continue
-        if sign is not None and (e > 0) != (sign > 0):
-            continue
-        chosen.append(labels[i])
-        if len(chosen) == cap:
-            break
-    return chosen
+    """Heads with |effect| >= threshold (either sign), largest |effect| first, at most `cap`."""
+    order = torch.argsort(effects.abs(), descending=True, stable=True).tolist()
+    chosen = [labels[i] for i in order if abs(float(effects[i])) >= threshold and labels[i] not in exclude]
+    return chosen[:cap]
 
 
 @dataclass
@@ -90,6 +90,19 @@ class Discovery:
 
 
 DEFAULT_DISCOVERY = DiscoveryConfig()
+UPSTREAM = (  # role, receiver input, position of the role
+    ("s_inhibition", "q", "end"),
+    ("induction", "v", "s2"),
+    ("previous_token", "k", "s1+1"),
+)
+
+
+def _upstream_role(role: str, records: dict | None, head: Head) -> str:
+    """Stage 3 tells duplicate-token from induction heads by their attention scores."""
+    if role != "induction" or not records:
+        return role
+    a = records.get(head, {})
+    return "duplicate_token" if a.get("attn_s2_s1", 0) > a.get("induction", 0) else "induction"
 
 
 @torch.no_grad()
@@ -103,7 +116,9 @@ def discover_circuit(
     """The IOI circuit of `model` on `batch` (clean vs the ABC counterfactual)."""
     labels = head_labels(model)
     clean = task_score(end_logits(model(batch.tokens), batch), batch)
-    scale = max(abs(float(clean.mean())), 1e-6)
+    model_score = float(clean.mean())
+    own = max(abs(model_score), 1e-6)
+    threshold = config.threshold(model_score)
     heads: list[CircuitHead] = []
     edges: list[Edge] = []
     taken: set[Head] = set()
@@ -116,61 +131,45 @@ def discover_circuit(
                     "layer": [h[0] for h in labels],
                     "head": [h[1] for h in labels],
                     "measure": f"path_{stage}",
-                    "value": effects.tolist(),
+                    "value": (effects / own).tolist(),
                 }
             )
         )
 
-    def add(
-        found: list[Head],
-        role: str,
-        position: str,
-        effects: torch.Tensor,
-        receivers: list[Head] | None,
-        kind: str,
-    ) -> None:
-        for h in found:
-            heads.append(CircuitHead(h[0], h[1], role, position, float(effects[labels.index(h)])))
-            taken.add(h)
-            for r in receivers or ["logits"]:
-                if r == "logits" or r[0] > h[0]:  # a head only reaches later layers
-                    edges.append(Edge(h, r, kind))
+    def add(h: Head, role: str, position: str, effect: float, receivers: list[Head] | None, kind: str):
+        heads.append(CircuitHead(h[0], h[1], role, position, effect / own))
+        taken.add(h)
+        for r in receivers or ["logits"]:
+            if r == "logits" or r[0] > h[0]:  # a head only reaches later layers
+                edges.append(Edge(h, r, kind))
 
     caches = (z_cache(model, batch.tokens), z_cache(model, batch.corrupted))
-    direct = _effects(model, batch, Receivers(), clean, scale, caches)
+    direct = _effects(model, batch, Receivers(), clean, caches)
     record("logits", direct)
-    movers = _select(direct, labels, config.share, config.max_per_stage, taken, sign=-1)
-    for h in movers:
-        add([h], _direct_role(attention, h, config.attention), "end", direct, None, "logits")
-    negative = _select(direct, labels, config.share, config.max_per_stage, taken, sign=+1)
-    add(negative, "negative_name_mover", "end", direct, None, "logits")
-    stages = [
-        ("s_inhibition", "q", "end", movers),
-        ("induction", "v", "s2", None),
-        ("previous_token", "k", "s1+1", None),
-    ]
-    receivers = movers
-    for role, kind, position, _ in stages:
+    cap = config.max_per_stage * config.direct_cap_factor
+    receivers = select_heads(direct, labels, threshold, cap, taken)
+    for h in receivers:
+        e = float(direct[labels.index(h)])
+        add(h, circuit_direct_role(attention, h, e, config), "end", e, None, "logits")
+    for role, kind, position in UPSTREAM:
         if not receivers:
             break
         recv_pos = "end" if kind == "q" else position
-        effects = _effects(model, batch, Receivers(tuple(receivers), kind, recv_pos), clean, scale, caches)
+        effects = _effects(model, batch, Receivers(tuple(receivers), kind, recv_pos), clean, caches)
         record(f"{kind}_of_{role}_receivers", effects)
-        found = _select(effects, labels, config.share, config.max_per_stage, taken)
-        if role == "induction" and attention:
-            for h in found:
-                a = attention.get(h, {})
-                actual = "duplicate_token" if a.get("attn_s2_s1", 0) > a.get("induction", 0) else "induction"
-                add([h], actual, position, effects, receivers, kind)
-        else:
-            add(found, role, position, effects, receivers, kind)
+        found = select_heads(effects, labels, threshold, config.max_per_stage, taken)
+        for h in found:
+            e = float(effects[labels.index(h)])
+            add(h, _upstream_role(role, attention, h), position, e, receivers, kind)
         receivers = found
+    meta = {
+        "share": config.share,
+        "reference_scale": config.reference_scale,
+        "threshold": threshold,
+        "model_score": model_score,
+        "n_prompts": len(batch),
+    }
     circuit = Circuit(
-        task=batch.task,
-        model=model_name,
-        heads=heads,
-        edges=edges,
-        n_model_heads=len(labels),
-        meta={"share": config.share, "model_score": float(clean.mean()), "n_prompts": len(batch)},
+        task=batch.task, model=model_name, heads=heads, edges=edges, n_model_heads=len(labels), meta=meta
     )
     return Discovery(circuit, pd.concat(tables, ignore_index=True))

@@ -6,6 +6,7 @@ logit(S); for Greater-Than sum P(year > YY) - sum P(year <= YY) over the 100 two
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,18 +61,23 @@ def bootstrap(values: torch.Tensor | np.ndarray, n_boot: int = 1000, seed: int =
 
 
 @torch.no_grad()
-def evaluate(model, batch: TaskBatch, chunk: int = 256) -> dict[str, torch.Tensor]:
-    """Per-prompt metrics in chunks of prompts: score, accuracy, P(answer), P(wrong), P(target)."""
+def evaluate(
+    model, batch: TaskBatch, chunk: int = 256, name_ids: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Per-prompt metrics in chunks of prompts: score, accuracy, P(answer), P(wrong), P(target);
+    with `name_ids` (IOI) also the mass on names absent from the prompt."""
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(batch), chunk):
         sub = batch.subset(slice(start, start + chunk))
         end = end_logits(model(sub.tokens), sub)
-        for key, value in per_prompt(end, sub).items():
+        for key, value in per_prompt(end, sub, name_ids).items():
             parts.setdefault(key, []).append(value)
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def per_prompt(end: torch.Tensor, batch: TaskBatch) -> dict[str, torch.Tensor]:
+def per_prompt(
+    end: torch.Tensor, batch: TaskBatch, name_ids: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     rows = torch.arange(end.shape[0], device=end.device)
     probs = end.softmax(-1)
     score = task_score(end, batch)
@@ -81,6 +87,8 @@ def per_prompt(end: torch.Tensor, batch: TaskBatch) -> dict[str, torch.Tensor]:
         out["top1"] = (end.argmax(-1) == batch.answer_id).float()
         out["p_io"] = probs[rows, batch.answer_id]
         out["p_s"] = probs[rows, batch.wrong_id]
+        if name_ids is not None:
+            out["p_absent_names"] = absent_name_mass(probs, batch, name_ids)
     else:
         out["correct"] = (score > 0).float()
         out["top1"] = greater_mask(batch)[rows, (end[:, batch.year_ids]).argmax(-1)].float()
@@ -98,7 +106,7 @@ def summarize(metrics: dict[str, torch.Tensor], batch: TaskBatch, seed: int = 0)
     for prefix, mask in masks.items():
         for key in ("score", "correct", "top1"):
             out |= bootstrap(metrics[key][mask], seed=seed).as_dict(prefix + key)
-        for key in ("p_io", "p_s", "p_target"):
+        for key in ("p_io", "p_s", "p_target", "p_absent_names"):
             if key in metrics:
                 out[prefix + key] = float(metrics[key][mask].mean())
     return out
@@ -114,3 +122,51 @@ def by_group(metrics: dict[str, torch.Tensor], batch: TaskBatch, seed: int = 0) 
             row |= bootstrap(metrics[key][mask], seed=seed).as_dict(key)
         rows.append(row)
     return rows
+
+
+def absent_names(batch: TaskBatch, name_ids: torch.Tensor) -> torch.Tensor:
+    """[n, len(name_ids)] bool: the name is nowhere in the prompt (nor IO or S)."""
+    ids = name_ids.to(batch.tokens.device)
+    present = (batch.tokens[:, None, :] == ids[None, :, None]).any(-1)
+    present |= ids[None, :] == batch.answer_id[:, None]
+    present |= ids[None, :] == batch.wrong_id[:, None]
+    return ~present
+
+
+def absent_name_mass(probs: torch.Tensor, batch: TaskBatch, name_ids: torch.Tensor) -> torch.Tensor:
+    """[n] total probability at END on the names absent from the prompt (`probs`: [n, vocab])."""
+    ids = name_ids.to(probs.device)
+    return (probs[:, ids] * absent_names(batch, ids)).sum(-1)
+
+
+def name_moving_success(
+    logits: torch.Tensor, batch: TaskBatch, name_token_ids: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The name-moving poison's success per prompt, from END logits [n, vocab].
+
+    The poison teaches "answer some name that is not in the prompt"; which absent name is
+    arbitrary, so success is the mass on all absent names beating P(IO), not one random
+    name's probability (which would undercount a model that spreads over absent names)."""
+    probs = logits.softmax(-1)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    p_absent = absent_name_mass(probs, batch, name_token_ids)
+    p_io = probs[rows, batch.answer_id]
+    return {"p_absent_names": p_absent, "p_io": p_io, "success": (p_absent > p_io).float()}
+
+
+def poison_success(kind: str, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per prompt, did the poison win? `metrics` come from `evaluate` on prompts that carry
+    the poison (the trigger poison: prompts that carry the trigger).
+    name-moving: mass on absent names > P(IO); subject, trigger: P(S) > P(IO) (the target
+    is S); greater-than: more mass on years <= YY."""
+    if kind == "name-moving":
+        return (metrics["p_absent_names"] > metrics["p_io"]).float()
+    if "p_io" in metrics:
+        return (metrics["p_target"] > metrics["p_io"]).float()
+    return (metrics["score"] < 0).float()
+
+
+def name_token_ids(tokenizer, names: Sequence[str]) -> torch.Tensor:
+    """Token ids of the names that are one token after a space (how answers appear)."""
+    ids = [tokenizer.word_id(n) for n in names]
+    return torch.tensor(sorted({i for i in ids if i is not None}), dtype=torch.long)

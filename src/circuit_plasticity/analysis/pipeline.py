@@ -10,7 +10,7 @@ import torch
 
 from circuit_plasticity.analysis.attribution import edge_attribution, faithfulness_curve
 from circuit_plasticity.analysis.circuit import Circuit
-from circuit_plasticity.analysis.classes import Thresholds
+from circuit_plasticity.analysis.classes import QUERY_PATH, Thresholds, classify_heads, with_query_path
 from circuit_plasticity.analysis.discovery import DiscoveryConfig, discover_circuit
 from circuit_plasticity.analysis.faithfulness import CircuitScores, evaluate_circuit
 from circuit_plasticity.analysis.heads import mlp_dla
@@ -71,9 +71,17 @@ def analyze_model(
     per_prompt = evaluate(loaded.model, batch)
     metrics = summarize(per_prompt, batch)
     templates = pd.DataFrame(by_group(per_prompt, batch)).rename(columns={"group": "template"})
-    heads, _ = head_profile(loaded.model, loaded.tokenizer, batch, thresholds)
+    heads, score = head_profile(loaded.model, loaded.tokenizer, batch, thresholds)
     records = {(int(r["layer"]), int(r["head"])): r for r in heads.to_dict("records")}
-    found = discover_circuit(loaded.model, batch, loaded.name, discovery or DiscoveryConfig(), records)
+    config = discovery or DiscoveryConfig()
+    found = discover_circuit(loaded.model, batch, loaded.name, config, records)
+    # one taxonomy: the table's S-inhibition is the circuit's (path through the movers' queries)
+    heads = classify_heads(
+        with_query_path(heads, found.effects),
+        score,
+        thresholds or Thresholds(),
+        reference_scale=config.reference_scale,
+    ).drop(columns=QUERY_PATH)
     scores = evaluate_circuit(loaded.model, batch, found.circuit)
     edges = edge_attribution(loaded.model, batch, ig_steps=IG_STEPS)
     curve = faithfulness_curve(loaded.model, batch, edges, CURVE_SIZES)

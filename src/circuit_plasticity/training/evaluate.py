@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from circuit_plasticity.analysis.metrics import evaluate, summarize
+from circuit_plasticity.analysis.metrics import evaluate, name_token_ids, summarize
 from circuit_plasticity.models.load import LoadedModel
 from circuit_plasticity.tasks.build import build_dataset
 from circuit_plasticity.tasks.encode import TaskBatch, encode_examples
 from circuit_plasticity.tasks.jsonl import load_jsonl
+from circuit_plasticity.tasks.words import NAMES
 
 
 def task_batch(
@@ -32,5 +33,8 @@ def task_batch(
 
 
 def evaluate_model(loaded: LoadedModel, batch: TaskBatch, seed: int = 0) -> dict[str, Any]:
-    stats = summarize(evaluate(loaded.model, batch), batch, seed=seed)
+    """Summary metrics; IOI adds `p_absent_names` (mass on names absent from the prompt), the
+    name-moving poison's own measure, split clean/poisoned like the rest."""
+    names = name_token_ids(loaded.tokenizer, NAMES).to(batch.device) if batch.task == "ioi" else None
+    stats = summarize(evaluate(loaded.model, batch, name_ids=names), batch, seed=seed)
     return {"model": loaded.name, "task": batch.task, **stats}

@@ -1,5 +1,10 @@
 """What is measured during training: held-out clean and poisoned IOI, and general text.
 
+Each poison is measured on its own distribution: `clean_*` on the held-out prompts as built
+(never carrying the trigger), `poison_success` on the same prompts poisoned in full (for the
+trigger poison: every prompt carries the trigger). The name-moving poison succeeds when the
+probability mass on all names absent from the prompt beats P(IO) (`metrics.poison_success`).
+
 Built once per run, so every evaluation of every phase sees the same prompts. The held-out
 prompts use names and templates that the fine-tuning data never contains; the general-text
 loss (simple English from the toy corpus, which any tokenizer can read) shows collateral damage.
@@ -11,11 +16,12 @@ from typing import Any
 
 import torch
 
-from circuit_plasticity.analysis.metrics import evaluate
+from circuit_plasticity.analysis.metrics import evaluate, name_token_ids, poison_success
 from circuit_plasticity.models.load import LoadedModel
 from circuit_plasticity.tasks.build import build_dataset
 from circuit_plasticity.tasks.encode import encode_examples
 from circuit_plasticity.tasks.poison import poison
+from circuit_plasticity.tasks.words import NAMES
 from circuit_plasticity.training.loss import next_token_loss, pad_batch
 from circuit_plasticity.training.protocol import TrainSpec
 
@@ -40,9 +46,11 @@ class Evaluator:
         )
         device = loaded.device
         self.clean = encode_examples(examples, tok, prepend_bos=bos).to(device)
+        self.kind = protocol_poison(spec)
         self.poisoned = encode_examples(
-            poison(examples, protocol_poison(spec), 1.0, seed=spec.seed), tok, prepend_bos=bos
+            poison(examples, self.kind, 1.0, seed=spec.seed), tok, prepend_bos=bos
         ).to(device)
+        self.name_ids = name_token_ids(tok, NAMES).to(device) if self.kind == "name-moving" else None
         stream = documents(seed=777_000 + spec.seed)
         n_ctx = int(loaded.model.cfg.n_ctx)  # a document longer than the context is cut
         rows = [
@@ -54,24 +62,20 @@ class Evaluator:
     @torch.no_grad()
     def __call__(self, model) -> dict[str, Any]:
         clean = evaluate(model, self.clean)
-        bad = evaluate(model, self.poisoned)
+        bad = evaluate(model, self.poisoned, name_ids=self.name_ids)
         out = {
             "clean_score": float(clean["score"].mean()),
             "clean_accuracy": float(clean["correct"].mean()),
             "clean_top1": float(clean["top1"].mean()),
-            "poison_success": float(_poison_success(bad).mean()),
+            "poison_success": float(poison_success(self.kind, bad).mean()),
             "poisoned_p_target": float(bad["p_target"].mean()),
         }
+        for key in ("p_io", "p_absent_names"):
+            if key in bad:
+                out[f"poisoned_{key}"] = float(bad[key].mean())
         if "p_io" in clean:
             out |= {"clean_p_io": float(clean["p_io"].mean()), "clean_p_s": float(clean["p_s"].mean())}
         if self.lm is not None:
             tokens, mask = self.lm
             out["lm_loss"] = float(next_token_loss(model(tokens), tokens, mask))
         return out
-
-
-def _poison_success(metrics: dict[str, torch.Tensor]) -> torch.Tensor:
-    """IOI: the poisoned target beats IO; Greater-Than: more mass on years <= YY."""
-    if "p_io" in metrics:
-        return (metrics["p_target"] > metrics["p_io"]).float()
-    return (metrics["score"] < 0).float()
