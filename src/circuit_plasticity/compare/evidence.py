@@ -263,6 +263,12 @@ def plasticity_evidence(
     out["p_random"] = Interval(
         permutation_p(out["faithfulness_retrain"].value, random_faith), float("nan"), float("nan")
     )
+    # the base circuit against the average random circuit of its size, prompts paired
+    out["faithfulness_excess"] = boot_stat(
+        lambda c, r, e, m: normalized_faithfulness(c, e, m) - normalized_faithfulness(r, e, m),
+        [f_c[0], f_c[1:].mean(0), f_empty, f_model],
+        index,
+    )
     references = [p for p in ("clean", "control") if p in parts]
     arrays = [parts["retrain"][0][0], parts["retrain"][1], parts["retrain"][2]]
     for p in references:

@@ -196,19 +196,27 @@ def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -
 
 
 def analyse_phases(loaded: dict, batch, root: Path, full: bool, seed: int, progress) -> dict:
-    """Circuits of every phase (the base and clean ones at least), each analysis cached."""
+    """Circuits of every phase (the base and clean ones at least), each analysis cached.
+
+    Discovery's threshold is a share of the base model's score in every phase, so a fine-tune
+    that triples the score does not lose members for that reason (docs/analysis.md)."""
     from circuit_plasticity.analysis.circuit import Circuit
+    from circuit_plasticity.analysis.discovery import DiscoveryConfig
     from circuit_plasticity.analysis.pipeline import analyze_model
 
-    circuits = {}
-    for phase, model in loaded.items():
+    circuits: dict[str, Circuit] = {}
+    reference = None
+    for phase, model in loaded.items():  # base first
         if not full and phase not in ("base", "clean"):
             continue
         out = root / phase
         if not (out / "circuit.json").is_file():
             progress(f"seed {seed}: analysing {phase}")
-            analyze_model(model, batch).write(out)
+            config = DiscoveryConfig(reference_scale=reference)
+            analyze_model(model, batch, discovery=config).write(out)
         circuits[phase] = Circuit.load(out / "circuit.json")
+        if phase == "base":
+            reference = float(pd.read_parquet(out / "metrics.parquet").iloc[0]["score"])
     return circuits
 
 

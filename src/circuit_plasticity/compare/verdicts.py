@@ -52,7 +52,7 @@ class VerdictThresholds:
 @dataclass(frozen=True)
 class Criterion:
     measure: str
-    kind: str  # "at_least" (interval >= bar), "above" (> bar), "below_zero" (significance), "p"
+    kind: str  # "at_least" (>= bar), "above" (> bar), "below_zero" (significance), "p", "requires"
     bar_key: str | None  # a VerdictThresholds field, or None for zero
     fails_as: str  # the "no" reason
     sign: float = 1.0  # the bar is sign * threshold (tolerances are negative bars)
@@ -99,6 +99,12 @@ CRITERIA: dict[str, list[Criterion]] = {
     ],
     "neuroplasticity": [
         Criterion(
+            "localization_drop",
+            "requires",
+            None,
+            "not applicable: poisoning did not lower the score by more than noise, nothing to recover",
+        ),
+        Criterion(
             "neuroplasticity_behaviour_recovery",
             "at_least",
             "behaviour_recovery",
@@ -118,13 +124,19 @@ CRITERIA: dict[str, list[Criterion]] = {
             sign=-1.0,
         ),
         Criterion(
-            "neuroplasticity_p_random",
-            "p",
-            "alpha",
-            "no: the base circuit is no more faithful in the retrained model than random circuits",
+            "neuroplasticity_faithfulness_excess",
+            "above",
+            None,
+            "no: in the retrained model the base circuit is no more faithful than random circuits of its size",
         ),
     ],
     "targeted repair": [
+        Criterion(
+            "localization_drop",
+            "requires",
+            None,
+            "not applicable: poisoning did not lower the score by more than noise, nothing to repair",
+        ),
         Criterion(
             "repair_advantage",
             "above",
@@ -143,9 +155,10 @@ RULES = {
     "neuroplasticity": "retraining recovers at least {behaviour_recovery:.0%} of the clean -> poisoned drop; "
     "the localized heads recover at least {localized_recovery:.0%} of their own change; the base "
     "circuit's normalised faithfulness in the retrained model is within {faithfulness_tolerance} of "
-    "the clean/control models' and beats random circuits of its size (Fisher p < {alpha})",
+    "the clean/control models' and above that of random circuits of its size (paired prompts); "
+    "applies only after a corruption",
     "targeted repair": "training only the localized heads recovers more of the drop than training as "
-    "many random other heads on the same data",
+    "many random other heads on the same data; applies only after a corruption",
 }
 
 # (finding, evidence measure, its label, control measure, the control's label)
@@ -275,7 +288,7 @@ def judge_criterion(c: Criterion, row: pd.Series | None, t: VerdictThresholds) -
         return ("pass", "") if row["mean"] < bar else ("fail", c.fails_as)
     if not (math.isfinite(low) and math.isfinite(high)):
         return "unclear", f"{c.measure} has no interval"
-    if c.kind == "below_zero":
+    if c.kind in ("below_zero", "requires"):
         return ("pass", "") if high < 0 else ("fail", c.fails_as)
     passing = low >= bar if c.kind == "at_least" else low > bar
     failing = high < bar if c.kind == "at_least" else high <= bar
@@ -291,15 +304,19 @@ def decide(summary: pd.DataFrame, thresholds: VerdictThresholds, n_seeds: int) -
     s = summary.set_index("measure")
     rows = []
     for finding, criteria in CRITERIA.items():
-        if not any(c.measure in s.index for c in criteria):
+        if not any(c.measure in s.index for c in criteria if c.kind != "requires"):
             continue  # not measured in this study (e.g. no targeted repair)
         outcomes = [
             (c, *judge_criterion(c, s.loc[c.measure] if c.measure in s.index else None, thresholds))
             for c in criteria
         ]
+        unmet = [why for c, o, why in outcomes if o == "fail" and c.kind == "requires"]
+        outcomes = [t for t in outcomes if t[0].kind != "requires"] if unmet else outcomes
         fails = [why for _, o, why in outcomes if o == "fail"]
         unclear = [why for _, o, why in outcomes if o == "unclear"]
-        if fails:
+        if unmet:
+            verdict, reason = "inconclusive", unmet[0]
+        elif fails:
             verdict, reason = "no", fails[0]
         elif unclear:
             verdict, reason = "inconclusive", "; ".join(unclear)
