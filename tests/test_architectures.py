@@ -1,0 +1,130 @@
+"""Every analysis on every architecture (GPT-2, Pythia/GPT-NeoX, Llama, Qwen2, Gemma-2), each
+held to a plain reference on that architecture: TransformerLens's own patching, the slow path
+patching reference, DLA summing to the (pre-soft-cap) logit difference, and for grouped-query
+attention an ungrouped twin (same function, one K/V head per query head)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from arch_models import ARCHITECTURES, build_model_dir, ungrouped_twin_dir
+from reference import slow_mlp_path_patch_to_logits, slow_path_patch
+
+from circuit_plasticity.analysis.heads import head_dla, mlp_dla, norm_apply, unembed_direction
+from circuit_plasticity.analysis.hooks import kv_groups, stacked_param
+from circuit_plasticity.analysis.metrics import end_logits, task_score
+from circuit_plasticity.analysis.patching import (
+    Receivers,
+    mlp_labels,
+    patch_each_head,
+    path_patch,
+    z_cache,
+)
+from circuit_plasticity.models.load import load_model
+from circuit_plasticity.tasks.build import build_dataset
+from circuit_plasticity.tasks.encode import encode_examples
+
+GQA = ("llama", "qwen2", "gemma2")
+
+
+@pytest.fixture(scope="module")
+def arch_dirs(tmp_path_factory, bpe_tokenizer):
+    root = tmp_path_factory.mktemp("arch")
+    return {a: build_model_dir(root / a, a, bpe_tokenizer.backend) for a in ARCHITECTURES}
+
+
+@pytest.fixture(scope="module")
+def loaded(arch_dirs):
+    out = {}
+    for arch, path in arch_dirs.items():
+        model = load_model(str(path), device="cpu")
+        examples, _ = build_dataset("ioi", 12, seed=0, tokenizer=model.tokenizer, split="test")
+        out[arch] = (model, encode_examples(examples, model.tokenizer))
+    return out
+
+
+def test_kv_groups_name_the_query_heads_that_share_k_and_v(loaded):
+    for arch, (m, _) in loaded.items():
+        expected = [(0, 1), (2, 3)] if arch in GQA else [(0,), (1,), (2,), (3,)]
+        assert kv_groups(m.model) == expected, arch
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_activation_patching_matches_transformer_lens(arch, loaded):
+    from transformer_lens import patching
+
+    m, batch = loaded[arch]
+    model = m.model
+    clean_z = z_cache(model, batch.tokens)
+    ours = patch_each_head(model, batch, batch.corrupted, clean_z, heads_per_pass=3).mean(1)
+    _, clean_cache = model.run_with_cache(batch.tokens)
+
+    def metric(logits):
+        return task_score(end_logits(logits, batch), batch).mean()
+
+    theirs = patching.get_act_patch_attn_head_out_all_pos(model, batch.corrupted, clean_cache, metric)
+    assert ours.std() > 1e-3  # not vacuous: heads differ
+    torch.testing.assert_close(ours.view_as(theirs), theirs.to(ours.dtype), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@torch.no_grad()
+def test_dla_of_heads_mlps_and_rest_sums_to_the_logit_difference(arch, loaded):
+    """heads + MLPs + embeddings + output biases (+ final-norm bias, unembedding bias) equal the
+    logit difference before any soft-capping; the rest is read off the run, not derived."""
+    m, batch = loaded[arch]
+    model = m.model
+    logits, cache = model.run_with_cache(batch.tokens)
+    rows, end = torch.arange(len(batch)), batch.end
+    scale = cache["ln_final.hook_scale"][rows, end]
+    direction = unembed_direction(model, batch)
+    rest = cache["blocks.0.hook_resid_pre"][rows, end]  # embeddings (scaled, positional)
+    b_o = stacked_param(model, "b_O")
+    if b_o is not None:  # no post-attention norm: each layer adds its output bias raw
+        rest = rest + b_o.sum(0)
+    other = (norm_apply(model, model.ln_final, rest, scale) * direction).sum(-1)
+    if getattr(model.ln_final, "bias", None) is not None:
+        other = other + direction @ model.ln_final.bias
+    other = other + model.b_U[batch.answer_id] - model.b_U[batch.wrong_id]
+    head_part = head_dla(model, batch).sum((1, 2))
+    mlp_part = float(mlp_dla(model, batch).dla.sum()) if mlp_labels(model) else 0.0
+    pre_cap = cache["unembed.hook_out"]  # Gemma-2 soft-caps after this
+    diff = task_score(end_logits(pre_cap, batch), batch)
+    assert abs(float((head_part + other).mean()) + mlp_part - float(diff.mean())) < 1e-4
+    assert head_part.abs().max() > 1e-3  # heads do contribute
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_path_patching_matches_the_slow_reference(arch, loaded):
+    m, batch = loaded[arch]
+    model = m.model
+    senders = [(0, 0), (0, 3), *mlp_labels(model)[:1]]
+    fast = path_patch(model, batch, Receivers(), senders)
+    torch.testing.assert_close(fast[0], slow_path_patch(model, batch, (0, 0)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast[1], slow_path_patch(model, batch, (0, 3)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast[2], slow_mlp_path_patch_to_logits(model, batch, 0), atol=1e-4, rtol=0)
+    receiver = Receivers(heads=((1, 2),), input="q")
+    fast_q = path_patch(model, batch, receiver, [(0, 1)])
+    slow_q = slow_path_patch(model, batch, (0, 1), receiver.heads, "q", "end")
+    torch.testing.assert_close(fast_q[0], slow_q, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", GQA)
+@pytest.mark.parametrize("kind", ["k", "v"])
+def test_grouped_k_v_receivers_equal_the_ungrouped_twin(arch, kind, loaded, arch_dirs, tmp_path):
+    """A K/V receiver is one query head: on the GQA model it must equal the same receiver on the
+    twin whose K/V weights are repeated per query head (plain per-head hook_k/hook_v patching)."""
+    m, batch = loaded[arch]
+    twin = load_model(str(ungrouped_twin_dir(arch_dirs[arch], tmp_path / "twin")), device="cpu")
+    assert kv_groups(twin.model) == [(0,), (1,), (2,), (3,)]
+    with torch.no_grad():
+        torch.testing.assert_close(twin.model(batch.tokens), m.model(batch.tokens), atol=1e-4, rtol=0)
+    position = "s1+1" if kind == "k" else "s2"
+    receiver = Receivers(heads=((1, 0), (1, 3)), input=kind, position=position)
+    senders = [(0, 1), (0, 2)]
+    ours = path_patch(m.model, batch, receiver, senders)
+    clean = task_score(end_logits(m.model(batch.tokens), batch), batch)
+    assert (ours - clean).abs().max() > 1e-4  # the path carries an effect
+    for i, sender in enumerate(senders):
+        slow = slow_path_patch(twin.model, batch, sender, receiver.heads, kind, position)
+        torch.testing.assert_close(ours[i], slow, atol=1e-4, rtol=0)
