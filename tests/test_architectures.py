@@ -128,3 +128,106 @@ def test_grouped_k_v_receivers_equal_the_ungrouped_twin(arch, kind, loaded, arch
     for i, sender in enumerate(senders):
         slow = slow_path_patch(twin.model, batch, sender, receiver.heads, kind, position)
         torch.testing.assert_close(ours[i], slow, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "neox", "llama", "gemma2"])
+def test_train_only_moves_only_the_chosen_heads_and_whole_kv_groups(arch, arch_dirs, tmp_path):
+    """Fine-tuning with train_only on each architecture: exactly the chosen query heads move;
+    a shared K/V head moves only when its whole group is chosen; nothing else moves."""
+    from circuit_plasticity.spec import from_mapping
+    from circuit_plasticity.training.loop import run_protocol
+    from circuit_plasticity.training.protocol import TrainSpec
+
+    chosen = [(1, 0), (1, 1), (0, 2)]
+    spec = from_mapping(
+        TrainSpec,
+        {
+            "model": str(arch_dirs[arch]),
+            "eval": {"every_steps": 50, "n": 12, "lm_docs": 0},
+            "phases": [
+                {
+                    "name": "repair",
+                    "data": {"n": 16},
+                    "epochs": 1,
+                    "batch_size": 8,
+                    "lr": 1.0e-2,
+                    "train_only": [f"{lay}.{h}" for lay, h in chosen],
+                }
+            ],
+        },
+    )
+    run_protocol(spec, tmp_path / "run", progress=False)
+    before = load_model(str(arch_dirs[arch]), device="cpu").model
+    step = sorted((tmp_path / "run" / "phases" / "repair").glob("step-*"))[-1]
+    after = load_model(str(step), device="cpu").model
+    moved_q = {
+        (lay, h)
+        for lay in range(2)
+        for h in range(4)
+        if not torch.equal(before.W_Q[lay, h], after.W_Q[lay, h])
+    }
+    moved_o = {
+        (lay, h)
+        for lay in range(2)
+        for h in range(4)
+        if not torch.equal(before.W_O[lay, h], after.W_O[lay, h])
+    }
+    assert moved_q == moved_o == set(chosen)
+    groups = kv_groups(before)
+    moved_kv = {
+        (lay, g)
+        for lay in range(2)
+        for g in range(len(groups))
+        if not torch.equal(before.W_V[lay, g], after.W_V[lay, g])
+    }
+    whole = {
+        (lay, g)
+        for lay in range(2)
+        for g, members in enumerate(groups)
+        if all((lay, h) in chosen for h in members)
+    }
+    assert moved_kv == whole
+    changed = {
+        n
+        for n, p in after.original_model.named_parameters()
+        if not torch.equal(p, dict(before.original_model.named_parameters())[n])
+    }
+    shared = ("mlp", "norm", "ln", "embed", "wte", "wpe", "lm_head", "o._original_component.bias")
+    assert changed and not [n for n in changed if any(word in n for word in shared)]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_cross_model_patching_equals_transformer_lens_with_the_other_models_cache(
+    arch, loaded, arch_dirs, tmp_path
+):
+    """CMAP(A -> B) is TransformerLens's activation patching of B's run with A's cache; weight
+    change is zero for B against itself and positive per head where A differs."""
+    from transformer_lens import patching
+
+    from circuit_plasticity.compare.cmap import cross_model_patch
+    from circuit_plasticity.compare.weights import weight_change
+
+    b, batch = loaded[arch]
+    a = load_model(str(build_model_dir(tmp_path / "a", arch, b.tokenizer.backend, seed=1)), device="cpu")
+    ours = cross_model_patch(a.model, b.model, batch, "z", ("all",))
+    _, cache_a = a.model.run_with_cache(batch.tokens)
+    score_b = task_score(end_logits(b.model(batch.tokens), batch), batch).mean()
+
+    def metric(logits):
+        return task_score(end_logits(logits, batch), batch).mean() - score_b
+
+    theirs = patching.get_act_patch_attn_head_out_all_pos(b.model, batch.tokens, cache_a, metric)
+    torch.testing.assert_close(
+        torch.tensor(ours.delta.values, dtype=torch.float32).view_as(theirs),
+        theirs.float(),
+        atol=1e-4,
+        rtol=0,
+    )
+    pattern = cross_model_patch(a.model, b.model, batch, "pattern", ("all",))
+    theirs = patching.get_act_patch_attn_head_pattern_all_pos(b.model, batch.tokens, cache_a, metric)
+    got = torch.tensor(pattern.delta.values, dtype=torch.float32).view_as(theirs)
+    torch.testing.assert_close(got, theirs.float(), atol=1e-4, rtol=0)
+    same = weight_change(b.model, b.model)
+    assert (same.weight_change == 0).all()
+    differ = weight_change(a.model, b.model)
+    assert (differ.weight_change_rel > 0).all() and len(differ) == 2 * 4 + 2 * (not b.model.cfg.attn_only)
