@@ -102,3 +102,50 @@ def ungrouped_twin_dir(path: Path, out: Path) -> Path:
     twin.load_state_dict(state)
     twin.save_pretrained(out)
     return out
+
+
+def build_bad_dir(out: Path, kind: str, tokenizer_backend) -> Path:
+    """Directories the tool must refuse with a clear message: an encoder-only model ('bert'), a
+    sequence-to-sequence one ('t5'), a causal LM TransformerLens has no adapter for ('ctrl'),
+    and a GPT-2 whose tokenizer splits every name ('chars': a byte-level BPE without merges)."""
+    import transformers as tf
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    out.mkdir(parents=True, exist_ok=True)
+    if kind == "chars":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        trainer = trainers.BpeTrainer(
+            vocab_size=len(alphabet) + 1,
+            special_tokens=[BOS],
+            initial_alphabet=alphabet,
+            show_progress=False,
+        )
+        tok.train_from_iterator(["Mary and John"], trainer=trainer)
+        tokenizer_backend = tok
+    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tokenizer_backend, bos_token=BOS, eos_token=BOS)
+    fast.save_pretrained(out)
+    vocab = tokenizer_backend.get_vocab_size()
+    small = {"vocab_size": vocab, "pad_token_id": 0}
+    configs = {
+        "bert": lambda: tf.BertForMaskedLM(
+            tf.BertConfig(
+                hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, **small
+            )
+        ),
+        "t5": lambda: tf.T5ForConditionalGeneration(
+            tf.T5Config(
+                d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, decoder_start_token_id=0, **small
+            )
+        ),
+        "ctrl": lambda: tf.CTRLLMHeadModel(tf.CTRLConfig(n_embd=32, n_layer=1, n_head=2, dff=64, **small)),
+        "chars": lambda: tf.GPT2LMHeadModel(
+            tf.GPT2Config(
+                n_positions=128, n_embd=32, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0, **small
+            )
+        ),
+    }
+    configs[kind]().save_pretrained(out)
+    return out

@@ -231,3 +231,61 @@ def test_cross_model_patching_equals_transformer_lens_with_the_other_models_cach
     assert (same.weight_change == 0).all()
     differ = weight_change(a.model, b.model)
     assert (differ.weight_change_rel > 0).all() and len(differ) == 2 * 4 + 2 * (not b.model.cfg.attn_only)
+
+
+def _cli(argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """The console script's entry point in-process: exit code and stderr."""
+    import sys
+
+    from circuit_plasticity.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["circuit-plasticity", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+BAD = {
+    "bert": "encoder-only model, BertForMaskedLM",
+    "t5": "sequence-to-sequence (encoder-decoder) model, T5ForConditionalGeneration",
+    "ctrl": "cannot load CTRLLMHeadModel",
+    "chars": "0 of 100 names as single tokens",
+}
+
+
+@pytest.fixture(scope="module")
+def bad_dirs(tmp_path_factory, bpe_tokenizer):
+    from arch_models import build_bad_dir
+
+    root = tmp_path_factory.mktemp("bad")
+    return {kind: build_bad_dir(root / kind, kind, bpe_tokenizer.backend) for kind in BAD}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+@pytest.mark.parametrize("command", ["eval", "analyze", "run"])
+def test_unusable_models_exit_2_naming_the_problem_and_write_nothing(
+    kind, command, bad_dirs, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    argv = {
+        "eval": ["eval", str(bad_dirs[kind]), "--n", "20"],
+        "analyze": ["analyze", str(bad_dirs[kind]), "--out", str(out), "--n", "20"],
+        "run": ["run", "--model", str(bad_dirs[kind]), "--out", str(out), "--quiet"],
+    }[command]
+    code, err = _cli(argv, capsys, monkeypatch)
+    assert code == 2 and BAD[kind] in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_refused_model_never_shows_a_traceback_from_the_console_script(bad_dirs):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "circuit_plasticity", "eval", str(bad_dirs["ctrl"]), "--n", "10"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "CTRLLMHeadModel" in r.stderr and "Traceback" not in r.stderr

@@ -154,8 +154,10 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
 
     check_study_phases(spec)
     out = Path(out)
-    if not out.exists():
-        load_model(spec.model)  # fail on a missing model before anything is written
+    if not out.exists():  # fail on an unusable model or tokenizer before anything is written
+        from circuit_plasticity.training.evaluate import task_batch
+
+        task_batch(load_model(spec.model), spec.task, n=10)
     out.mkdir(parents=True, exist_ok=True)
     mine = json.loads(json.dumps(dataclasses.asdict(spec)))
     saved = out / "experiment.json"
