@@ -54,7 +54,7 @@ class ExperimentSpec:
     checkpoint_every_steps: int = 0
     phases: list[Phase] | None = None  # a full protocol instead of the study's default
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
-    repair: bool = True  # targeted repair: retrain only the localized heads (toy-built models)
+    repair: bool = True  # targeted repair: retrain only the localized heads
 
     def validate(self, where: str, source: str) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

@@ -35,10 +35,6 @@ def targeted_repair(
         return json.loads(out.read_text())
     heads = [h for h in findings["localization_top_heads"].split(",") if h]
     poisoned = RunDir(seed_dir).final_checkpoint("poisoned")
-    if load_model(str(poisoned)).kind != "native":
-        result = {"repair_skipped": "train_only supports models built by this tool"}
-        write_json(out, result)
-        return result
     spec = TrainSpec(
         model=str(poisoned),
         task="ioi",
