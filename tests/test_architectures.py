@@ -317,3 +317,20 @@ def test_analyze_runs_end_to_end_and_names_shared_kv_heads(arch, arch_dirs, tmp_
     kv = heads[heads.measure == "kv_head"].sort_values(["layer", "head"])
     groups = kv_groups(load_model(str(arch_dirs[arch]), device="cpu").model)
     assert [int(v) for v in kv.value[:4]] == [g for g, members in enumerate(groups) for _ in members]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_joint_set_patching_equals_full_hooked_passes(arch, loaded):
+    """Whatever path `patch_each_set` takes on an architecture (the fast path on GPT-2, hooks
+    elsewhere), it equals full hooked forward passes on joint head sets."""
+    from circuit_plasticity.analysis import fastpath
+    from circuit_plasticity.analysis.patching import _patch_each_set_hooked, patch_each_set
+
+    m, batch = loaded[arch]
+    assert fastpath.supported(m.model) == (arch == "gpt2")
+    source = z_cache(m.model, batch.corrupted)
+    sets = [[(0, 1)], [(1, 2)], [(0, 0), (1, 3)], [(0, 2), (1, 1), (1, 0)], []]
+    for positions in (None, batch.positions["s2"]):
+        fast = patch_each_set(m.model, batch, batch.tokens, source, sets, positions)
+        slow = _patch_each_set_hooked(m.model, batch, batch.tokens, source, sets, positions, 2, "z")
+        torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
