@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-ARCHITECTURES = ("gpt2", "neox", "llama", "qwen2", "gemma2")
+ARCHITECTURES = ("gpt2", "neox", "llama", "mistral", "qwen2", "gemma2")
 BOS = "<|endoftext|>"
 
 
@@ -44,6 +44,8 @@ def _config(arch: str, vocab: int):
         )
     if arch == "llama":
         return tf.LlamaConfig(**gqa, **common)
+    if arch == "mistral":
+        return tf.MistralConfig(**gqa, sliding_window=None, **common)
     if arch == "qwen2":
         return tf.Qwen2Config(**gqa, **common)
     if arch == "gemma2":  # extra norms, attention and final logit soft-capping
@@ -112,6 +114,10 @@ def build_bad_dir(out: Path, kind: str, tokenizer_backend) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     out.mkdir(parents=True, exist_ok=True)
+    if kind == "unknown":  # a config transformers has never heard of
+        config = '{"model_type": "no-such-architecture", "architectures": ["NoSuchLM"]}'
+        (out / "config.json").write_text(config)
+        return out
     if kind == "chars":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

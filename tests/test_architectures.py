@@ -24,7 +24,7 @@ from circuit_plasticity.models.load import load_model
 from circuit_plasticity.tasks.build import build_dataset
 from circuit_plasticity.tasks.encode import encode_examples
 
-GQA = ("llama", "qwen2", "gemma2")
+GQA = ("llama", "mistral", "qwen2", "gemma2")
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +249,7 @@ BAD = {
     "bert": "encoder-only model, BertForMaskedLM",
     "t5": "sequence-to-sequence (encoder-decoder) model, T5ForConditionalGeneration",
     "ctrl": "cannot load CTRLLMHeadModel",
+    "unknown": "transformers cannot load this model directory",
     "chars": "0 of 100 names as single tokens",
 }
 

@@ -18,7 +18,7 @@ from circuit_plasticity.analysis.hooks import kv_head, n_layers_heads
 @torch.no_grad()
 def copy_scores(model, name_ids: torch.Tensor, top_k: int = 5) -> pd.DataFrame:
     n_layers, n_heads = n_layers_heads(model)
-    resid = model.W_E[name_ids]  # [names, d_model]
+    resid = model.embed(name_ids[None])[0]  # [names, d_model], scaled as the model scales it (Gemma)
     block0 = model.blocks[0]
     if not getattr(model.cfg, "attn_only", False) and hasattr(block0, "mlp"):
         mlp_out = block0.mlp(block0.ln2(resid[:, None]))
