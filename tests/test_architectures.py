@@ -11,7 +11,7 @@ from arch_models import ARCHITECTURES, build_model_dir, ungrouped_twin_dir
 from reference import slow_mlp_path_patch_to_logits, slow_path_patch
 
 from circuit_plasticity.analysis.heads import head_dla, mlp_dla, norm_apply, unembed_direction
-from circuit_plasticity.analysis.hooks import kv_groups, stacked_param
+from circuit_plasticity.analysis.hooks import kv_groups, kv_head, stacked_param, ungroup_kv
 from circuit_plasticity.analysis.metrics import end_logits, task_score
 from circuit_plasticity.analysis.patching import (
     Receivers,
@@ -47,6 +47,9 @@ def test_kv_groups_name_the_query_heads_that_share_k_and_v(loaded):
     for arch, (m, _) in loaded.items():
         expected = [(0, 1), (2, 3)] if arch in GQA else [(0,), (1,), (2,), (3,)]
         assert kv_groups(m.model) == expected, arch
+        ungrouped = ungroup_kv(m.model, m.model.W_K, head_axis=1)  # [layers, heads, d, e]
+        for h in range(4):
+            assert torch.equal(ungrouped[:, h], m.model.W_K[:, kv_head(m.model, h)])
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -233,8 +236,8 @@ def test_cross_model_patching_equals_transformer_lens_with_the_other_models_cach
     assert (differ.weight_change_rel > 0).all() and len(differ) == 2 * 4 + 2 * (not b.model.cfg.attn_only)
 
 
-def _cli(argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
-    """The console script's entry point in-process: exit code and stderr."""
+def _cli(argv: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """The console script's entry point in-process: exit code, stderr and stdout."""
     import sys
 
     from circuit_plasticity.cli import main
@@ -242,7 +245,8 @@ def _cli(argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
     monkeypatch.setattr(sys, "argv", ["circuit-plasticity", *argv])
     with pytest.raises(SystemExit) as exit_info:
         main()
-    return exit_info.value.code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.err, captured.out
 
 
 BAD = {
@@ -274,7 +278,7 @@ def test_unusable_models_exit_2_naming_the_problem_and_write_nothing(
         "analyze": ["analyze", str(bad_dirs[kind]), "--out", str(out), "--n", "20"],
         "run": ["run", "--model", str(bad_dirs[kind]), "--out", str(out), "--quiet"],
     }[command]
-    code, err = _cli(argv, capsys, monkeypatch)
+    code, err, _ = _cli(argv, capsys, monkeypatch)
     assert code == 2 and BAD[kind] in err and "Traceback" not in err
     assert not out.exists()
 
@@ -310,10 +314,11 @@ def test_a_refused_model_never_shows_a_traceback_from_the_console_script(bad_dir
 def test_analyze_runs_end_to_end_and_names_shared_kv_heads(arch, arch_dirs, tmp_path, capsys, monkeypatch):
     import pandas as pd
 
-    code, _ = _cli(
+    code, _, out = _cli(
         ["analyze", str(arch_dirs[arch]), "--out", str(tmp_path / "a"), "--n", "24"], capsys, monkeypatch
     )
     assert code in (0, None)
+    assert ("query heads (0,1) (2,3) share K/V" in out) == (arch in GQA)
     heads = pd.read_parquet(tmp_path / "a" / "heads.parquet")
     kv = heads[heads.measure == "kv_head"].sort_values(["layer", "head"])
     groups = kv_groups(load_model(str(arch_dirs[arch]), device="cpu").model)
@@ -335,3 +340,23 @@ def test_joint_set_patching_equals_full_hooked_passes(arch, loaded):
         fast = patch_each_set(m.model, batch, batch.tokens, source, sets, positions)
         slow = _patch_each_set_hooked(m.model, batch, batch.tokens, source, sets, positions, 2, "z")
         torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@torch.no_grad()
+def test_eval_equals_the_transformers_model_itself(arch, arch_dirs, capsys, monkeypatch):
+    """`eval --json` through the bridge reports the score the plain transformers model gives
+    (soft-capped logits included on Gemma-2)."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from circuit_plasticity.training.evaluate import task_batch
+
+    code, _, out = _cli(["eval", str(arch_dirs[arch]), "--n", "16", "--json"], capsys, monkeypatch)
+    assert code in (0, None)
+    reported = json.loads(out)["score"]
+    hf = AutoModelForCausalLM.from_pretrained(arch_dirs[arch], attn_implementation="eager").eval()
+    batch = task_batch(load_model(str(arch_dirs[arch]), device="cpu"), "ioi", 16, 0, "test")
+    direct = task_score(end_logits(hf(batch.tokens).logits, batch), batch).mean()
+    assert abs(reported - float(direct)) < 1e-4
