@@ -360,3 +360,25 @@ def test_eval_equals_the_transformers_model_itself(arch, arch_dirs, capsys, monk
     batch = task_batch(load_model(str(arch_dirs[arch]), device="cpu"), "ioi", 16, 0, "test")
     direct = task_score(end_logits(hf(batch.tokens).logits, batch), batch).mean()
     assert abs(reported - float(direct)) < 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_head_profile_discovery_and_circuit_scores_run_on_every_architecture(arch, loaded):
+    """The analyze pipeline short of EAP-IG (which the end-to-end test covers where it runs):
+    one row per query head, its K/V head, a circuit of real heads, self-consistent scores."""
+    from circuit_plasticity.analysis.discovery import discover_circuit
+    from circuit_plasticity.analysis.faithfulness import circuit_score, evaluate_circuit
+    from circuit_plasticity.analysis.profile import head_profile
+
+    m, batch = loaded[arch]
+    heads, score = head_profile(m.model, m.tokenizer, batch)
+    assert len(heads) == 8 and heads[["copy_score", "dla", "induction"]].notna().all().all()
+    assert list(heads.sort_values(["layer", "head"]).kv_head) == [kv_head(m.model, h) for h in range(4)] * 2
+    records = {(int(r["layer"]), int(r["head"])): r for r in heads.to_dict("records")}
+    found = discover_circuit(m.model, batch, arch, attention=records)
+    keep = found.circuit.head_set()
+    assert keep <= {(lay, h) for lay in range(2) for h in range(4)}
+    scores = evaluate_circuit(m.model, batch, found.circuit)
+    assert abs(scores.model_score - score) < 1e-4
+    if keep:
+        assert abs(scores.circuit_score - circuit_score(m.model, batch, keep)) < 1e-3
