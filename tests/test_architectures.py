@@ -139,6 +139,7 @@ def test_train_only_moves_only_the_chosen_heads_and_whole_kv_groups(arch, arch_d
     a shared K/V head moves only when its whole group is chosen; nothing else moves."""
     from circuit_plasticity.spec import from_mapping
     from circuit_plasticity.training.loop import run_protocol
+    from circuit_plasticity.training.masking import frozen_kv_heads
     from circuit_plasticity.training.protocol import TrainSpec
 
     chosen = [(1, 0), (1, 1), (0, 2)]
@@ -190,6 +191,8 @@ def test_train_only_moves_only_the_chosen_heads_and_whole_kv_groups(arch, arch_d
         if all((lay, h) in chosen for h in members)
     }
     assert moved_kv == whole
+    frozen = {tuple(map(int, h.split("."))) for h in frozen_kv_heads(before, [f"{a}.{b}" for a, b in chosen])}
+    assert frozen == {(lay, h) for lay, h in chosen if (lay, kv_head(before, h)) not in moved_kv}
     changed = {
         n
         for n, p in after.original_model.named_parameters()

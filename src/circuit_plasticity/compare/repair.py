@@ -16,6 +16,7 @@ from circuit_plasticity.fileio import write_json
 from circuit_plasticity.models.load import load_model
 from circuit_plasticity.training.evaluate import task_batch
 from circuit_plasticity.training.loop import RunDir, run_protocol
+from circuit_plasticity.training.masking import frozen_kv_heads
 from circuit_plasticity.training.protocol import DataSpec, EvalSpec, Phase, TrainSpec
 
 
@@ -69,6 +70,8 @@ def targeted_repair(
             repaired.model, batch, base_circuit.head_set()
         ).faithfulness,
         "repair_trained_head_share": len(heads) / (cfg.n_layers * cfg.n_heads),
+        # grouped-query attention: these heads trained Q and O only (their K/V is shared)
+        "repair_heads_kv_frozen": ",".join(frozen_kv_heads(repaired.model, heads)),
     }
     write_json(out, result)
     return result

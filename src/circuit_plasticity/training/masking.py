@@ -58,6 +58,17 @@ def head_gradient_masks(loaded: LoadedModel, components: list[str]) -> dict[torc
     return masks
 
 
+def frozen_kv_heads(model, components: list[str]) -> list[str]:
+    """Chosen heads whose K/V stays frozen because it is shared with an unchosen head (GQA)."""
+    chosen = set(parse_heads(components))
+    groups = kv_groups(model)
+    return [
+        f"{lay}.{h}"
+        for lay, h in sorted(chosen)
+        if not all((lay, g) in chosen for g in next(grp for grp in groups if h in grp))
+    ]
+
+
 def _head_slices(model, heads: list[tuple[int, int]]) -> list[torch.Tensor]:
     """The chosen heads' TransformerLens weight slices (K/V only for whole chosen groups)."""
     chosen = set(heads)
