@@ -178,6 +178,12 @@ def analyze_command(
         f"{len(result.circuit.heads)} heads keeps {s.faithfulness:.1%} of it "
         f"(sparsity {s.sparsity:.1%}); tables in {out}"
     )
+    from circuit_plasticity.analysis.hooks import kv_groups
+
+    groups = kv_groups(loaded.model)
+    if any(len(g) > 1 for g in groups):
+        shared = " ".join("(" + ",".join(map(str, g)) + ")" for g in groups)
+        typer.echo(f"  grouped-query attention: query heads {shared} share K/V in every layer")
     for head in result.circuit.heads:
         typer.echo(
             f"  {head.layer}.{head.head:<3d} {head.role:<20s} at {head.position:<5s} "

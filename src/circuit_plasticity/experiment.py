@@ -56,7 +56,7 @@ class ExperimentSpec:
     phases: list[Phase] | None = None  # a full protocol instead of the study's default
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     verdicts: VerdictThresholds = field(default_factory=VerdictThresholds)
-    repair: bool = True  # targeted repair: retrain only the localized heads (toy-built models)
+    repair: bool = True  # targeted repair: retrain only the localized heads
 
     def validate(self, where: str, source: str) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -155,8 +155,10 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
 
     check_study_phases(spec)
     out = Path(out)
-    if not out.exists():
-        load_model(spec.model)  # fail on a missing model before anything is written
+    if not out.exists():  # fail on an unusable model or tokenizer before anything is written
+        from circuit_plasticity.training.evaluate import task_batch
+
+        task_batch(load_model(spec.model), spec.task, n=10)
     out.mkdir(parents=True, exist_ok=True)
     mine = json.loads(json.dumps(dataclasses.asdict(spec)))
     saved = out / "experiment.json"

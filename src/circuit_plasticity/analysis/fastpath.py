@@ -8,7 +8,9 @@ unembedding only at END. For a 3-layer model, patching a head of the last layer 
 LayerNorm and one unembedding row instead of a whole forward pass.
 
 Supported: pre-LayerNorm GPT-2-style blocks (learned positions, sequential attention and
-MLP, LN or no norm). Everything else uses the hook path; `supported` says which.
+MLP, LN or no norm). Everything else (rotary positions, parallel attention and MLP as in
+Pythia, RMSNorm, grouped-query attention, gated MLPs, Gemma-2's extra norms and soft-capping)
+uses the hook path, which is exact on any architecture; `supported` says which.
 The tests check this path against the hook path and TransformerLens to 1e-4.
 """
 
@@ -42,6 +44,10 @@ def supported(model) -> bool:
         and (cfg.attn_only or cfg.act_fn in ACTS)
         and not getattr(cfg, "use_qk_norm", False)
         and getattr(cfg, "n_key_value_heads", None) in (None, cfg.n_heads)
+        and not getattr(cfg, "gated_mlp", False)
+        and not getattr(cfg, "attn_scores_soft_cap", -1) > 0
+        and not getattr(cfg, "output_logits_soft_cap", -1) > 0
+        and not hasattr(model.blocks[0], "ln1_post")
     )
 
 

@@ -81,31 +81,71 @@ def unembed_direction(model, batch: TaskBatch) -> torch.Tensor:
     return (w_u[:, batch.answer_id] - w_u[:, batch.wrong_id]).T
 
 
+def norm_gain(module, normalization_type: str) -> torch.Tensor | None:
+    """The per-channel gain a norm multiplies by. LayerNorm: its weight. RMSNorm: probed with a
+    large constant vector (rms = its value up to eps), because conventions differ: Gemma scales by
+    (1 + weight), Llama by weight."""
+    weight = getattr(module, "weight", None)
+    if weight is None or normalization_type not in ("RMS", "RMSPre"):
+        return weight
+    probe = torch.full((1, 1, weight.shape[-1]), 1e3, dtype=weight.dtype, device=weight.device)
+    return module(probe)[0, 0]
+
+
 def final_norm_apply(model, component: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The final norm's linear map on one residual component, its scale frozen from the run."""
+    return norm_apply(model, model.ln_final, component, scale)
+
+
+def norm_apply(model, module, component: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A norm's linear map (centre, divide by the frozen scale, gain; no bias) on a component."""
     norm = model.cfg.normalization_type
     if norm in ("LN", "LNPre"):
         component = component - component.mean(-1, keepdim=True)
     out = component / scale
-    weight = getattr(model.ln_final, "weight", None)
-    return out * weight if weight is not None and norm in ("LN", "RMS") else out
+    gain = norm_gain(module, norm) if norm in ("LN", "RMS") else None
+    return out * gain if gain is not None else out
+
+
+def post_attn_norms(model) -> bool:
+    """Gemma-2 style blocks normalise the attention output before adding it to the residual."""
+    return hasattr(model.blocks[0], "ln1_post")
+
+
+def head_outputs(model, layer: int, z: torch.Tensor, cache: dict, index=None) -> torch.Tensor:
+    """[..., heads, d_model]: each head's write to the residual stream from its z [..., heads, e]
+    (through the post-attention norm with its scale frozen, where the block has one)."""
+    out = torch.einsum("...he,hem->...hm", z, model.W_O[layer])
+    if post_attn_norms(model):
+        scale = cache[f"blocks.{layer}.ln1_post.hook_scale"]
+        scale = scale if index is None else scale[index]
+        out = norm_apply(model, model.blocks[layer].ln1_post, out, scale[..., None, :])
+    return out
+
+
+def head_output_hooks(model) -> list[str]:
+    """Cache entries `head_outputs` needs besides z."""
+    if not post_attn_norms(model):
+        return []
+    return [f"blocks.{lay}.ln1_post.hook_scale" for lay in range(model.cfg.n_layers)]
 
 
 @torch.no_grad()
 def head_dla(model, batch: TaskBatch, fwd_hooks: list | None = None) -> torch.Tensor:
     """[n, layers, heads]: each head's direct effect on logit(answer) - logit(wrong) at END,
-    through the final norm with its scale frozen from the run (optionally under `fwd_hooks`,
+    through the final norm with its scale frozen from the run (before any final logit
+    soft-capping, Gemma-2's, which is not linear) (optionally under `fwd_hooks`,
     e.g. with the name movers knocked out, to see backups take over)."""
     n_layers, _ = n_layers_heads(model)
-    names = [z_name(lay) for lay in range(n_layers)] + ["ln_final.hook_scale"]
+    names = [z_name(lay) for lay in range(n_layers)] + ["ln_final.hook_scale"] + head_output_hooks(model)
     _, cache = run_cached(model, batch.tokens, names, fwd_hooks)
     rows = torch.arange(len(batch), device=batch.device)
-    scale = cache["ln_final.hook_scale"][rows, batch.end]  # [n, 1]
+    at_end = (rows, batch.end)
+    scale = cache["ln_final.hook_scale"][at_end]  # [n, 1]
     direction = unembed_direction(model, batch)
     per_layer = []
     for layer in range(n_layers):
-        z = cache[z_name(layer)][rows, batch.end]  # [n, heads, d_head]
-        out = torch.einsum("nhd,hdm->nhm", z, model.W_O[layer])
+        out = head_outputs(model, layer, cache[z_name(layer)][at_end], cache, at_end)  # [n, heads, d]
         normed = final_norm_apply(model, out, scale[:, None, :])
         per_layer.append(torch.einsum("nhm,nm->nh", normed, direction))
     return torch.stack(per_layer, dim=1)

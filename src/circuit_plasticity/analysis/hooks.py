@@ -31,3 +31,39 @@ def n_layers_heads(model) -> tuple[int, int]:
 def head_labels(model) -> list[tuple[int, int]]:
     n_layers, n_heads = n_layers_heads(model)
     return [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+
+
+def n_kv_heads(model) -> int:
+    """K/V heads per layer: fewer than query heads under grouped-query attention."""
+    return int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
+
+
+def kv_head(model, head: int) -> int:
+    """The K/V head a query head reads (query heads are grouped in consecutive blocks, as
+    `repeat_kv` in Hugging Face and TransformerLens order them)."""
+    return head // (int(model.cfg.n_heads) // n_kv_heads(model))
+
+
+def kv_groups(model) -> list[tuple[int, ...]]:
+    """Query heads that share one K/V head, per K/V head (singletons without GQA)."""
+    n_heads = int(model.cfg.n_heads)
+    groups: dict[int, list[int]] = {}
+    for head in range(n_heads):
+        groups.setdefault(kv_head(model, head), []).append(head)
+    return [tuple(g) for _, g in sorted(groups.items())]
+
+
+def ungroup_kv(model, act: torch.Tensor, head_axis: int = 2) -> torch.Tensor:
+    """K/V activations or weights indexed by query head: each K/V head repeated for the query
+    heads that read it (a no-op without GQA)."""
+    repeat = int(model.cfg.n_heads) // n_kv_heads(model)
+    return act if repeat == 1 else act.repeat_interleave(repeat, dim=head_axis)
+
+
+def stacked_param(model, name: str) -> torch.Tensor | None:
+    """A stacked weight (b_Q, b_O, b_in, W_gate, ...) or None where the architecture has none
+    (bias-free Llama-style projections, ungated MLPs)."""
+    try:
+        return getattr(model, name)
+    except AttributeError:
+        return None

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 import torch
 
 from circuit_plasticity.analysis import fastpath
-from circuit_plasticity.analysis.hooks import head_labels, n_layers_heads, run_cached, z_name
+from circuit_plasticity.analysis.hooks import (
+    head_labels,
+    kv_head,
+    n_kv_heads,
+    n_layers_heads,
+    run_cached,
+    z_name,
+)
 from circuit_plasticity.analysis.metrics import end_logits, task_score
 from circuit_plasticity.tasks.encode import TaskBatch
 
@@ -233,7 +240,8 @@ def path_patch(
         if receivers.input == "logits":
             logits = model.run_with_hooks(rep.tokens, fwd_hooks=freeze)
         else:
-            logits = _patch_receivers(model, rep, receivers, freeze)
+            clean = [(z_name(lay), _constant(clean_z[lay].repeat(k, 1, 1, 1))) for lay in range(n_layers)]
+            logits = _patch_receivers(model, rep, receivers, freeze, clean)
         results.append(task_score(end_logits(logits, rep), rep).view(k, n))
     return torch.cat(results)
 
@@ -251,7 +259,14 @@ def _receiver_name(layer: int, kind: str) -> str:
     return f"blocks.{layer}.attn.hook_{kind}"
 
 
-def _patch_receivers(model, rep: TaskBatch, receivers: Receivers, freeze) -> torch.Tensor:
+def _constant(value: torch.Tensor):
+    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
+        return value
+
+    return hook
+
+
+def _patch_receivers(model, rep: TaskBatch, receivers: Receivers, freeze, freeze_clean) -> torch.Tensor:
     """Record receiver inputs under the frozen, sender-corrupted run; patch them into a clean run."""
     names = sorted({_receiver_name(lay, receivers.input) for lay, _ in receivers.heads})
     recorded: dict[str, torch.Tensor] = {}
@@ -278,6 +293,65 @@ def _patch_receivers(model, rep: TaskBatch, receivers: Receivers, freeze) -> tor
         return hook
 
     layers = sorted({lay for lay, _ in receivers.heads})
+    if receivers.input in ("k", "v") and n_kv_heads(model) < model.cfg.n_heads:
+        return _patch_grouped_receivers(model, rep, receivers, recorded, pos, freeze_clean)
     return model.run_with_hooks(
         rep.tokens, fwd_hooks=[(_receiver_name(lay, receivers.input), patch_hook(lay)) for lay in layers]
     )
+
+
+def _patch_grouped_receivers(model, rep: TaskBatch, receivers: Receivers, recorded, pos, freeze_clean):
+    """K/V receivers under grouped-query attention, one query head at a time.
+
+    A K/V head is shared by several query heads, so patching hook_k/hook_v would reach them all.
+    Instead: (1) a clean run with the shared K (V) replaced by the recorded one, every head's
+    output frozen clean so nothing downstream moves, records the receiver's own attention
+    pattern (K) or output z (V); (2) a clean run patches only that query head's pattern or z.
+    Exact, because a head's pattern depends on K only and its z on pattern and V only."""
+    kind = receivers.input
+    rows = torch.arange(rep.tokens.shape[0], device=rep.tokens.device)
+    target = "pattern" if kind == "k" else "z"
+    layers = sorted({lay for lay, _ in receivers.heads})
+    kv_of = {lay: sorted({kv_head(model, h) for l2, h in receivers.heads if l2 == lay}) for lay in layers}
+    seen: dict[int, torch.Tensor] = {}
+
+    def shared(layer: int):
+        def hook(act: torch.Tensor, hook) -> torch.Tensor:
+            act = act.clone()
+            for g in kv_of[layer]:
+                if pos is None:
+                    act[:, :, g] = recorded[hook.name][:, :, g]
+                else:
+                    act[rows, pos, g] = recorded[hook.name][rows, pos, g]
+            return act
+
+        return hook
+
+    def keep(layer: int):
+        def hook(act: torch.Tensor, hook) -> None:
+            seen[layer] = act.detach().clone()
+
+        return hook
+
+    hooks = [(_receiver_name(lay, kind), shared(lay)) for lay in layers]
+    hooks += [(activation_name(lay, target), keep(lay)) for lay in layers]
+    model.run_with_hooks(rep.tokens, fwd_hooks=hooks + freeze_clean)
+    return _patch_each_set_logits(model, rep.tokens, seen, list(receivers.heads), target)
+
+
+def _patch_each_set_logits(model, tokens, replacement, heads, activation) -> torch.Tensor:
+    """Logits of `tokens` with the heads' activation (all positions) taken from `replacement`."""
+    layers = sorted({lay for lay, _ in heads})
+
+    def put(layer: int):
+        def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
+            act = act.clone()
+            for lay, head in heads:
+                if lay == layer:
+                    _replace_head(act, replacement[layer], head, None, activation)
+            return act
+
+        return hook
+
+    hooks = [(activation_name(lay, activation), put(lay)) for lay in layers]
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)

@@ -107,3 +107,16 @@ def _mlp_direct_paths(model, batch: TaskBatch, clean: torch.Tensor) -> pd.DataFr
             "value": effects.tolist(),
         }
     )
+
+
+def circuit_of(
+    loaded: LoadedModel,
+    batch: TaskBatch,
+    thresholds: Thresholds | None = None,
+    discovery: DiscoveryConfig | None = None,
+) -> Circuit:
+    """Only the discovered circuit (the head profile discovery needs, no edges or curves): what
+    a verdict needs when no report is drawn."""
+    heads, _ = head_profile(loaded.model, loaded.tokenizer, batch, thresholds)
+    records = {(int(r["layer"]), int(r["head"])): r for r in heads.to_dict("records")}
+    return discover_circuit(loaded.model, batch, loaded.name, discovery or DiscoveryConfig(), records).circuit

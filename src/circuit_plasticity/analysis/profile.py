@@ -16,6 +16,7 @@ from circuit_plasticity.analysis.heads import (
     repeated_random_tokens,
     sequence_scores,
 )
+from circuit_plasticity.analysis.hooks import kv_head
 from circuit_plasticity.analysis.metrics import evaluate
 from circuit_plasticity.tasks.encode import TaskBatch
 from circuit_plasticity.tasks.tokenizer import TextTokenizer
@@ -52,4 +53,6 @@ def head_profile(
         means = group_means(model, batch)
         gain = (head_dla(model, batch, knockout_hooks(movers, means)) - head_dla(model, batch)).mean(0)
     table["dla_gain_without_name_movers"] = [float(gain[r.layer, r.head]) for r in table.itertuples()]
+    # grouped-query attention: query heads with the same kv_head share their K and V weights
+    table["kv_head"] = [kv_head(model, int(h)) for h in table["head"]]
     return classify_heads(table, score, thresholds), score

@@ -182,10 +182,16 @@ def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -
         if isinstance(repaired, str):
             extra["repair_skipped"] = repaired
         else:
+            from circuit_plasticity.training.masking import frozen_kv_heads
+
             measures |= ev.repair_evidence(runs, *repaired, s.seed)
+            # grouped-query attention: these heads trained Q and O only (their K/V is shared)
+            names = [ev.head_name(h) for h in loc.top_heads]
+            extra["repair_heads_kv_frozen"] = ",".join(frozen_kv_heads(runs.models["poisoned"], names))
     progress(f"seed {s.seed}: per-head tables and tracking")
     scalars = scalar_findings(s, loaded, runs, analyses, loc, seed_dir, options)
-    per_head_tables(loaded, runs, loc, seed_dir / "compare")
+    if options.full_analysis:  # the report's per-head figures
+        per_head_tables(loaded, runs, loc, seed_dir / "compare")
     rows = [
         {"measure": k, "value": v.value, "ci_low": v.low, "ci_high": v.high} for k, v in measures.items()
     ] + [{"measure": k, "value": float(v), "ci_low": np.nan, "ci_high": np.nan} for k, v in scalars.items()]
@@ -202,7 +208,7 @@ def analyse_phases(loaded: dict, batch, root: Path, full: bool, seed: int, progr
     that triples the score does not lose members for that reason (docs/analysis.md)."""
     from circuit_plasticity.analysis.circuit import Circuit
     from circuit_plasticity.analysis.discovery import DiscoveryConfig
-    from circuit_plasticity.analysis.pipeline import analyze_model
+    from circuit_plasticity.analysis.pipeline import analyze_model, circuit_of
 
     circuits: dict[str, Circuit] = {}
     reference = None
@@ -210,14 +216,26 @@ def analyse_phases(loaded: dict, batch, root: Path, full: bool, seed: int, progr
         if not full and phase not in ("base", "clean"):
             continue
         out = root / phase
-        if not (out / "circuit.json").is_file():
+        config = DiscoveryConfig(reference_scale=reference)
+        if full and not (out / "circuit.json").is_file():
             progress(f"seed {seed}: analysing {phase}")
-            config = DiscoveryConfig(reference_scale=reference)
             analyze_model(model, batch, discovery=config).write(out)
+        elif not full and not (out / "circuit.json").is_file():
+            progress(f"seed {seed}: discovering the {phase} circuit")
+            circuit_of(model, batch, discovery=config).save(out / "circuit.json")
         circuits[phase] = Circuit.load(out / "circuit.json")
         if phase == "base":
-            reference = float(pd.read_parquet(out / "metrics.parquet").iloc[0]["score"])
+            reference = _score(model, batch)
     return circuits
+
+
+def _score(loaded, batch) -> float:
+    import torch
+
+    from circuit_plasticity.analysis.metrics import end_logits, task_score
+
+    with torch.no_grad():
+        return float(task_score(end_logits(loaded.model(batch.tokens), batch), batch).mean())
 
 
 def _repair(s: SeedModels, seed_dir: Path, heads, runs, plan: RepairPlan, progress):

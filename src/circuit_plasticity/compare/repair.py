@@ -14,14 +14,11 @@ def train_heads(poisoned: str, heads: list[str], plan, out: Path, seed: int, tas
     """The final checkpoint of training only `heads` (LAYER.HEAD) from `poisoned`, or the reason
     it cannot be done on this model. Resumable like every training run."""
     from circuit_plasticity.errors import UserError
-    from circuit_plasticity.models.load import load_model
 
     run = RunDir(out)
     final = run.final_checkpoint("repair")
     if final is not None:
         return final
-    if load_model(poisoned).kind != "native":
-        return "train_only supports models built by this tool"
     spec = TrainSpec(
         model=poisoned,
         task=task,

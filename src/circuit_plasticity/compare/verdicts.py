@@ -127,7 +127,8 @@ CRITERIA: dict[str, list[Criterion]] = {
             "neuroplasticity_faithfulness_excess",
             "above",
             None,
-            "no: in the retrained model the base circuit is no more faithful than random circuits of its size",
+            "no: in the retrained model the base circuit is no more faithful than random circuits "
+            "of its size",
         ),
     ],
     "targeted repair": [

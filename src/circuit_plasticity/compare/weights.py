@@ -1,7 +1,10 @@
 """Weight-space change per component: ||W - W_base|| / ||W_base|| for every head and MLP.
 
 A head's weights are its slices of W_Q, W_K, W_V (d_model x d_head each) and W_O
-(d_head x d_model), with their biases; an MLP's are W_in, W_out and biases. Comparing this
+(d_head x d_model), with their biases; an MLP's are W_in (and W_gate where gated), W_out and
+biases. Bias-free architectures (Llama, Gemma) simply have fewer tensors. Under grouped-query
+attention a head's W_K/W_V are those of the K/V head it shares with its group (`kv_groups`), so
+a change there shows in every head of the group. Comparing this
 with the activation view (CMAP) shows whether corruption is localized in weights as well.
 """
 
@@ -10,21 +13,22 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from circuit_plasticity.analysis.hooks import kv_head, stacked_param
+
 
 def _head_params(model, layer: int, head: int) -> list[torch.Tensor]:
-    return [
-        model.W_Q[layer, head],
-        model.W_K[layer, head],
-        model.W_V[layer, head],
-        model.W_O[layer, head],
-        model.b_Q[layer, head],
-        model.b_K[layer, head],
-        model.b_V[layer, head],
-    ]
+    kv = kv_head(model, head)
+    out = [model.W_Q[layer, head], model.W_K[layer, kv], model.W_V[layer, kv], model.W_O[layer, head]]
+    for name, index in (("b_Q", head), ("b_K", kv), ("b_V", kv)):
+        bias = stacked_param(model, name)
+        if bias is not None:
+            out.append(bias[layer, index])
+    return out
 
 
 def _mlp_params(model, layer: int) -> list[torch.Tensor]:
-    return [model.W_in[layer], model.W_out[layer], model.b_in[layer], model.b_out[layer]]
+    names = ("W_in", "W_gate", "W_out", "b_in", "b_out")
+    return [p[layer] for p in (stacked_param(model, n) for n in names) if p is not None]
 
 
 def _relative(new: list[torch.Tensor], base: list[torch.Tensor]) -> tuple[float, float]:

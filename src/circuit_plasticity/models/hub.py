@@ -31,6 +31,8 @@ def hub_load(name: str, load: Callable[[bool], T], what: str = "model") -> T:
     """Call `load(local_only)` from the cache, then from the hub, else raise a UserError."""
     try:
         return load(True)
+    except UserError:
+        raise  # the model was found and is unusable: trying the hub would not help
     except Exception as cached_error:  # noqa: BLE001 - any cache miss means: try the hub
         cache_reason = f"{type(cached_error).__name__}"
     if not hub_reachable():
@@ -44,5 +46,7 @@ def hub_load(name: str, load: Callable[[bool], T], what: str = "model") -> T:
         )
     try:
         return load(False)
+    except UserError:
+        raise
     except Exception as error:  # noqa: BLE001
         raise UserError(f"could not load {what} {name!r} from the hub: {error}") from error

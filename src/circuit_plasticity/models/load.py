@@ -130,20 +130,24 @@ def _load_native(path: Path, config: dict[str, Any], device: str | None, name: s
 
 def _load_hub(name: str, device: str | None, local_dir: str | None = None) -> LoadedModel:
     from circuit_plasticity.models.hub import hub_load
+    from circuit_plasticity.models.kinds import check_causal_decoder
 
-    def load(local_only: bool) -> tuple[Any, Any]:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def load(local_only: bool) -> tuple[Any, Any, Any]:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+        config = AutoConfig.from_pretrained(name, local_files_only=local_only)
+        check_causal_decoder(name, config)  # before the weights: refuse early, by architecture
         tok = AutoTokenizer.from_pretrained(name, use_fast=True, local_files_only=local_only)
         hf = AutoModelForCausalLM.from_pretrained(
             name, local_files_only=local_only, attn_implementation="eager"
         )
-        return hf, tok
+        return config, hf, tok
 
-    hf_model, hf_tok = hub_load(name, load, what="model")
-    from transformer_lens.model_bridge import TransformerBridge
-
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=hf_tok, device=device)
+    if Path(name).is_dir():  # a local directory: its own error, never "not in the cache"
+        config, hf_model, hf_tok = _load_local(name, load)
+    else:
+        config, hf_model, hf_tok = hub_load(name, load, what="model")
+    bridge = _boot(name, config, hf_model, hf_tok, device)
     bridge.eval()
     return LoadedModel(
         bridge,
@@ -153,3 +157,37 @@ def _load_hub(name: str, device: str | None, local_dir: str | None = None) -> Lo
         {"n_layers": bridge.cfg.n_layers, "n_heads": bridge.cfg.n_heads},
         base=name,
     )
+
+
+def _load_local(name: str, load) -> tuple[Any, Any, Any]:
+    try:
+        return load(True)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - transformers raises many types for bad directories
+        raise UserError(
+            f"{name}: transformers cannot load this model directory ({_first_line(error)})"
+        ) from error
+
+
+def _boot(name: str, config: Any, hf_model: Any, hf_tok: Any, device: str | None) -> Any:
+    """The TransformerBridge, or a UserError naming the architecture TransformerLens lacks."""
+    from importlib.metadata import version
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from circuit_plasticity.models.kinds import SUPPORTED, describe
+
+    try:
+        return TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=hf_tok, device=device)
+    except Exception as error:  # noqa: BLE001 - any boot failure means: this architecture is not supported
+        raise UserError(
+            f"{name}: TransformerLens {version('transformer-lens')} cannot load {describe(config)} "
+            f"({_first_line(error)}); circuit-plasticity studies {SUPPORTED}"
+        ) from error
+
+
+def _first_line(error: Exception, limit: int = 160) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = text.split(" Available architectures")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,10 +1,15 @@
 """Train only chosen heads (targeted repair): gradient masks over the attention weights.
 
-A head's parameters are its rows of the q/k/v projections (and their biases) and its columns of
-the output projection; everything else gets a zero gradient. With AdamW and no weight decay a
-zero gradient leaves a parameter bitwise unchanged, so only the chosen heads move.
-Supported layout: the TransformerLens-native models this tool builds (toy-ioi and its
-fine-tunes); other architectures get a clear error.
+A head's parameters are its slices of W_Q, W_K, W_V, W_O and of the q/k/v biases; everything
+else gets a zero gradient. With AdamW and no weight decay a zero gradient leaves a parameter
+bitwise unchanged, so only the chosen heads move.
+
+Which entries of the model's own parameters hold a head's slice differs by architecture (GPT-2's
+fused Conv1D, GPT-NeoX's interleaved query_key_value, Llama's separate projections), so the
+masks are found by autograd, not by names: the gradient of a random weighting of the head's
+TransformerLens weights (W_Q[l, h], ...) is non-zero exactly on the entries they are made of.
+Under grouped-query attention a K/V head is shared by a group of query heads (`kv_groups`);
+it is trained only when every head of its group is chosen, so unchosen heads never move.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import re
 
 import torch
 
+from circuit_plasticity.analysis.hooks import kv_groups, stacked_param
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.models.load import LoadedModel
-from circuit_plasticity.models.native import to_stable
 
 
 def parse_heads(components: list[str]) -> list[tuple[int, int]]:
@@ -30,33 +35,58 @@ def parse_heads(components: list[str]) -> list[tuple[int, int]]:
 
 def head_gradient_masks(loaded: LoadedModel, components: list[str]) -> dict[torch.nn.Parameter, torch.Tensor]:
     """Parameter -> 0/1 mask of the same shape that keeps only the listed heads' weights."""
-    if loaded.kind != "native":
-        raise UserError(
-            "train_only (targeted repair) supports models built by this tool (toy-ioi and "
-            "its fine-tunes); this model is a Hugging Face architecture"
-        )
     heads = parse_heads(components)
-    cfg = loaded.model.cfg
+    model, cfg = loaded.model, loaded.model.cfg
     bad = [h for h in heads if not (0 <= h[0] < cfg.n_layers and 0 <= h[1] < cfg.n_heads)]
     if bad:
         raise UserError(f"train_only: heads {bad} do not exist in a {cfg.n_layers}x{cfg.n_heads} model")
-    d = cfg.d_head
-    masks = {}
-    for name, param in loaded.model.original_model.named_parameters():
-        mask = torch.zeros_like(param)
-        m = re.fullmatch(r"blocks\.(\d+)\.attn\.([qkvo])\.(weight|bias)", to_stable(name))
-        if m:
-            layer, proj, kind = int(m.group(1)), m.group(2), m.group(3)
-            for lay, head in heads:
-                if lay != layer:
-                    continue
-                part = slice(head * d, (head + 1) * d)
-                if proj == "o" and kind == "weight":
-                    mask[:, part] = 1  # output projection: the head's input columns
-                elif proj != "o":
-                    mask[part] = 1  # q/k/v: the head's output rows (and bias entries)
-        masks[param] = mask
+    params = dict(model.original_model.named_parameters())
+    saved = {name: p.grad for name, p in params.items()}
+    for p in params.values():
+        p.grad = None
+    generator = torch.Generator().manual_seed(0)
+    with torch.enable_grad():
+        total = sum(
+            (w * torch.randn(w.shape, generator=generator).to(w)).sum() for w in _head_slices(model, heads)
+        )
+        total.backward()
+    masks = {
+        p: (p.grad != 0).to(p.dtype) if p.grad is not None else torch.zeros_like(p) for p in params.values()
+    }
+    for name, p in params.items():
+        p.grad = saved[name]
     return masks
+
+
+def frozen_kv_heads(model, components: list[str]) -> list[str]:
+    """Chosen heads whose K/V stays frozen because it is shared with an unchosen head (GQA)."""
+    chosen = set(parse_heads(components))
+    groups = kv_groups(model)
+    return [
+        f"{lay}.{h}"
+        for lay, h in sorted(chosen)
+        if not all((lay, g) in chosen for g in next(grp for grp in groups if h in grp))
+    ]
+
+
+def _head_slices(model, heads: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """The chosen heads' TransformerLens weight slices (K/V only for whole chosen groups)."""
+    chosen = set(heads)
+    out = []
+    for layer, head in heads:
+        out += [model.W_Q[layer, head], model.W_O[layer, head]]
+        b_q = stacked_param(model, "b_Q")
+        out += [] if b_q is None else [b_q[layer, head]]
+    for layer in sorted({lay for lay, _ in heads}):
+        for kv, group in enumerate(kv_groups(model)):
+            if all((layer, h) in chosen for h in group):
+                out += [model.W_K[layer, kv], model.W_V[layer, kv]]
+                out += [
+                    b[layer, kv]
+                    for b in (stacked_param(model, "b_K"), stacked_param(model, "b_V"))
+                    if b is not None
+                ]
+    return out
 
 
 def apply_masks(masks: dict[torch.nn.Parameter, torch.Tensor]) -> list:
