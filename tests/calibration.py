@@ -80,20 +80,22 @@ def copy_of(src: str, dst: Path) -> str:
     return str(dst)
 
 
-def copied_head(dst: Path, source, target) -> str:
-    """The toy with head `target` overwritten by a copy of head `source` (same layer): the
-    existing mechanism duplicated in a head outside the circuit, nothing else changed."""
+def mover_copied_into(dst: Path, mover, target, gain: float) -> str:
+    """The toy with head `target` (a last-layer head outside the circuit, so nothing reads it)
+    overwritten by a copy of the name mover's weights, its output scaled by `gain`: every
+    base-circuit member computes exactly what it did, and any gain lives in `target`."""
     if not dst.exists():
         loaded = load_model(TOY)
-        attn = loaded.model.blocks[source[0]].attn
+        src_attn, dst_attn = loaded.model.blocks[mover[0]].attn, loaded.model.blocks[target[0]].attn
         d = loaded.model.cfg.d_head
-        src, tgt = slice(source[1] * d, (source[1] + 1) * d), slice(target[1] * d, (target[1] + 1) * d)
+        a, b = slice(mover[1] * d, (mover[1] + 1) * d), slice(target[1] * d, (target[1] + 1) * d)
         with torch.no_grad():
-            for proj in (attn.q, attn.k, attn.v):
-                proj.weight[tgt] = proj.weight[src]
-                if proj.bias is not None:
-                    proj.bias[tgt] = proj.bias[src]
-            attn.o.weight[:, tgt] = attn.o.weight[:, src]
+            for name in ("q", "k", "v"):
+                src, dst_proj = getattr(src_attn, name), getattr(dst_attn, name)
+                dst_proj.weight[b] = src.weight[a]
+                if src.bias is not None:
+                    dst_proj.bias[b] = src.bias[a]
+            dst_attn.o.weight[:, b] = gain * src_attn.o.weight[:, a]
         loaded.save(dst)
     return str(dst)
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from calibration import TOY, build_zoo, copied_head, copy_of, scaled_outputs
+import torch
+from calibration import TOY, build_zoo, copy_of, mover_copied_into, scaled_outputs
 
-from circuit_plasticity.analysis.pipeline import analyze_model
+from circuit_plasticity.analysis.metrics import end_logits, task_score
+from circuit_plasticity.analysis.pipeline import circuit_of
 from circuit_plasticity.compare.judge import JudgeOptions, SeedModels, judge
 from circuit_plasticity.compare.verdicts import VerdictThresholds
 from circuit_plasticity.models.load import load_model
@@ -28,7 +30,7 @@ def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
     toy = load_model(TOY)
     batch = task_batch(toy, "ioi", n=OPTIONS.n, seed=20_000, split="test")  # the prompts judge uses
-    return build_zoo(root, analyze_model(toy, batch).circuit)
+    return build_zoo(root, circuit_of(toy, batch))
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +101,27 @@ def test_exact_restoration_is_neuroplasticity(zoo, verdicts, tmp_path):
 
 
 def test_a_gain_outside_the_circuit_is_never_amplification(zoo, verdicts, tmp_path):
-    """A name mover copied into a head outside the base circuit: the whole gain lives there."""
+    """A last-layer head outside the base circuit (nothing reads it) rewritten as a name mover's
+    copy, its output signed to raise the score: every member computes exactly what it did, so
+    the whole gain lives outside the circuit."""
     mover = zoo.planted[0]
-    members = zoo.circuit.head_set()
-    target = next((mover[0], h) for h in range(4) if (mover[0], h) not in members)
-    clean = copied_head(tmp_path / "copied", mover, target)
+    assert zoo.outside, "the toy's last layer has no head outside the circuit"
+    target = zoo.outside[0]
+    toy = load_model(TOY)
+    batch = task_batch(toy, "ioi", n=OPTIONS.n, seed=20_000, split="test")
+    candidates = [mover_copied_into(tmp_path / f"copy{g}", mover, target, g) for g in (1.0, -1.0)]
+    clean = max(candidates, key=lambda path: _mean_score(path, batch))
     found, summary, _ = verdicts("gain-outside", clean=clean)
     assert summary.loc["amplification_gain", "ci_low"] > 0  # the construction did raise the score
+    assert summary.loc["amplification_member_share", "mean"] == pytest.approx(0.0, abs=1e-5)
     assert found["amplification"][0] == "no", found["amplification"]
     assert "new mechanism" in found["amplification"][1]
+
+
+def _mean_score(path: str, batch) -> float:
+    with torch.no_grad():
+        model = load_model(path).model
+        return float(task_score(end_logits(model(batch.tokens), batch), batch).mean())
 
 
 def test_members_scaled_up_is_amplification(zoo, verdicts, tmp_path):

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from circuit_plasticity.analysis.circuit import Circuit, CircuitHead, Edge
-from circuit_plasticity.compare.changes import circuit_overlap, localization, recovery
-from circuit_plasticity.compare.cmap import cross_model_patch
+from circuit_plasticity.analysis.metrics import end_logits, task_score
+from circuit_plasticity.compare.changes import circuit_overlap, recovery
+from circuit_plasticity.compare.cmap import cross_model_patch, patch_outputs
+from circuit_plasticity.compare.evidence import PhaseRuns, localization_evidence
 from circuit_plasticity.compare.stats import t_interval
 from circuit_plasticity.compare.tracking import hysteresis
 from circuit_plasticity.compare.weights import weight_change
@@ -44,11 +46,28 @@ def test_cmap_finds_the_one_changed_head(pair):
 
 def test_localization_finds_the_one_changed_head(pair):
     base, other, batch = pair
-    empty = Circuit("ioi", "toy", [], [], 12)
-    loc = localization(base.model, other.model, batch, empty, k=1, n_random=30)
+    runs = PhaseRuns({"clean": base.model, "poisoned": other.model}, batch)
+    loc = localization_evidence(runs, k=1, n_random=30, seed=0)
     assert loc.top_heads == [CHANGED]
-    assert loc.top_share == pytest.approx(1.0, abs=1e-4)
-    assert loc.any_random_mean < 0.5 and loc.any_p_value < 0.1
+    # patching the one changed head makes the clean model the other one: the whole gap
+    assert loc.measures["localization_top_share"].value == pytest.approx(1.0, abs=1e-4)
+    assert loc.measures["localization_concentration"].value == pytest.approx(1.0, abs=1e-4)
+    assert loc.measures["localization_random_share"].value < 0.5
+    assert math.isnan(loc.measures["localization_concentration_excess"].value)  # no control given
+
+
+def test_output_patching_includes_the_output_projection():
+    """A head whose W_O alone changed: z patching cannot see it, output patching must."""
+    base, other = load_model("toy-ioi"), load_model("toy-ioi")
+    d = other.model.cfg.d_head
+    with torch.no_grad():
+        other.model.blocks[1].attn.o.weight[:, 0:d] *= 2.5
+    batch = task_batch(base, "ioi", n=40, seed=1)
+    own = task_score(end_logits(other.model(batch.tokens), batch), batch)
+    scores = patch_outputs(base.model, other.model, batch, [[(1, 0)], [(1, 1)], []])
+    assert torch.allclose(scores[0], own, atol=1e-4)  # the one changed head carries all of it
+    base_own = task_score(end_logits(base.model(batch.tokens), batch), batch)
+    assert torch.allclose(scores[1], base_own, atol=1e-4) and torch.allclose(scores[2], base_own, atol=1e-4)
 
 
 def test_weight_change_is_zero_except_the_changed_head(pair):

@@ -39,7 +39,9 @@ def test_run_end_to_end_then_resume_does_nothing_again(tmp_path):
     assert html.count("<img") >= 8 and "http://" not in html and "https://" not in html
     assert "targeted repair" in html
     verdicts = pd.read_parquet(tmp_path / "run" / "tables" / "verdicts.parquet")
-    assert list(verdicts.finding) == ["amplification", "localization", "neuroplasticity"]
+    assert list(verdicts.finding) == ["amplification", "localization", "neuroplasticity", "targeted repair"]
+    # one seed is below the default min_seeds (3): nothing may be called yes or no
+    assert set(verdicts.verdict) == {"inconclusive"}
     findings = pd.read_parquet(tmp_path / "run" / "tables" / "findings.parquet").set_index("measure")
     assert findings.loc["score_poisoned", "mean"] < findings.loc["score_clean", "mean"]
     for name in ("metrics", "heads", "circuits", "tracking", "cmap", "recovery", "weights"):
@@ -72,9 +74,21 @@ def test_bad_experiment_spec_exits_2(tmp_path, patch, message):
 
 def test_report_escapes_user_strings(tmp_path):
     evil = "<script>alert(1)</script>"
-    verdicts = pd.DataFrame([{"finding": evil, "holds": True, "rule": evil}])
+    verdicts = pd.DataFrame(
+        [{"finding": evil, "verdict": evil, "reason": evil, "criteria": evil, "rule": evil}]
+    )
     findings = pd.DataFrame(
-        [{"measure": "amplification_score_ratio", "mean": 2.0, "ci_low": 1.5, "ci_high": 2.5, "n_seeds": 3}]
+        [
+            {
+                "measure": "amplification_member_share",
+                "mean": 2.0,
+                "ci_low": 1.5,
+                "ci_high": 2.5,
+                "n_seeds": 3,
+                "interval": evil,
+                "clipped": False,
+            }
+        ]
     )
     scores = pd.DataFrame([{"phase": evil, "score": 1.0, "ci_low": 0.5, "ci_high": 1.5, "accuracy": 0.9}])
     path = render_report(tmp_path, evil, {"model": evil}, verdicts, findings, scores, [(evil, evil, b"png")])
