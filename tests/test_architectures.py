@@ -385,3 +385,25 @@ def test_head_profile_discovery_and_circuit_scores_run_on_every_architecture(arc
     assert abs(scores.model_score - score) < 1e-4
     if keep:
         assert abs(scores.circuit_score - circuit_score(m.model, batch, keep)) < 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_output_patching_carries_a_heads_whole_change(arch, arch_dirs):
+    """A copy of the model whose only change is one head's weights (its q and o, through the
+    train_only masks): patching that head's output into the original gives the copy's scores."""
+    from circuit_plasticity.compare.cmap import patch_outputs
+    from circuit_plasticity.training.masking import head_gradient_masks
+
+    b = load_model(str(arch_dirs[arch]), device="cpu")
+    a = load_model(str(arch_dirs[arch]), device="cpu")
+    examples, _ = build_dataset("ioi", 12, seed=0, tokenizer=b.tokenizer, split="test")
+    batch = encode_examples(examples, b.tokenizer)
+    masks = head_gradient_masks(a, ["1.2"])
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param, mask in masks.items():
+            param.add_(0.5 * mask * torch.randn(param.shape, generator=gen))
+    own = task_score(end_logits(a.model(batch.tokens), batch), batch)
+    assert not torch.allclose(own, task_score(end_logits(b.model(batch.tokens), batch), batch), atol=1e-3)
+    patched = patch_outputs(b.model, a.model, batch, [[(1, 2)]])[0]
+    torch.testing.assert_close(patched, own, atol=1e-4, rtol=1e-4)

@@ -5,7 +5,7 @@ Two models differ in every weight, the output projection W_O included. Patching 
 (its attention-weighted values) from model A into model B still multiplies it by B's W_O and
 so misses what fine-tuning did to W_O; `patch_outputs` patches the head's whole output
 z_A W_O^A: z is replaced through the engine's hooks and z_A (W_O^A - W_O^B) is added to the
-layer's attention output. (The shared output bias b_O belongs to no head and is not patched.)
+attention module's output (before Gemma-2's post-attention norm). (The shared output bias b_O belongs to no head and is not patched.)
 
 For every head (and head x position): run model B on the prompts with that head's output (or
 attention pattern) taken from model A on the same prompts. The change of B's score says how
@@ -73,7 +73,7 @@ def patch_outputs(
             return hook
 
         hooks = [(z_name(lay), z_hook(lay)) for lay in layers]
-        hooks += [(f"blocks.{lay}.hook_attn_out", out_hook(lay)) for lay in layers]
+        hooks += [(f"blocks.{lay}.attn.hook_out", out_hook(lay)) for lay in layers]
         rep = repeat_batch(batch, k)
         logits = target.run_with_hooks(batch.tokens.repeat(k, 1), fwd_hooks=hooks)
         out.append(task_score(end_logits(logits, rep), rep).view(k, n))
@@ -84,19 +84,27 @@ def patch_outputs(
 def cross_model_patch(
     model_a, model_b, batch: TaskBatch, activation: str = "z", positions: Sequence[str] = ("all",)
 ) -> pd.DataFrame:
-    """Rows: layer, head, position, activation, delta (B's score change), share (of A - B gap)."""
+    """Rows: layer, head, position, activation, delta (B's score change), share (of A - B gap).
+
+    `activation`: "output" (the head's whole output, W_O included; positions "all" only), "z"
+    or "pattern" (then A's values or attention pattern pass through B's own weights)."""
+    if activation == "output" and tuple(positions) != ("all",):
+        raise ValueError('output patching covers every position: positions=("all",)')
     if model_a.cfg.n_layers != model_b.cfg.n_layers or model_a.cfg.n_heads != model_b.cfg.n_heads:
         raise ValueError("cross-model patching needs two models of the same architecture")
     score_a = float(task_score(end_logits(model_a(batch.tokens), batch), batch).mean())
     score_b_prompts = task_score(end_logits(model_b(batch.tokens), batch), batch)
     score_b = float(score_b_prompts.mean())
     gap = score_a - score_b
-    source = activation_cache(model_a, batch.tokens, activation)
+    source = activation_cache(model_a, batch.tokens, "z" if activation == "output" else activation)
     labels = head_labels(model_b)
     rows = []
     for role in positions:
         pos = None if role == "all" else batch.positions[role]
-        scores = patch_each_head(model_b, batch, batch.tokens, source, labels, pos, activation=activation)
+        if activation == "output":
+            scores = patch_outputs(model_b, model_a, batch, [[h] for h in labels], source)
+        else:
+            scores = patch_each_head(model_b, batch, batch.tokens, source, labels, pos, activation=activation)
         delta = (scores - score_b_prompts[None]).mean(1)
         for i, (lay, head) in enumerate(labels):
             rows.append(

@@ -62,8 +62,9 @@ def per_head_tables(loaded: dict, runs, loc, out_dir: Path) -> None:
     _cached(
         out_dir / "cmap.parquet",
         lambda: pd.concat(
-            [
-                cross_model_patch(loaded[p].model, base, batch, "z", ("all", "end", "s2")).assign(source=p)
+            [cross_model_patch(loaded[p].model, base, batch, "output").assign(source=p) for p in others]
+            + [
+                cross_model_patch(loaded[p].model, base, batch, "z", ("end", "s2")).assign(source=p)
                 for p in others
             ]
             + [

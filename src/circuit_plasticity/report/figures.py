@@ -155,7 +155,7 @@ def circuit_diagram(circuits: dict[str, dict], n_layers: int, n_heads: int) -> b
 def cmap_maps(cmap: pd.DataFrame) -> bytes:
     """Share of each source model's gap to the base explained by patching one head into the base."""
     plt = _plt()
-    data = cmap[(cmap.position == "all") & (cmap.activation == "z")]
+    data = cmap[(cmap.position == "all") & (cmap.activation == "output")]
     sources = [p for p in PHASE_ORDER if p in set(data.source)]
     fig, axes = plt.subplots(1, len(sources), figsize=(2.6 * len(sources) + 1, 2.6))
     axes = np.atleast_1d(axes)
