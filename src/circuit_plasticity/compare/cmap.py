@@ -5,7 +5,8 @@ Two models differ in every weight, the output projection W_O included. Patching 
 (its attention-weighted values) from model A into model B still multiplies it by B's W_O and
 so misses what fine-tuning did to W_O; `patch_outputs` patches the head's whole output
 z_A W_O^A: z is replaced through the engine's hooks and z_A (W_O^A - W_O^B) is added to the
-attention module's output (before Gemma-2's post-attention norm). (The shared output bias b_O belongs to no head and is not patched.)
+attention module's output (before Gemma-2's post-attention norm). The shared output bias b_O
+belongs to no head and is not patched.
 
 For every head (and head x position): run model B on the prompts with that head's output (or
 attention pattern) taken from model A on the same prompts. The change of B's score says how
