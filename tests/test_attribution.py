@@ -213,3 +213,29 @@ def edge_derivative_at(model, batch, sender, receiver, alpha):
         score = task_score(end_logits(logits, batch), batch).mean()
         (grad,) = torch.autograd.grad(score, eps)
     return float(grad)
+
+
+def test_scores_do_not_depend_on_the_chunking(gpt2, eap):
+    loaded, batch = gpt2
+    whole = edge_attribution(loaded.model, batch)  # one chunk of 12
+    assert torch.allclose(whole.scores, eap.scores, atol=1e-6, rtol=1e-4)
+    tiny_budget = edge_attribution(loaded.model, batch, memory_budget_bytes=1)  # one prompt per chunk
+    assert torch.allclose(tiny_budget.scores, eap.scores, atol=1e-6, rtol=1e-4)
+
+
+def test_fast_depth_finds_a_circuit_by_eap_ig_and_exports_it(tmp_path):
+    from circuit_plasticity.analysis.pipeline import analyze_model
+
+    toy = load_model("toy-ioi", "cpu")
+    batch = task_batch(toy, "ioi", n=40, seed=3)
+    result = analyze_model(toy, batch, depth="fast", memory_budget_bytes=2 * 1024**2)
+    assert result.depth == "fast" and result.circuit.meta["method"] == "eap-ig"
+    circuit_heads = {f"a{h.layer}.h{h.head}" for h in result.circuit.heads}
+    nodes = result.graph.nodes_in_graph()
+    assert circuit_heads == {n for n, v in nodes.items() if n.startswith("a") and v}
+    found = result.curve[result.curve.edges == int(result.graph.in_graph.sum())]
+    assert (found.faithfulness >= 0.8).any() or found.faithfulness.max() == result.curve.faithfulness.max()
+    assert 0 < result.scores.sparsity <= 1  # the node-level check of the same circuit ran
+    result.write(tmp_path)
+    back = Graph.from_json(tmp_path / "edge_circuit.json")
+    assert torch.equal(back.in_graph, result.graph.in_graph)

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from circuit_plasticity.analysis.graph import MIB_PERCENTS, Graph, area_under, mib_sizes
-from circuit_plasticity.analysis.metrics import end_logits, task_score
+from circuit_plasticity.analysis.metrics import task_score
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.tasks.encode import TaskBatch
 
@@ -100,6 +100,21 @@ def plan(model, batch: TaskBatch, what: str, passes: str, budget: int | None, gr
     per = bytes_per_prompt(model, int(batch.tokens.shape[1]), graph, grad)
     chunk = max(1, min(len(batch), budget // max(per, 1)))
     return Plan(what, len(batch), int(chunk), passes, int(chunk * per), int(budget))
+
+
+def _end_only(sub: TaskBatch):
+    """A hook keeping only each prompt's END position before the unembedding (the metric reads
+    nothing else), so the [prompts, positions, vocabulary] logits are never built."""
+    rows = torch.arange(len(sub), device=sub.device)
+
+    def hook(act, hook):
+        return act[rows, sub.end][:, None]
+
+    return ("unembed.hook_in", hook)
+
+
+def _end_score(logits: torch.Tensor, sub: TaskBatch) -> torch.Tensor:
+    return task_score(logits[:, -1], sub)
 
 
 def _chunks(batch: TaskBatch, size: int):
@@ -219,8 +234,10 @@ def _differences(model, m: _Model, batch: TaskBatch) -> tuple[torch.Tensor, torc
         return override
 
     with torch.no_grad():
-        model.run_with_hooks(batch.corrupted, fwd_hooks=_sender_hooks(m, delta, 1.0, keep("corrupt")))
-        model.run_with_hooks(batch.tokens, fwd_hooks=_sender_hooks(m, delta, -1.0, keep("clean")))
+        for tokens, sign, key in ((batch.corrupted, 1.0, "corrupt"), (batch.tokens, -1.0, "clean")):
+            model.run_with_hooks(
+                tokens, fwd_hooks=[*_sender_hooks(m, delta, sign, keep(key)), _end_only(batch)]
+            )
     return delta, inputs["clean"], inputs["corrupt"]
 
 
@@ -321,8 +338,8 @@ def _accumulate(model, m: _Model, sub: TaskBatch, delta, x0, scores, total: int)
             )
     hooks.append(("ln_final.hook_in", branch_grad(g.n_backward - 1, g.n_forward)))
     with torch.enable_grad():
-        logits = model.run_with_hooks(sub.tokens, fwd_hooks=hooks)
-        metric = task_score(end_logits(logits, sub), sub).sum() / total
+        logits = model.run_with_hooks(sub.tokens, fwd_hooks=[*hooks, _end_only(sub)])
+        metric = _end_score(logits, sub).sum() / total
         del logits
         torch.autograd.grad(metric, x0)
 
@@ -347,12 +364,12 @@ def edge_patched_scores(
     for sub in _chunks(batch, size):
         n, seq = sub.tokens.shape
         corrupt = torch.zeros(m.graph.n_forward, n, seq, m.graph.d_model, device=sub.device)
-        model.run_with_hooks(sub.corrupted, fwd_hooks=_sender_hooks(m, corrupt, 1.0))
+        model.run_with_hooks(sub.corrupted, fwd_hooks=[*_sender_hooks(m, corrupt, 1.0), _end_only(sub)])
         rows = []
         for mask in masks:
             removed = (m.graph.real & ~mask.bool().cpu()).float().to(sub.device)
-            logits = model.run_with_hooks(sub.tokens, fwd_hooks=_patch_hooks(m, corrupt, removed))
-            rows.append(task_score(end_logits(logits, sub), sub))
+            hooks = [*_patch_hooks(m, corrupt, removed), _end_only(sub)]
+            rows.append(_end_score(model.run_with_hooks(sub.tokens, fwd_hooks=hooks), sub))
             bar.update(1)
         out.append(torch.stack(rows))
     bar.close()
