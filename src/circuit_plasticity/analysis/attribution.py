@@ -58,16 +58,17 @@ def default_memory_budget(device: torch.device | str = "cpu") -> int:
     return int(min(free // 4, 2 * GIB))
 
 
-def bytes_per_prompt(model, seq: int, graph: Graph, grad: bool = True) -> int:
-    """Estimated peak bytes one prompt adds: saved activations of a forward (and backward) pass,
-    the logits, and the stored sender outputs (two copies: differences and a working set)."""
+def bytes_per_prompt(model, seq: int, graph: Graph, grad: bool = True, store: bool = True) -> int:
+    """Estimated peak bytes one prompt adds: activations (every layer's saved for a backward
+    pass; about two layers' live without one), the logits, and (store) the senders' outputs
+    kept per chunk (two copies: differences and a working set)."""
     cfg = model.cfg
     d, layers, heads = int(cfg.d_model), int(cfg.n_layers), int(cfg.n_heads)
     d_mlp = 0 if cfg.attn_only else int(cfg.d_mlp or 4 * d)
-    per_token = layers * (14 * d + 3 * d_mlp + 3 * heads * seq) + 2 * int(cfg.d_vocab)
-    if grad:
-        per_token = per_token * 2 + 3 * heads * d  # gradients; one layer's per-head receiver grads
-    per_token += 2 * graph.n_forward * d
+    per_layer = 14 * d + 3 * d_mlp + 3 * heads * seq
+    per_token = (2 * layers * per_layer + 3 * heads * d if grad else 2 * per_layer) + 2 * int(cfg.d_vocab)
+    if store:
+        per_token += 2 * graph.n_forward * d
     return 4 * seq * per_token
 
 
@@ -94,10 +95,20 @@ class Plan:
         )
 
 
-def plan(model, batch: TaskBatch, what: str, passes: str, budget: int | None, grad: bool = True) -> Plan:
+def plan(
+    model,
+    batch: TaskBatch,
+    what: str,
+    passes: str,
+    budget: int | None,
+    grad: bool = True,
+    store: bool = True,
+    copies: int = 1,
+) -> Plan:
+    """Prompts per chunk so that `copies` copies of each (batched patching) fit the budget."""
     graph = Graph.from_model(model)
     budget = budget or default_memory_budget(batch.device)
-    per = bytes_per_prompt(model, int(batch.tokens.shape[1]), graph, grad)
+    per = copies * bytes_per_prompt(model, int(batch.tokens.shape[1]), graph, grad, store)
     chunk = max(1, min(len(batch), budget // max(per, 1)))
     return Plan(what, len(batch), int(chunk), passes, int(chunk * per), int(budget))
 

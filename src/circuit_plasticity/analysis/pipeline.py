@@ -106,8 +106,8 @@ def analyze_model(
         memory_budget_bytes,
     )
     flat = plan(model, batch, "forward passes", "1 forward", memory_budget_bytes, grad=False)
-    per_prompt_bytes = flat.bytes_per_chunk // flat.chunk
-    whole = max(1, flat.budget // (per_prompt_bytes * COPIES))  # knockouts repeat prompts COPIES times
+    copies = plan(model, batch, "", "", memory_budget_bytes, grad=False, store=False, copies=COPIES)
+    whole = copies.chunk  # knockouts and path patching repeat each prompt COPIES times
     first = batch if len(batch) <= whole else batch.subset(slice(0, whole))
     if progress:
         say = [eap_plan.describe(), flat.describe().replace("forward passes", "edge patching, metrics")]
