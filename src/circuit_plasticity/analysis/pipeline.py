@@ -210,8 +210,9 @@ def _eap_circuit(
     }
     scale = max(abs(model_score), 1e-6)
     members, edges = [], []
+    inside = graph.nodes_in_graph(mask)
     for f, fname in enumerate(graph.forward_names):
-        if not fname.startswith("a") or not graph.nodes_in_graph(mask)[fname]:
+        if not fname.startswith("a") or not inside[fname]:
             continue
         lay, head = (int(p[1:]) for p in fname.split("."))
         effect = float((graph.scores[f] * mask[f]).sum()) / scale
