@@ -6,10 +6,10 @@ behaviour under edge patching), verified by mean-ablating every head outside it.
 Wang-style path-patching discovery (that circuit is then the reported one) and the MLPs' path
 effects. Every step works in prompt chunks under a memory budget (`memory_budget_bytes`;
 default a quarter of the free memory, at most 2 GiB); the cost estimate is printed first when
-`progress` is on. Steps whose code takes the whole batch at once (the head profile, path-patching
-discovery, node-level circuit evaluation) get prompt chunks from here: the profile's per-head
-means are averaged over chunks; discovery and node-level evaluation, which are not averages,
-run on the first chunk only when the prompts do not fit in one (the plan says so).
+`progress` is on. The steps that batch 16 copies of every prompt and take the whole batch at
+once (the head profile, path-patching discovery, the node-level circuit check) run on the first
+chunk of prompts only when the prompts do not fit in one (the plan says so); metrics, EAP-IG,
+the edge-patched curve and the MLP effects use every prompt.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from circuit_plasticity.analysis.attribution import edge_attribution, faithfulness_curve, plan
 from circuit_plasticity.analysis.circuit import Circuit, CircuitHead, Edge
-from circuit_plasticity.analysis.classes import Thresholds, classify_heads
+from circuit_plasticity.analysis.classes import Thresholds
 from circuit_plasticity.analysis.discovery import DiscoveryConfig, discover_circuit
 from circuit_plasticity.analysis.faithfulness import CircuitScores, evaluate_circuit
 from circuit_plasticity.analysis.graph import Graph
@@ -111,18 +111,16 @@ def analyze_model(
     first = batch if len(batch) <= whole else batch.subset(slice(0, whole))
     if progress:
         say = [eap_plan.describe(), flat.describe().replace("forward passes", "edge patching, metrics")]
-        say.append(f"head profile: chunks of {whole} prompts (per-head means averaged)")
         if len(first) < len(batch):
-            steps = "node-level circuit evaluation" + (
-                " and path-patching discovery" if depth == "full" else ""
-            )
-            say.append(f"{steps}: first {len(first)} prompts (memory budget)")
+            steps = "head profile, node-level circuit check"
+            steps += ", path-patching discovery" if depth == "full" else ""
+            say.append(f"{steps}: first {len(first)} prompts (they batch {COPIES} copies of each)")
         print("\n".join(f"[{depth}] {line}" for line in say), file=sys.stderr)
 
     per_prompt = evaluate(model, batch, chunk=flat.chunk)
     metrics = summarize(per_prompt, batch)
     templates = pd.DataFrame(by_group(per_prompt, batch)).rename(columns={"group": "template"})
-    heads = _chunked_profile(loaded, batch, thresholds, whole, float(per_prompt["score"].mean()))
+    heads, _ = head_profile(model, loaded.tokenizer, first, thresholds)
     graph = edge_attribution(
         model, batch, ig_steps=ig_steps, memory_budget_bytes=memory_budget_bytes, progress=progress
     )
@@ -176,19 +174,6 @@ def _chunked_mean(fn, batch: TaskBatch, size: int, keys: list[str]) -> pd.DataFr
     weighted = table[numeric].mul(table["_n"], axis=0).assign(**{k: table[k] for k in keys}, _n=table["_n"])
     summed = weighted.groupby(keys, sort=True).sum()
     return summed[numeric].div(summed["_n"], axis=0).reset_index()
-
-
-def _chunked_profile(loaded, batch, thresholds, size: int, score: float) -> pd.DataFrame:
-    """The head profile per chunk of prompts, its per-head means averaged, classes re-derived."""
-    if len(batch) <= size:
-        return head_profile(loaded.model, loaded.tokenizer, batch, thresholds)[0]
-    table = _chunked_mean(
-        lambda sub: head_profile(loaded.model, loaded.tokenizer, sub, thresholds)[0].drop(columns="roles"),
-        batch,
-        size,
-        ["layer", "head"],
-    )
-    return classify_heads(table, score, thresholds or Thresholds())
 
 
 def _found_mask(graph: Graph, curve: pd.DataFrame) -> torch.Tensor:
