@@ -168,7 +168,7 @@ def analyze_command(
     ] = "full",
     memory_budget: Annotated[
         float | None,
-        typer.Option("--memory-budget", help="GiB per prompt chunk (default: 1/4 of free, <= 2)."),
+        typer.Option("--memory-budget", help="GiB per prompt chunk (default: 1/4 of free, <= 1)."),
     ] = None,
 ) -> None:
     """Per-head measurements, head classes, path patching, the circuit and its faithfulness."""

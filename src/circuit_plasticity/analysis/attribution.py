@@ -25,7 +25,7 @@ edge into it that is not in the circuit, (sender's output in this run - sender's
 corrupted prompts). With every edge kept this is the clean run; with none, the corrupted run.
 
 Memory: prompts are processed in chunks sized so that the estimated memory of one chunk stays
-under a budget (default: a quarter of the free RAM or GPU memory, at most 2 GiB).
+under a budget (default: a quarter of the free RAM or GPU memory, at most 1 GiB).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ GIB = 1024**3
 
 # --- memory budget and the cost estimate ---------------------------------------------------------
 def default_memory_budget(device: torch.device | str = "cpu") -> int:
-    """A safe share of what is free: a quarter of the free GPU (or RAM) memory, at most 2 GiB."""
+    """A safe share of what is free: a quarter of the free GPU (or RAM) memory, at most 1 GiB
+    (measured: the process peaks at about its weights' memory + 1.5 x the budget)."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -55,7 +56,7 @@ def default_memory_budget(device: torch.device | str = "cpu") -> int:
         import psutil
 
         free = psutil.virtual_memory().available
-    return int(min(free // 4, 2 * GIB))
+    return int(min(free // 4, GIB))
 
 
 def bytes_per_prompt(model, seq: int, graph: Graph, grad: bool = True, store: bool = True) -> int:
@@ -66,9 +67,9 @@ def bytes_per_prompt(model, seq: int, graph: Graph, grad: bool = True, store: bo
     d, layers, heads = int(cfg.d_model), int(cfg.n_layers), int(cfg.n_heads)
     d_mlp = 0 if cfg.attn_only else int(cfg.d_mlp or 4 * d)
     per_layer = 14 * d + 3 * d_mlp + 3 * heads * seq
-    per_token = (2 * layers * per_layer + 3 * heads * d if grad else 2 * per_layer) + 2 * int(cfg.d_vocab)
-    if store:
-        per_token += 2 * graph.n_forward * d
+    per_token = (2 * layers * per_layer if grad else 2 * per_layer) + 2 * int(cfg.d_vocab)
+    if store:  # differences, a working copy, and one layer's per-head inputs / receiver grads
+        per_token += 2 * graph.n_forward * d + 8 * heads * d
     return 4 * seq * per_token
 
 
@@ -394,7 +395,17 @@ def _patch_hooks(m: _Model, corrupt: torch.Tensor, removed: torch.Tensor) -> lis
     per_head_input: dict[int, torch.Tensor] = {}
 
     def correction(upto: int, cols) -> torch.Tensor:
-        return torch.einsum("fnpd,fr->nprd", diff[:upto], removed[:upto, cols])
+        """[n, pos, R, d]: sum over removed edges into receivers `cols` of the senders' diff.
+        Computed as all senders' sum minus the kept ones' (few for small circuits); matmuls
+        over the contiguous [F, n*pos*d] layout, no copy of the differences."""
+        flat = diff[:upto].reshape(upto, -1)
+        n_cols = removed[:upto, cols].shape[1]
+        kept = 1 - removed[:upto, cols]  # every f < upto is a real edge into these receivers
+        out = flat.sum(0, keepdim=True).expand(n_cols, -1)
+        rows = kept.any(1).nonzero().flatten()
+        if len(rows):
+            out = out - kept[rows].T @ flat[rows]
+        return out.reshape(n_cols, *diff.shape[1:]).permute(1, 2, 0, 3)
 
     def ln1_hook(layer):
         slots, upto = g.backward_slice(layer), g.layer_start(layer)

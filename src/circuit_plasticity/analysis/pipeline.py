@@ -5,7 +5,7 @@ EAP-IG (the smallest MIB-size top-n edge circuit keeping at least 80 % of the mo
 behaviour under edge patching), verified by mean-ablating every head outside it. `full` adds
 Wang-style path-patching discovery (that circuit is then the reported one) and the MLPs' path
 effects. Every step works in prompt chunks under a memory budget (`memory_budget_bytes`;
-default a quarter of the free memory, at most 2 GiB); the cost estimate is printed first when
+default a quarter of the free memory, at most 1 GiB); the cost estimate is printed first when
 `progress` is on. The steps that batch 16 copies of every prompt and take the whole batch at
 once (the head profile, path-patching discovery, the node-level circuit check) run on the first
 chunk of prompts only when the prompts do not fit in one (the plan says so); metrics, EAP-IG,
