@@ -239,3 +239,20 @@ def test_fast_depth_finds_a_circuit_by_eap_ig_and_exports_it(tmp_path):
     result.write(tmp_path)
     back = Graph.from_json(tmp_path / "edge_circuit.json")
     assert torch.equal(back.in_graph, result.graph.in_graph)
+
+
+def test_analyze_cli_fast_depth_states_its_plan_and_writes_the_mib_file(tmp_path):
+    import subprocess
+    import sys
+
+    args = ["analyze", "toy-ioi", "--out", str(tmp_path), "--n", "24", "--depth", "fast"]
+    done = subprocess.run(
+        [sys.executable, "-m", "circuit_plasticity", *args, "--memory-budget", "0.002"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "EAP-IG (5 steps): 24 prompts in" in done.stderr and "chunk(s)" in done.stderr
+    assert "CPR" in done.stdout and "CMD" in done.stdout
+    data = json.loads((tmp_path / "edge_circuit.json").read_text())
+    assert set(data) == {"cfg", "nodes", "edges"} and any(e["in_graph"] for e in data["edges"].values())
