@@ -1,5 +1,6 @@
 """The whole single-model analysis of one toy checkpoint (metrics, head profile, path-patching
-circuit discovery, circuit evaluation), timed; the baseline is the same analysis done the plain
+circuit discovery, circuit evaluation, EAP-IG and its edge-patched MIB curve), timed at the
+`full` depth (and at `fast`); the baseline is the same analysis done the plain
 way: no cache-reusing fast path, and one full forward pass per patched head (or head set).
 
 Run: python benchmarks/bench_analysis.py
@@ -30,6 +31,7 @@ if __name__ == "__main__":
     with torch.no_grad():
         analyze_model(loaded, batch)  # warm-up
         ours = min(timed(lambda: analyze_model(loaded, batch)) for _ in range(2))
+        fast = min(timed(lambda: analyze_model(loaded, batch, depth="fast")) for _ in range(2))
         original, supported = patching._chunks, fastpath.supported
         patching._chunks = lambda items, size: original(items, 1)  # one head (or set) per forward pass
         fastpath.supported = lambda model: False
@@ -43,6 +45,7 @@ if __name__ == "__main__":
             "model": "toy-ioi",
             "prompts": 160,
             "ours_s": round(ours, 2),
+            "ours_fast_depth_s": round(fast, 2),
             "plain_s": round(looped, 2),
             "speedup": round(looped / ours, 2),
         },

@@ -70,3 +70,54 @@ def slow_mlp_path_patch_to_logits(model, batch: TaskBatch, layer: int) -> torch.
     hooks.append((f"blocks.{layer}.hook_mlp_out", lambda out, hook: corrupt_mlp))
     logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
     return task_score(end_logits(logits, batch), batch)
+
+
+def _sender_output(model, cache, sender: str) -> torch.Tensor:
+    """A graph node's output in the residual stream, from a full cache (by definition)."""
+    if sender == "input":
+        return cache["blocks.0.hook_in"]
+    if sender.startswith("m"):
+        return cache[f"blocks.{int(sender[1:])}.hook_mlp_out"]
+    layer, head = (int(p[1:]) for p in sender.split("."))
+    return cache[f"blocks.{layer}.attn.hook_z"][:, :, head] @ model.W_O[layer, head]
+
+
+def shifted_edge_score(model, batch: TaskBatch, sender: str, receiver: str, eps) -> torch.Tensor:
+    """Mean score of the clean run in which only `receiver`'s input (a head's q/k/v input, an
+    MLP's input or the final residual) is moved by eps * (sender's corrupted - clean output).
+    eps = 1 patches the one edge; d/d eps at 0 is its EAP score. Every other head's q/k/v in the
+    receiver's layer is held at its clean value, so only that one head's input moves."""
+    with torch.no_grad():
+        _, clean = model.run_with_cache(batch.tokens)
+        _, corrupt = model.run_with_cache(batch.corrupted)
+        delta = _sender_output(model, corrupt, sender) - _sender_output(model, clean, sender)
+    hooks = []
+    if receiver == "logits":
+        hooks.append(("ln_final.hook_in", lambda act, hook: act + eps * delta))
+    elif receiver.startswith("m"):
+        hooks.append((f"blocks.{int(receiver[1:])}.ln2.hook_in", lambda act, hook: act + eps * delta))
+    else:
+        node, kind = receiver[:-1].split("<")
+        layer, head = (int(p[1:]) for p in node.split("."))
+        hooks.append((f"blocks.{layer}.ln1.hook_in", lambda act, hook: act + eps * delta))
+        for x in "qkv":
+            name = f"blocks.{layer}.attn.hook_{x}"
+
+            def restore(act, hook, name=name, x=x):
+                out = clean[name].clone()
+                if x == kind:
+                    out[:, :, head] = act[:, :, head]
+                return out
+
+            hooks.append((name, restore))
+    logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+    return task_score(end_logits(logits, batch), batch).mean()
+
+
+def edge_derivative(model, batch: TaskBatch, sender: str, receiver: str) -> float:
+    """d(mean score)/d eps at eps = 0 by autograd: EAP's definition, edge by edge."""
+    eps = torch.zeros((), requires_grad=True)
+    with torch.enable_grad():
+        score = shifted_edge_score(model, batch, sender, receiver, eps)
+        (grad,) = torch.autograd.grad(score, eps)
+    return float(grad)

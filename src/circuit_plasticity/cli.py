@@ -163,6 +163,13 @@ def analyze_command(
     seed: SeedOpt = 0,
     split: SplitOpt = "test",
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
+    depth: Annotated[
+        str, typer.Option(help="fast: EAP-IG circuit, verified by patching; full: also path patching.")
+    ] = "full",
+    memory_budget: Annotated[
+        float | None,
+        typer.Option("--memory-budget", help="GiB per prompt chunk (default: 1/4 of free, <= 1)."),
+    ] = None,
 ) -> None:
     """Per-head measurements, head classes, path patching, the circuit and its faithfulness."""
     from circuit_plasticity.analysis.pipeline import analyze_model
@@ -170,7 +177,9 @@ def analyze_command(
     from circuit_plasticity.training.evaluate import task_batch
 
     loaded = load_model(model)
-    result = analyze_model(loaded, task_batch(loaded, task, n, seed, split))
+    budget = None if memory_budget is None else int(memory_budget * 1024**3)
+    batch = task_batch(loaded, task, n, seed, split)
+    result = analyze_model(loaded, batch, depth=depth, memory_budget_bytes=budget, progress=True)
     result.write(out, csv=csv)
     s = result.scores
     typer.echo(
@@ -188,6 +197,11 @@ def analyze_command(
         typer.echo(
             f"  {head.layer}.{head.head:<3d} {head.role:<20s} at {head.position:<5s} "
             f"path effect {head.effect:+.3f}"
+        )
+    for row in result.edge_summary.itertuples():
+        typer.echo(
+            f"EAP-IG edge circuits ({row.method}, edge patching at MIB sizes): "
+            f"CPR {row.cpr:.3f}, CMD {row.cmd:.3f}; edge_circuit.json in the EAP-IG/MIB format"
         )
 
 

@@ -1,18 +1,32 @@
-"""The whole single-model analysis in one call: what `analyze` writes and the study reuses."""
+"""The whole single-model analysis in one call: what `analyze` writes and the study reuses.
+
+Two depths. `fast`: metrics, the head profile, EAP-IG over every edge, and the circuit found by
+EAP-IG (the smallest MIB-size top-n edge circuit keeping at least 80 % of the model's
+behaviour under edge patching), verified by mean-ablating every head outside it. `full` adds
+Wang-style path-patching discovery (that circuit is then the reported one) and the MLPs' path
+effects. Every step works in prompt chunks under a memory budget (`memory_budget_bytes`;
+default a quarter of the free memory, at most 1 GiB); the cost estimate is printed first when
+`progress` is on. The steps that batch 16 copies of every prompt and take the whole batch at
+once (the head profile, path-patching discovery, the node-level circuit check) run on the first
+chunk of prompts only when the prompts do not fit in one (the plan says so); metrics, EAP-IG,
+the edge-patched curve and the MLP effects use every prompt.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from circuit_plasticity.analysis.attribution import edge_attribution, faithfulness_curve
-from circuit_plasticity.analysis.circuit import Circuit
+from circuit_plasticity.analysis.attribution import edge_attribution, faithfulness_curve, plan
+from circuit_plasticity.analysis.circuit import Circuit, CircuitHead, Edge
 from circuit_plasticity.analysis.classes import QUERY_PATH, Thresholds, classify_heads, with_query_path
 from circuit_plasticity.analysis.discovery import DiscoveryConfig, discover_circuit
 from circuit_plasticity.analysis.faithfulness import CircuitScores, evaluate_circuit
+from circuit_plasticity.analysis.graph import Graph
 from circuit_plasticity.analysis.heads import mlp_dla
 from circuit_plasticity.analysis.metrics import by_group, evaluate, summarize
 from circuit_plasticity.analysis.patching import Receivers, mlp_labels, path_patch
@@ -23,7 +37,9 @@ from circuit_plasticity.models.load import LoadedModel
 from circuit_plasticity.tasks.encode import TaskBatch
 
 IG_STEPS = 5
-CURVE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128]
+DEPTHS = ("fast", "full")
+FOUND_AT = 0.8  # EAP-IG circuit: smallest MIB size whose edge-patching faithfulness reaches this
+COPIES = 16  # prompts are repeated this many times by batched head patching (knockouts)
 
 
 @dataclass
@@ -34,10 +50,13 @@ class ModelAnalysis:
     path_effects: pd.DataFrame  # long: layer, head, measure, value
     circuit: Circuit
     scores: CircuitScores
-    edges: pd.DataFrame  # EAP-IG score of every edge
-    curve: pd.DataFrame  # faithfulness of top-n / greedy edge circuits by size
+    edges: pd.DataFrame  # EAP-IG score of every edge (edge, sender, receiver, input, score)
+    curve: pd.DataFrame  # faithfulness of top-n (/ greedy) edge circuits at MIB sizes
 
     mlps: pd.DataFrame  # layer, head=-1, dla: each MLP's direct effect (empty without MLPs)
+    graph: Graph | None = None  # EAP-IG scores; in_graph = the EAP-IG circuit
+    edge_summary: pd.DataFrame = field(default_factory=pd.DataFrame)  # CPR and CMD per method
+    depth: str = "full"
 
     def head_long(self) -> pd.DataFrame:
         wide = long_table(self.heads, id_cols=["layer", "head", "roles"])
@@ -54,7 +73,10 @@ class ModelAnalysis:
         write_table(out / "circuit_scores.parquet", pd.DataFrame([self.scores.as_row()]), csv=csv)
         write_table(out / "edges.parquet", self.edges, csv=csv)
         write_table(out / "faithfulness_curve.parquet", self.curve, csv=csv)
+        write_table(out / "edge_circuit_scores.parquet", self.edge_summary, csv=csv)
         self.circuit.save(out / "circuit.json")
+        if self.graph is not None:
+            self.graph.to_json(out / "edge_circuit.json")  # EAP-IG / MIB format
 
 
 def analyze_model(
@@ -62,43 +84,156 @@ def analyze_model(
     batch: TaskBatch,
     thresholds: Thresholds | None = None,
     discovery: DiscoveryConfig | None = None,
+    *,
+    depth: str = "full",
+    memory_budget_bytes: int | None = None,
+    progress: bool = False,
+    ig_steps: int = IG_STEPS,
 ) -> ModelAnalysis:
     if batch.task != "ioi":
         raise UserError(
             f"circuit analysis is implemented for IOI; {batch.task} has datasets, training and "
             "evaluation (`eval --task greater-than`) but no head roles or discovery yet"
         )
-    per_prompt = evaluate(loaded.model, batch)
+    if depth not in DEPTHS:
+        raise UserError(f"depth must be one of {', '.join(DEPTHS)}; got {depth!r}")
+    model = loaded.model
+    eap_plan = plan(
+        model,
+        batch,
+        f"EAP-IG ({ig_steps} steps)",
+        f"2 forward + {ig_steps} forward/backward",
+        memory_budget_bytes,
+    )
+    flat = plan(model, batch, "forward passes", "1 forward", memory_budget_bytes, grad=False)
+    copies = plan(model, batch, "", "", memory_budget_bytes, grad=False, store=False, copies=COPIES)
+    whole = copies.chunk  # knockouts and path patching repeat each prompt COPIES times
+    first = batch if len(batch) <= whole else batch.subset(slice(0, whole))
+    if progress:
+        say = [eap_plan.describe(), flat.describe().replace("forward passes", "edge patching, metrics")]
+        if len(first) < len(batch):
+            steps = "head profile, node-level circuit check"
+            steps += ", path-patching discovery" if depth == "full" else ""
+            say.append(f"{steps}: first {len(first)} prompts (they batch {COPIES} copies of each)")
+        print("\n".join(f"[{depth}] {line}" for line in say), file=sys.stderr)
+
+    per_prompt = evaluate(model, batch, chunk=flat.chunk)
     metrics = summarize(per_prompt, batch)
     templates = pd.DataFrame(by_group(per_prompt, batch)).rename(columns={"group": "template"})
-    heads, score = head_profile(loaded.model, loaded.tokenizer, batch, thresholds)
-    records = {(int(r["layer"]), int(r["head"])): r for r in heads.to_dict("records")}
-    config = discovery or DiscoveryConfig()
-    found = discover_circuit(loaded.model, batch, loaded.name, config, records)
-    # one taxonomy: the table's S-inhibition is the circuit's (path through the movers' queries)
-    heads = classify_heads(
-        with_query_path(heads, found.effects),
-        score,
-        thresholds or Thresholds(),
-        reference_scale=config.reference_scale,
-    ).drop(columns=QUERY_PATH)
-    scores = evaluate_circuit(loaded.model, batch, found.circuit)
-    edges = edge_attribution(loaded.model, batch, ig_steps=IG_STEPS)
-    curve = faithfulness_curve(loaded.model, batch, edges, CURVE_SIZES)
-    mlps = mlp_dla(loaded.model, batch)
-    effects = found.effects
-    if mlp_labels(loaded.model):
-        mlp_paths = _mlp_direct_paths(loaded.model, batch, per_prompt["score"])
-        effects = pd.concat([effects, mlp_paths], ignore_index=True)
-    return ModelAnalysis(metrics, templates, heads, effects, found.circuit, scores, edges, curve, mlps)
+    heads, score = head_profile(model, loaded.tokenizer, first, thresholds)
+    graph = edge_attribution(
+        model, batch, ig_steps=ig_steps, memory_budget_bytes=memory_budget_bytes, progress=progress
+    )
+    methods = ("top_n",) if depth == "fast" else ("top_n", "greedy")
+    curve, summary = faithfulness_curve(
+        model, batch, graph, methods=methods, memory_budget_bytes=memory_budget_bytes, progress=progress
+    )
+    graph.in_graph = _found_mask(graph, curve)
+    mlps = _chunked_mean(lambda sub: mlp_dla(model, sub), batch, flat.chunk, ["layer", "head"])
+    if depth == "fast":
+        circuit = _eap_circuit(graph, heads, loaded.name, float(per_prompt["score"].mean()), curve)
+        effects = pd.DataFrame({"layer": [], "head": [], "measure": [], "value": []})
+    else:
+        records = {(int(r["layer"]), int(r["head"])): r for r in heads.to_dict("records")}
+        config = discovery or DiscoveryConfig()
+        found = discover_circuit(model, first, loaded.name, config, records)
+        circuit, effects = found.circuit, found.effects
+        # one taxonomy: the table's S-inhibition is the circuit's (path through the movers' queries)
+        heads = classify_heads(
+            with_query_path(heads, found.effects),
+            score,
+            thresholds or Thresholds(),
+            reference_scale=config.reference_scale,
+        ).drop(columns=QUERY_PATH)
+        if mlp_labels(model):
+            mlp_paths = _mlp_direct_paths(model, batch, per_prompt["score"], whole)
+            effects = pd.concat([effects, mlp_paths], ignore_index=True)
+    scores = evaluate_circuit(model, first, circuit)
+    return ModelAnalysis(
+        metrics,
+        templates,
+        heads,
+        effects,
+        circuit,
+        scores,
+        graph.edge_table(),
+        curve,
+        mlps,
+        graph,
+        summary,
+        depth,
+    )
 
 
-def _mlp_direct_paths(model, batch: TaskBatch, clean: torch.Tensor) -> pd.DataFrame:
+def _chunks(batch: TaskBatch, size: int):
+    for start in range(0, len(batch), size):
+        yield batch.subset(slice(start, start + size))
+
+
+def _chunked_mean(fn, batch: TaskBatch, size: int, keys: list[str]) -> pd.DataFrame:
+    """fn(chunk) -> a table of per-prompt means; the prompt-weighted mean over chunks."""
+    if len(batch) <= size:
+        return fn(batch)
+    parts = [fn(sub).assign(_n=len(sub)) for sub in _chunks(batch, size)]
+    table = pd.concat(parts, ignore_index=True)
+    numeric = [
+        c for c in table.columns if c not in keys and c != "_n" and pd.api.types.is_numeric_dtype(table[c])
+    ]
+    weighted = table[numeric].mul(table["_n"], axis=0).assign(**{k: table[k] for k in keys}, _n=table["_n"])
+    summed = weighted.groupby(keys, sort=True).sum()
+    return summed[numeric].div(summed["_n"], axis=0).reset_index()
+
+
+def _found_mask(graph: Graph, curve: pd.DataFrame) -> torch.Tensor:
+    """The EAP-IG circuit: the smallest top-n size with faithfulness >= FOUND_AT (else the best)."""
+    top = curve[curve.method == "top_n"]
+    good = top[top.faithfulness >= FOUND_AT]
+    row = good.iloc[0] if len(good) else top.loc[top.faithfulness.idxmax()]
+    return graph.top_n(int(row.edges))
+
+
+def _eap_circuit(
+    graph: Graph, heads: pd.DataFrame, name: str, model_score: float, curve: pd.DataFrame
+) -> Circuit:
+    """Heads and head edges of the EAP-IG circuit; a head's effect is the summed score of its
+    outgoing circuit edges over the model's score, its role the first from the head profile."""
+    mask = graph.in_graph
+    roles = {
+        (int(r.layer), int(r.head)): (r.roles.split(",")[0] if r.roles else "") for r in heads.itertuples()
+    }
+    scale = max(abs(model_score), 1e-6)
+    members, edges = [], []
+    inside = graph.nodes_in_graph(mask)
+    for f, fname in enumerate(graph.forward_names):
+        if not fname.startswith("a") or not inside[fname]:
+            continue
+        lay, head = (int(p[1:]) for p in fname.split("."))
+        effect = float((graph.scores[f] * mask[f]).sum()) / scale
+        members.append(CircuitHead(lay, head, roles.get((lay, head)) or "eap_ig", "all", effect))
+        for b in mask[f].nonzero().flatten().tolist():
+            slot = graph.backward_names[b]
+            if slot == "logits":
+                edges.append(Edge((lay, head), "logits", "logits"))
+            elif slot.startswith("a"):
+                node, kind = slot[:-1].split("<")
+                edges.append(Edge((lay, head), tuple(int(p[1:]) for p in node.split(".")), kind))
+    found = curve[(curve.method == "top_n") & (curve.edges == int(mask.sum()))].iloc[0]
+    meta = {
+        "method": "eap-ig",
+        "edges": int(mask.sum()),
+        "percent": float(found.percent),
+        "edge_faithfulness": float(found.faithfulness),
+    }
+    return Circuit("ioi", name, members, edges, graph.n_layers * graph.n_heads, meta)
+
+
+def _mlp_direct_paths(model, batch: TaskBatch, clean: torch.Tensor, size: int) -> pd.DataFrame:
     """Each MLP's path-patching effect on the logits (share of the score), rows with head = -1;
-    `clean` is the per-prompt score the analysis already has."""
+    `clean` is the per-prompt score the analysis already has. In chunks of `size` prompts."""
     senders = mlp_labels(model)
     scale = max(abs(float(clean.mean())), 1e-6)
-    effects = (path_patch(model, batch, Receivers(), senders) - clean[None].to(batch.device)).mean(1) / scale
+    parts = [path_patch(model, sub, Receivers(), senders) for sub in _chunks(batch, size)]
+    effects = (torch.cat(parts, dim=1) - clean[None].to(batch.device)).mean(1) / scale
     return pd.DataFrame(
         {
             "layer": [lay for lay, _ in senders],
