@@ -102,14 +102,17 @@ def test_exact_restoration_is_neuroplasticity(zoo, verdicts, tmp_path):
 
 def test_a_gain_outside_the_circuit_is_never_amplification(zoo, verdicts, tmp_path):
     """A last-layer head outside the base circuit (nothing reads it) rewritten as a name mover's
-    copy, its output signed to raise the score: every member computes exactly what it did, so
-    the whole gain lives outside the circuit."""
+    copy, the head and sign that raise the score most: every member computes exactly what it
+    did, so the whole gain lives outside the circuit."""
     mover = zoo.planted[0]
     assert zoo.outside, "the toy's last layer has no head outside the circuit"
-    target = zoo.outside[0]
     toy = load_model(TOY)
     batch = task_batch(toy, "ioi", n=OPTIONS.n, seed=20_000, split="test")
-    candidates = [mover_copied_into(tmp_path / f"copy{g}", mover, target, g) for g in (1.0, -1.0)]
+    candidates = [
+        mover_copied_into(tmp_path / f"copy{h}{g}", mover, (lay, h), g)
+        for lay, h in zoo.outside
+        for g in (1.0, -1.0)
+    ]
     clean = max(candidates, key=lambda path: _mean_score(path, batch))
     found, summary, _ = verdicts("gain-outside", clean=clean)
     assert summary.loc["amplification_gain", "ci_low"] > 0  # the construction did raise the score
