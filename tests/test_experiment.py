@@ -12,7 +12,7 @@ import pytest
 from circuit_plasticity.report.html import render_report
 
 TINY = textwrap.dedent("""\
-    seeds: [0]
+    seeds: [0, 1]
     n_train: 96
     clean_epochs: 1
     poison_epochs: 2
@@ -40,14 +40,20 @@ def test_run_end_to_end_then_resume_does_nothing_again(tmp_path):
     assert "targeted repair" in html
     verdicts = pd.read_parquet(tmp_path / "run" / "tables" / "verdicts.parquet")
     assert list(verdicts.finding) == ["amplification", "localization", "neuroplasticity", "targeted repair"]
-    # one seed is below the default min_seeds (3): nothing may be called yes or no
+    # two seeds (run on two processes) are below the default min_seeds (3): no yes, no no
     assert set(verdicts.verdict) == {"inconclusive"}
     findings = pd.read_parquet(tmp_path / "run" / "tables" / "findings.parquet").set_index("measure")
     assert findings.loc["score_poisoned", "mean"] < findings.loc["score_clean", "mean"]
     for name in ("metrics", "heads", "circuits", "tracking", "cmap", "recovery", "weights"):
         assert (tmp_path / "run" / "tables" / f"{name}.parquet").is_file()
     assert (tmp_path / "run" / "tables" / "heads.csv").is_file()
-    compared = cli("compare", str(tmp_path / "run" / "seeds" / "seed-0"), "--out", str(tmp_path / "cmp"))
+    compared = cli(
+        "compare",
+        str(tmp_path / "run" / "seeds" / "seed-0"),
+        str(tmp_path / "run" / "seeds" / "seed-1"),
+        "--out",
+        str(tmp_path / "cmp"),
+    )
     assert compared.returncode == 0, compared.stderr[-2000:]
     assert "amplification" in compared.stdout and (tmp_path / "cmp" / "tables" / "verdicts.parquet").is_file()
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "seeds").rglob("*.safetensors")}

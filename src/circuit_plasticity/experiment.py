@@ -57,6 +57,7 @@ class ExperimentSpec:
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     verdicts: VerdictThresholds = field(default_factory=VerdictThresholds)
     repair: bool = True  # targeted repair: retrain only the localized heads
+    workers: int = 0  # processes for the seeds (0: one per core, at most one per seed)
 
     def validate(self, where: str, source: str) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -77,6 +78,8 @@ class ExperimentSpec:
                 raise bad(source, key, f"must be positive, got {getattr(self, key)}")
         if not 0 < self.lr < 1:
             raise bad(source, "lr", f"must lie in (0, 1), got {self.lr}")
+        if self.workers < 0:
+            raise bad(source, "workers", f"must be >= 0 (0: one per core), got {self.workers}")
         self.train_spec(self.seeds[0]).validate("top level", source)
 
     def train_spec(self, seed: int) -> TrainSpec:
@@ -166,35 +169,143 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
         raise UserError(f"{out} holds a different experiment; use another --out or delete it")
     write_json(saved, mine)
     say = print if progress else (lambda *_: None)
-    for seed in spec.seeds:
-        say(f"seed {seed}: training")
-        run_protocol(spec.train_spec(seed), out / "seeds" / f"seed-{seed}", progress=progress)
+    workers = study_workers(spec)
+    if workers > 1:
+        say(f"{len(spec.seeds)} seeds on {workers} processes")
+        _run_parallel(spec, mine, out, workers, say)
+    else:
+        for seed in spec.seeds:
+            say(f"seed {seed}: training")
+            run_protocol(spec.train_spec(seed), out / "seeds" / f"seed-{seed}", progress=progress)
     return judge_runs(spec, out, csv=csv, progress=say)
+
+
+def _run_parallel(spec: ExperimentSpec, mine: dict, out: Path, workers: int, say) -> None:
+    """Seeds and their phases' analyses as tasks on a process pool, each started as soon as
+    what it needs is on disk: train a seed -> analyse each of its phases -> judge it. With
+    three seeds on two cores no core waits for a whole seed to finish."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from circuit_plasticity.compare.study import STUDY_PHASES
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        running = {pool.submit(_task, mine, str(out), "train", seed): ("train", seed) for seed in spec.seeds}
+        left = {seed: 0 for seed in spec.seeds}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for job in done:
+                kind, seed = running.pop(job)
+                job.result()  # a failure in a worker fails the run here, with its message
+                if kind == "train":
+                    phases = [p for p in STUDY_PHASES if _has_phase(out, seed, p)]
+                    left[seed] = len(phases)
+                    for phase in phases:
+                        say(f"seed {seed}: analysing {phase}")
+                        running[pool.submit(_task, mine, str(out), f"analyse:{phase}", seed)] = (
+                            "analyse",
+                            seed,
+                        )
+                elif kind == "analyse":
+                    left[seed] -= 1
+                    if left[seed] == 0:  # the verdicts' evidence, and beside it the report's tables
+                        say(f"seed {seed}: evidence, controls and repair")
+                        running[pool.submit(_task, mine, str(out), "judge", seed)] = ("judge", seed)
+                        running[pool.submit(_task, mine, str(out), "tables", seed)] = ("tables", seed)
+                elif kind == "judge":
+                    say(f"seed {seed}: judged")
+
+
+def _has_phase(out: Path, seed: int, phase: str) -> bool:
+    from circuit_plasticity.training.loop import RunDir
+
+    return phase == "base" or RunDir(out / "seeds" / f"seed-{seed}").final_checkpoint(phase) is not None
+
+
+def _task(spec_json: dict, out: str, kind: str, seed: int) -> None:
+    """One task of the study in a worker process (one thread): train a seed, analyse one of its
+    phases, or judge it. Every task writes its outputs atomically, so a killed run resumes."""
+    import torch
+
+    from circuit_plasticity.compare.judge import analyse_phase, judge_seed, seed_batch
+    from circuit_plasticity.models.load import load_model
+    from circuit_plasticity.spec import from_mapping
+    from circuit_plasticity.training.loop import run_protocol
+
+    torch.set_num_threads(1)
+    spec = from_mapping(ExperimentSpec, spec_json, source="experiment.json")
+    seed_dir = Path(out) / "seeds" / f"seed-{seed}"
+    if kind == "train":
+        run_protocol(spec.train_spec(seed), seed_dir, progress=False)
+    elif kind.startswith("analyse:"):
+        phase = kind.split(":", 1)[1]
+        target = seed_dir / "analysis" / phase
+        if (target / "circuit.json").is_file():
+            return
+        models = study_seed(spec, Path(out), seed)
+        base = load_model(str(models.base))
+        batch = seed_batch(base, study_options(spec), seed)
+        with torch.no_grad():
+            from circuit_plasticity.analysis.metrics import end_logits, task_score
+
+            reference = float(task_score(end_logits(base.model(batch.tokens), batch), batch).mean())
+        model = base if phase == "base" else load_model(str(getattr(models, phase)))
+        analyse_phase(model, batch, target, None if phase == "base" else reference, full=True)
+    elif kind == "tables":
+        from circuit_plasticity.analysis.circuit import Circuit
+        from circuit_plasticity.compare.study import model_tables, track_checkpoints
+
+        models = study_seed(spec, Path(out), seed)
+        loaded = {p: load_model(str(m)) for p, m in models.phases().items()}
+        batch = seed_batch(loaded["base"], study_options(spec), seed)
+        model_tables(loaded, batch, seed_dir / "compare")
+        circuit = Circuit.load(seed_dir / "analysis" / "base" / "circuit.json")
+        track_checkpoints(models, loaded["base"], batch, circuit, seed_dir / "compare")
+    else:
+        judge_seed(study_seed(spec, Path(out), seed), seed_dir, study_options(spec), lambda *_: None)
+
+
+def study_workers(spec: ExperimentSpec) -> int:
+    """Processes for the seeds: `workers`, or (0) one per core, never more than the seeds."""
+    import os
+
+    wanted = spec.workers or (os.cpu_count() or 1)
+    return max(1, min(wanted, len(spec.seeds)))
 
 
 def judge_runs(spec: ExperimentSpec, out: Path, csv: bool = False, progress=print) -> Path:
     """The trained seeds of `out` through `judge`, then the tables and the report."""
+    seeds = [study_seed(spec, out, seed) for seed in spec.seeds]
+    return judge_and_report(
+        seeds, out, study_options(spec), spec_summary(spec), csv, progress, validate=False
+    )
+
+
+def study_seed(spec: ExperimentSpec, out: Path, seed: int):
+    """One trained seed's phase checkpoints (and all its checkpoints, for tracking)."""
     import pandas as pd
 
-    from circuit_plasticity.compare.judge import JudgeOptions, RepairPlan, SeedModels
+    from circuit_plasticity.compare.judge import SeedModels
     from circuit_plasticity.compare.study import all_checkpoints, phase_checkpoints
     from circuit_plasticity.training.loop import RunDir
 
-    seeds = []
-    for seed in spec.seeds:
-        run = RunDir(out / "seeds" / f"seed-{seed}")
-        phases = phase_checkpoints(run, spec.model)
-        missing = {"clean", "poisoned", "retrain"} - set(phases)
-        if missing:
-            raise UserError(f"{run.root}: phases {sorted(missing)} have not finished; rerun `run`")
-        seeds.append(
-            SeedModels(
-                seed=seed,
-                **phases,
-                checkpoints=all_checkpoints(run) if spec.analysis.track_every_checkpoint else [],
-                training_metrics=pd.DataFrame(run.read_metrics()),
-            )
-        )
+    run = RunDir(out / "seeds" / f"seed-{seed}")
+    phases = phase_checkpoints(run, spec.model)
+    missing = {"clean", "poisoned", "retrain"} - set(phases)
+    if missing:
+        raise UserError(f"{run.root}: phases {sorted(missing)} have not finished; rerun `run`")
+    return SeedModels(
+        seed=seed,
+        **phases,
+        checkpoints=all_checkpoints(run) if spec.analysis.track_every_checkpoint else [],
+        training_metrics=pd.DataFrame(run.read_metrics()),
+    )
+
+
+def study_options(spec: ExperimentSpec):
+    """The judge's options for this experiment: its analysis sizes, thresholds and repair plan."""
+    from circuit_plasticity.compare.judge import JudgeOptions, RepairPlan
+
     retrain = next(p for p in spec.train_spec(spec.seeds[0]).phases if p.name == "retrain")
     plan = RepairPlan(
         n_train=retrain.data.n,
@@ -202,9 +313,9 @@ def judge_runs(spec: ExperimentSpec, out: Path, csv: bool = False, progress=prin
         epochs=retrain.epochs,
         lr=retrain.lr,
         batch_size=retrain.batch_size,
-        eval_every=spec.eval_every_steps,
+        eval_every=10**9,  # evaluated at epoch ends only: the verdicts read the final weights
     )
-    options = JudgeOptions(
+    return JudgeOptions(
         n=spec.analysis.n,
         k=spec.analysis.localization_k,
         n_random=spec.analysis.n_random,
@@ -212,7 +323,6 @@ def judge_runs(spec: ExperimentSpec, out: Path, csv: bool = False, progress=prin
         repair=plan if spec.repair else None,
         task=spec.task,
     )
-    return judge_and_report(seeds, out, options, spec_summary(spec), csv, progress, validate=False)
 
 
 def judge_and_report(

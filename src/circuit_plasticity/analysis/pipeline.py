@@ -89,7 +89,12 @@ def analyze_model(
     memory_budget_bytes: int | None = None,
     progress: bool = False,
     ig_steps: int = IG_STEPS,
+    minimality_steps: int = 2,
+    greedy_curve: bool = True,
 ) -> ModelAnalysis:
+    """Everything about one model on one task batch (the `analyze` command). The study passes
+    `minimality_steps=0` (K = {} and the role class only) and `greedy_curve=False` (top-n edge
+    circuits only): its verdicts read neither, and it analyses fifteen models."""
     if batch.task != "ioi":
         raise UserError(
             f"circuit analysis is implemented for IOI; {batch.task} has datasets, training and "
@@ -124,7 +129,7 @@ def analyze_model(
     graph = edge_attribution(
         model, batch, ig_steps=ig_steps, memory_budget_bytes=memory_budget_bytes, progress=progress
     )
-    methods = ("top_n",) if depth == "fast" else ("top_n", "greedy")
+    methods = ("top_n",) if depth == "fast" or not greedy_curve else ("top_n", "greedy")
     curve, summary = faithfulness_curve(
         model, batch, graph, methods=methods, memory_budget_bytes=memory_budget_bytes, progress=progress
     )
@@ -148,7 +153,7 @@ def analyze_model(
         if mlp_labels(model):
             mlp_paths = _mlp_direct_paths(model, batch, per_prompt["score"], whole)
             effects = pd.concat([effects, mlp_paths], ignore_index=True)
-    scores = evaluate_circuit(model, first, circuit)
+    scores = evaluate_circuit(model, first, circuit, minimality_steps=minimality_steps)
     return ModelAnalysis(
         metrics,
         templates,

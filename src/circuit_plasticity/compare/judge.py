@@ -164,10 +164,9 @@ def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -
     from circuit_plasticity.compare import evidence as ev
     from circuit_plasticity.compare.study import per_head_tables, scalar_findings
     from circuit_plasticity.models.load import LoadedModel, load_model
-    from circuit_plasticity.training.evaluate import task_batch
 
     loaded = {p: m if isinstance(m, LoadedModel) else load_model(str(m)) for p, m in s.phases().items()}
-    batch = task_batch(loaded["base"], options.task, n=options.n, seed=20_000 + s.seed, split="test")
+    batch = seed_batch(loaded["base"], options, s.seed)
     analyses = analyse_phases(loaded, batch, seed_dir / "analysis", options.full_analysis, s.seed, progress)
     runs = ev.PhaseRuns({p: m.model for p, m in loaded.items()}, batch)
     base_circuit = analyses["base"].head_set()
@@ -207,26 +206,37 @@ def analyse_phases(loaded: dict, batch, root: Path, full: bool, seed: int, progr
     Discovery's threshold is a share of the base model's score in every phase, so a fine-tune
     that triples the score does not lose members for that reason (docs/analysis.md)."""
     from circuit_plasticity.analysis.circuit import Circuit
+
+    reference = _score(loaded["base"], batch)
+    circuits: dict[str, Circuit] = {}
+    for phase, model in loaded.items():
+        if full or phase in ("base", "clean"):
+            out = root / phase
+            if not (out / "circuit.json").is_file():
+                progress(f"seed {seed}: analysing {phase}")
+                analyse_phase(model, batch, out, None if phase == "base" else reference, full)
+            circuits[phase] = Circuit.load(out / "circuit.json")
+    return circuits
+
+
+def analyse_phase(model, batch, out: Path, reference: float | None, full: bool) -> None:
+    """One phase's analysis written to `out`: everything the report draws, or (not `full`) only
+    the circuit the verdicts need."""
     from circuit_plasticity.analysis.discovery import DiscoveryConfig
     from circuit_plasticity.analysis.pipeline import analyze_model, circuit_of
 
-    circuits: dict[str, Circuit] = {}
-    reference = None
-    for phase, model in loaded.items():  # base first
-        if not full and phase not in ("base", "clean"):
-            continue
-        out = root / phase
-        config = DiscoveryConfig(reference_scale=reference)
-        if full and not (out / "circuit.json").is_file():
-            progress(f"seed {seed}: analysing {phase}")
-            analyze_model(model, batch, discovery=config).write(out)
-        elif not full and not (out / "circuit.json").is_file():
-            progress(f"seed {seed}: discovering the {phase} circuit")
-            circuit_of(model, batch, discovery=config).save(out / "circuit.json")
-        circuits[phase] = Circuit.load(out / "circuit.json")
-        if phase == "base":
-            reference = _score(model, batch)
-    return circuits
+    config = DiscoveryConfig(reference_scale=reference)
+    if full:
+        analyze_model(model, batch, discovery=config, minimality_steps=0, greedy_curve=False).write(out)
+    else:
+        circuit_of(model, batch, discovery=config).save(out / "circuit.json")
+
+
+def seed_batch(base, options: JudgeOptions, seed: int):
+    """The held-out prompts every analysis of this seed uses."""
+    from circuit_plasticity.training.evaluate import task_batch
+
+    return task_batch(base, options.task, n=options.n, seed=20_000 + seed, split="test")
 
 
 def _score(loaded, batch) -> float:

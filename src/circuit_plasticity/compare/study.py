@@ -56,17 +56,28 @@ def _wide(heads: pd.DataFrame) -> pd.DataFrame:
 
 def per_head_tables(loaded: dict, runs, loc, out_dir: Path) -> None:
     """cmap, weights, localization_heads: what the report's per-head figures read."""
+    model_tables(loaded, runs.batch, out_dir)
+    base = loaded["base"].model
+    labels = [(lay, h) for lay in range(base.cfg.n_layers) for h in range(base.cfg.n_heads)]
+    table = pd.DataFrame(
+        [
+            {"layer": lay, "head": h, "change": change, "delta": float(loc.per_head[change][i])}
+            for change in loc.per_head
+            for i, (lay, h) in enumerate(labels)
+        ]
+    )
+    write_table(out_dir / "localization_heads.parquet", table)
+
+
+def model_tables(loaded: dict, batch, out_dir: Path) -> None:
+    """Cross-model patching and weight change of every phase against the base (cached): they
+    need no verdict evidence, so the study computes them beside it."""
     base = loaded["base"].model
     others = [p for p in loaded if p != "base"]
-    batch = runs.batch
     _cached(
         out_dir / "cmap.parquet",
         lambda: pd.concat(
             [cross_model_patch(loaded[p].model, base, batch, "output").assign(source=p) for p in others]
-            + [
-                cross_model_patch(loaded[p].model, base, batch, "z", ("end", "s2")).assign(source=p)
-                for p in others
-            ]
             + [
                 cross_model_patch(loaded[p].model, base, batch, "pattern", ("end",)).assign(source=p)
                 for p in others
@@ -80,15 +91,6 @@ def per_head_tables(loaded: dict, runs, loc, out_dir: Path) -> None:
             [weight_change(loaded[p].model, base).assign(source=p) for p in others], ignore_index=True
         ),
     )
-    labels = [(lay, h) for lay in range(base.cfg.n_layers) for h in range(base.cfg.n_heads)]
-    table = pd.DataFrame(
-        [
-            {"layer": lay, "head": h, "change": change, "delta": float(loc.per_head[change][i])}
-            for change in loc.per_head
-            for i, (lay, h) in enumerate(labels)
-        ]
-    )
-    write_table(out_dir / "localization_heads.parquet", table)
 
 
 def scalar_findings(seed_models, loaded, runs, circuits, loc, seed_dir: Path, options) -> dict[str, Any]:
@@ -137,11 +139,7 @@ def scalar_findings(seed_models, loaded, runs, circuits, loc, seed_dir: Path, op
     if w.sum() > 0:
         out["localization_weight_share_topk"] = float(w.head(options.k).sum() / w.sum())
         out["localization_uniform_weight_share"] = options.k / len(w)
-    if seed_models.checkpoints:
-        _cached(
-            compare / "tracking.parquet",
-            lambda: _track(seed_models.checkpoints, loaded["base"], runs.batch, circuits["base"]),
-        )
+    track_checkpoints(seed_models, loaded["base"], runs.batch, circuits["base"], compare)
     if seed_models.training_metrics is not None and len(seed_models.training_metrics):
         out |= {f"hysteresis_{k}": v for k, v in hysteresis(seed_models.training_metrics).items()}
     return out
@@ -156,3 +154,9 @@ def _track(checkpoints, base, batch, circuit: Circuit) -> pd.DataFrame:
             {"phase": phase, "step": step, **circuit_strength(load_model(str(ckpt)).model, batch, circuit)}
         )
     return pd.DataFrame(rows)
+
+
+def track_checkpoints(seed_models, base, batch, circuit: Circuit, compare: Path) -> None:
+    """The base circuit at every checkpoint of the seed's training (cached)."""
+    if seed_models.checkpoints:
+        _cached(compare / "tracking.parquet", lambda: _track(seed_models.checkpoints, base, batch, circuit))

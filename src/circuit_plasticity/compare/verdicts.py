@@ -232,7 +232,15 @@ SIDE_BY_SIDE = [
 
 def _bounded(measure: str) -> bool:
     return measure.startswith("accuracy_") or measure.endswith(
-        ("_concentration", "_concentration_control", "_uniform_concentration")
+        (
+            "_concentration",
+            "_concentration_control",
+            "_uniform_concentration",
+            "_jaccard",
+            "_members_grown",
+            "_top_in_base_circuit",
+            "_weight_share_topk",
+        )
     )
 
 
