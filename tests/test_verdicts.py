@@ -121,3 +121,21 @@ def test_bounded_measures_are_clipped_and_marked():
     values = {"localization_concentration": [(0.9, 0.85, 0.95), (0.99, 0.97, 1.0), (0.95, 0.9, 1.0)]}
     row = combine_seeds(_by_seed(values), 3).set_index("measure").loc["localization_concentration"]
     assert row.ci_high == 1.0 and bool(row.clipped) and "clipped" in row.interval
+
+
+def test_a_measure_applicable_in_too_few_seeds_is_unclear():
+    nan = float("nan")
+    three = {
+        "amplification_gain": [(2.0, 1.9, 2.1), (2.1, 2.0, 2.2), (1.9, 1.8, 2.0)],
+        "amplification_member_share": [(0.9, 0.85, 0.95), (nan, nan, nan), (nan, nan, nan)],
+        "amplification_member_minus_nonmember": [(0.5, 0.4, 0.6)] * 3,
+    }
+    verdict, reason = _verdict(three, min_seeds=3, n_seeds=3)
+    assert verdict == "inconclusive" and "applicable in only 1 seeds" in reason
+
+
+def test_a_seed_without_an_interval_leaves_no_union():
+    nan = float("nan")
+    values = AMP_PASS | {"amplification_member_share": [(0.8, 0.7, 0.9), (0.8, nan, nan)]}
+    row = combine_seeds(_by_seed(values), 3).set_index("measure").loc["amplification_member_share"]
+    assert math.isnan(row.ci_low) and math.isnan(row.ci_high)

@@ -245,30 +245,37 @@ def plasticity_evidence(
     rng = random.Random(seed)
     size = len(base_circuit)
     random_circuits = [set(rng.sample(labels, size)) for _ in range(n_random)]
-    parts = {}
+    parts, usable = {}, {}
     for phase in ("retrain", "clean", "control"):
         if phase not in runs.models:
             continue
         circuits = [base_circuit] + (random_circuits if phase == "retrain" else [])
         f_empty, f_c = circuit_runs(runs, phase, circuits)
         parts[phase] = (f_c, f_empty, runs.s(phase))
-        out[f"faithfulness_{phase}"] = boot_stat(
-            normalized_faithfulness, [f_c[0], f_empty, parts[phase][2]], index
+        # normalised faithfulness divides by F(M) - F(empty): not applicable within noise
+        usable[phase] = boot_mean(parts[phase][2] - f_empty, index).excludes_zero()
+        out[f"faithfulness_{phase}"] = (
+            boot_stat(normalized_faithfulness, [f_c[0], f_empty, parts[phase][2]], index)
+            if usable[phase]
+            else Interval.nan()
         )
     f_c, f_empty, f_model = parts["retrain"]
-    random_faith = normalized_faithfulness(f_c[1:].mean(1), f_empty.mean(), f_model.mean())
-    out["faithfulness_random"] = Interval(
-        float(random_faith.mean()), *map(float, np.percentile(random_faith, [2.5, 97.5]))
-    )
-    out["p_random"] = Interval(
-        permutation_p(out["faithfulness_retrain"].value, random_faith), float("nan"), float("nan")
-    )
-    # the base circuit against the average random circuit of its size, prompts paired
-    out["faithfulness_excess"] = boot_stat(
-        lambda c, r, e, m: normalized_faithfulness(c, e, m) - normalized_faithfulness(r, e, m),
-        [f_c[0], f_c[1:].mean(0), f_empty, f_model],
-        index,
-    )
+    if usable["retrain"]:
+        random_faith = normalized_faithfulness(f_c[1:].mean(1), f_empty.mean(), f_model.mean())
+        out["faithfulness_random"] = Interval(
+            float(random_faith.mean()), *map(float, np.percentile(random_faith, [2.5, 97.5]))
+        )
+        out["p_random"] = Interval(
+            permutation_p(out["faithfulness_retrain"].value, random_faith), float("nan"), float("nan")
+        )
+        # the base circuit against the average random circuit of its size, prompts paired
+        out["faithfulness_excess"] = boot_stat(
+            lambda c, r, e, m: normalized_faithfulness(c, e, m) - normalized_faithfulness(r, e, m),
+            [f_c[0], f_c[1:].mean(0), f_empty, f_model],
+            index,
+        )
+    else:
+        out["faithfulness_random"] = out["p_random"] = out["faithfulness_excess"] = Interval.nan()
     references = [p for p in ("clean", "control") if p in parts]
     arrays = [parts["retrain"][0][0], parts["retrain"][1], parts["retrain"][2]]
     for p in references:
@@ -279,6 +286,9 @@ def plasticity_evidence(
         refs = [normalized_faithfulness(a[i], a[i + 1], a[i + 2]) for i in range(3, len(a), 3)]
         return own - np.minimum.reduce(refs) if len(refs) > 1 else own - refs[0]
 
+    if not all(usable[p] for p in ["retrain", *references]):
+        out["faithfulness_gap"] = Interval.nan()
+        return _rows("neuroplasticity", out)
     out["faithfulness_gap"] = boot_stat(gap, arrays, index)
     return _rows("neuroplasticity", out)
 

@@ -52,7 +52,8 @@ class VerdictThresholds:
 @dataclass(frozen=True)
 class Criterion:
     measure: str
-    kind: str  # "at_least" (>= bar), "above" (> bar), "below_zero" (significance), "p", "requires"
+    kind: str  # "at_least" (>= bar), "above" (> bar), "above_zero"/"below_zero" (significance),
+    # "p", "requires" (a precondition: unmet makes the finding not applicable)
     bar_key: str | None  # a VerdictThresholds field, or None for zero
     fails_as: str  # the "no" reason
     sign: float = 1.0  # the bar is sign * threshold (tolerances are negative bars)
@@ -63,7 +64,12 @@ class Criterion:
 
 CRITERIA: dict[str, list[Criterion]] = {
     "amplification": [
-        Criterion("amplification_gain", "above", None, "no: clean fine-tuning did not raise the score"),
+        Criterion(
+            "amplification_gain",
+            "above_zero",
+            None,
+            "no: clean fine-tuning did not raise the score by more than noise",
+        ),
         Criterion(
             "amplification_member_share",
             "at_least",
@@ -260,9 +266,11 @@ def combine_seeds(by_seed: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
             method = f"t-interval over {n} seeds"
         else:
             finite = group[np.isfinite(group.value.astype(float))]
+            if finite.ci_low.isna().any() or finite.ci_high.isna().any():
+                finite = finite.iloc[0:0]  # a seed without an interval: no union can be formed
             mean = float(np.mean(values)) if n else float("nan")
-            low = float(finite.ci_low.min()) if n else float("nan")
-            high = float(finite.ci_high.max()) if n else float("nan")
+            low = float(finite.ci_low.min()) if len(finite) else float("nan")
+            high = float(finite.ci_high.max()) if len(finite) else float("nan")
             plural = "s" if n != 1 else ""
             method = f"bootstrap over prompts, {n} seed{plural}" + (" (union)" if n > 1 else "")
             if not has_ci:
@@ -292,6 +300,8 @@ def judge_criterion(c: Criterion, row: pd.Series | None, t: VerdictThresholds) -
     """('pass' | 'fail' | 'unclear', why)."""
     if row is None or not math.isfinite(row["mean"]):
         return "unclear", f"{c.measure} not applicable"
+    if row["n_seeds"] < t.min_seeds:  # not applicable in some seeds: too few left to judge
+        return "unclear", f"{c.measure} applicable in only {int(row['n_seeds'])} seeds"
     bar, low, high = c.bar(t), row["ci_low"], row["ci_high"]
     if c.kind == "p":
         return ("pass", "") if row["mean"] < bar else ("fail", c.fails_as)
@@ -299,6 +309,8 @@ def judge_criterion(c: Criterion, row: pd.Series | None, t: VerdictThresholds) -
         return "unclear", f"{c.measure} has no interval"
     if c.kind in ("below_zero", "requires"):
         return ("pass", "") if high < 0 else ("fail", c.fails_as)
+    if c.kind == "above_zero":
+        return ("pass", "") if low > 0 else ("fail", c.fails_as)
     passing = low >= bar if c.kind == "at_least" else low > bar
     failing = high < bar if c.kind == "at_least" else high <= bar
     if passing:
