@@ -296,11 +296,13 @@ def _row(measure, mean, low, high, n, method) -> dict:
     }
 
 
-def judge_criterion(c: Criterion, row: pd.Series | None, t: VerdictThresholds) -> tuple[str, str]:
+def judge_criterion(
+    c: Criterion, row: pd.Series | None, t: VerdictThresholds, n_seeds: int = 1
+) -> tuple[str, str]:
     """('pass' | 'fail' | 'unclear', why)."""
     if row is None or not math.isfinite(row["mean"]):
         return "unclear", f"{c.measure} not applicable"
-    if row["n_seeds"] < t.min_seeds:  # not applicable in some seeds: too few left to judge
+    if row["n_seeds"] < min(t.min_seeds, n_seeds):  # not applicable in some seeds: too few left
         return "unclear", f"{c.measure} applicable in only {int(row['n_seeds'])} seeds"
     bar, low, high = c.bar(t), row["ci_low"], row["ci_high"]
     if c.kind == "p":
@@ -328,7 +330,7 @@ def decide(summary: pd.DataFrame, thresholds: VerdictThresholds, n_seeds: int) -
         if not any(c.measure in s.index for c in criteria if c.kind != "requires"):
             continue  # not measured in this study (e.g. no targeted repair)
         outcomes = [
-            (c, *judge_criterion(c, s.loc[c.measure] if c.measure in s.index else None, thresholds))
+            (c, *judge_criterion(c, s.loc[c.measure] if c.measure in s.index else None, thresholds, n_seeds))
             for c in criteria
         ]
         unmet = [why for c, o, why in outcomes if o == "fail" and c.kind == "requires"]
