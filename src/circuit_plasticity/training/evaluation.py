@@ -16,7 +16,13 @@ from typing import Any
 
 import torch
 
-from circuit_plasticity.analysis.metrics import evaluate, name_token_ids, poison_success
+from circuit_plasticity.analysis.metrics import (
+    end_logits,
+    evaluate,
+    name_token_ids,
+    per_prompt,
+    poison_success,
+)
 from circuit_plasticity.models.load import LoadedModel
 from circuit_plasticity.tasks.build import build_dataset
 from circuit_plasticity.tasks.encode import encode_examples
@@ -51,6 +57,8 @@ class Evaluator:
             poison(examples, self.kind, 1.0, seed=spec.seed), tok, prepend_bos=bos
         ).to(device)
         self.name_ids = name_token_ids(tok, NAMES).to(device) if self.kind == "name-moving" else None
+        # label poisons keep the prompts: one forward pass then serves both measurements
+        self.same_prompts = torch.equal(self.clean.tokens, self.poisoned.tokens)
         stream = documents(seed=777_000 + spec.seed)
         n_ctx = int(loaded.model.cfg.n_ctx)  # a document longer than the context is cut
         rows = [
@@ -61,8 +69,12 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, model) -> dict[str, Any]:
-        clean = evaluate(model, self.clean)
-        bad = evaluate(model, self.poisoned, name_ids=self.name_ids)
+        if self.same_prompts:
+            end = end_logits(model(self.clean.tokens), self.clean)
+            clean, bad = per_prompt(end, self.clean), per_prompt(end, self.poisoned, self.name_ids)
+        else:
+            clean = evaluate(model, self.clean)
+            bad = evaluate(model, self.poisoned, name_ids=self.name_ids)
         out = {
             "clean_score": float(clean["score"].mean()),
             "clean_accuracy": float(clean["correct"].mean()),
