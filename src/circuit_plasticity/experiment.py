@@ -31,7 +31,7 @@ class AnalysisSpec:
     n: int = 160  # held-out prompts per analysis
     track_every_checkpoint: bool = True
     localization_k: int = 3
-    n_random: int = 200
+    n_random: int = 100  # random head sets / circuits per null: p resolves down to 1/101
 
     def validate(self, where: str, source: str) -> None:
         if self.n < 20 or self.localization_k <= 0 or self.n_random < 10:
@@ -168,7 +168,14 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
     if saved.is_file() and not same_spec(ExperimentSpec, json.loads(saved.read_text()), spec):
         raise UserError(f"{out} holds a different experiment; use another --out or delete it")
     write_json(saved, mine)
-    say = print if progress else (lambda *_: None)
+    import time
+
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        if progress:
+            print(f"[{time.perf_counter() - start:5.0f} s] {message}", flush=True)
+
     workers = study_workers(spec)
     if workers > 1:
         say(f"{len(spec.seeds)} seeds on {workers} processes")
@@ -198,6 +205,7 @@ def _run_parallel(spec: ExperimentSpec, mine: dict, out: Path, workers: int, say
                 kind, seed = running.pop(job)
                 job.result()  # a failure in a worker fails the run here, with its message
                 if kind == "train":
+                    say(f"seed {seed}: trained")
                     phases = [p for p in STUDY_PHASES if _has_phase(out, seed, p)]
                     left[seed] = len(phases)
                     for phase in phases:

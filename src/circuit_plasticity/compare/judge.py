@@ -44,7 +44,7 @@ class RepairPlan:
 class JudgeOptions:
     n: int = 160  # held-out prompts per analysis
     k: int = 3  # heads in the localized set
-    n_random: int = 200  # random head sets / circuits per null distribution
+    n_random: int = 100  # random head sets / circuits per null distribution
     thresholds: VerdictThresholds = field(default_factory=VerdictThresholds)
     repair: RepairPlan | None = None
     full_analysis: bool = True  # every phase's single-model analysis (the report's figures)
