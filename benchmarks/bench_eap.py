@@ -8,12 +8,11 @@ Run: python benchmarks/bench_eap.py
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from common import best_of, report
+from common import best_of, random_gpt2_dir, report
 
 from circuit_plasticity.analysis.attribution import edge_attribution, exact_edge_effects, spearman
 from circuit_plasticity.analysis.metrics import end_logits, task_score
@@ -25,24 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def gpt2_dir(layers: int, d_model: int) -> Path:
     out = Path(tempfile.gettempdir()) / f"gpt2-random-{layers}x{d_model}"
-    if (out / "config.json").is_file():
-        return out
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    import conftest
-
-    tok = conftest.bpe_tokenizer.__wrapped__()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok.backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
-    )
-    fast.save_pretrained(out)
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=tok.vocab_size, n_layer=layers, n_embd=d_model, n_head=8, bos_token_id=0, eos_token_id=0
-    )
-    GPT2LMHeadModel(cfg).save_pretrained(out)
-    return out
+    return random_gpt2_dir(out, n_layer=layers, n_embd=d_model, n_head=8)
 
 
 def forward_backward(model, batch) -> None:

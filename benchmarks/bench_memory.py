@@ -20,29 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import report
+from common import random_gpt2_dir, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_model(out: Path) -> Path:
-    """A GPT2Config() (GPT-2 small) model with random weights and a task tokenizer, no download."""
-    if (out / "config.json").is_file():
-        return out
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    import conftest  # the in-process BPE tokenizer of the tests
-
-    tok = conftest.bpe_tokenizer.__wrapped__()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok.backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
-    )
-    fast.save_pretrained(out)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(bos_token_id=0, eos_token_id=0)).save_pretrained(out)
-    return out
+    """A GPT2Config() (GPT-2 small, vocabulary 50257) model with random weights, no download."""
+    return random_gpt2_dir(out, vocab_size=50257)
 
 
 def run_analyze(model: Path, n: int, depth: str, threads: int = 2) -> dict:

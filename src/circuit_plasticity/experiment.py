@@ -235,7 +235,7 @@ def _task(spec_json: dict, out: str, kind: str, seed: int) -> None:
     phases, or judge it. Every task writes its outputs atomically, so a killed run resumes."""
     import torch
 
-    from circuit_plasticity.compare.judge import analyse_phase, judge_seed, seed_batch
+    from circuit_plasticity.compare.judge import analyse_phase, judge_seed, reference_score, seed_batch
     from circuit_plasticity.models.load import load_model
     from circuit_plasticity.spec import from_mapping
     from circuit_plasticity.training.loop import run_protocol
@@ -253,10 +253,7 @@ def _task(spec_json: dict, out: str, kind: str, seed: int) -> None:
         models = study_seed(spec, Path(out), seed)
         base = load_model(str(models.base))
         batch = seed_batch(base, study_options(spec), seed)
-        with torch.no_grad():
-            from circuit_plasticity.analysis.metrics import end_logits, task_score
-
-            reference = float(task_score(end_logits(base.model(batch.tokens), batch), batch).mean())
+        reference = reference_score(base, batch)
         model = base if phase == "base" else load_model(str(getattr(models, phase)))
         analyse_phase(model, batch, target, None if phase == "base" else reference, full=True)
     elif kind == "tables":

@@ -27,11 +27,12 @@ import torch
 from circuit_plasticity.analysis.ablation import group_means
 from circuit_plasticity.analysis.heads import head_dla
 from circuit_plasticity.analysis.hooks import head_labels
-from circuit_plasticity.analysis.metrics import end_logits, task_score
+from circuit_plasticity.analysis.metrics import evaluate
 from circuit_plasticity.analysis.patching import activation_cache, patch_each_set
 from circuit_plasticity.compare.cmap import patch_outputs
 from circuit_plasticity.compare.stats import (
     Interval,
+    as_numpy,
     boot_mean,
     boot_ratio,
     boot_stat,
@@ -57,11 +58,9 @@ class PhaseRuns:
     _z: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
     _means: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
 
-    @torch.no_grad()
     def __post_init__(self) -> None:
         for phase, model in self.models.items():
-            logits = model(self.batch.tokens)
-            self.scores[phase] = task_score(end_logits(logits, self.batch), self.batch)
+            self.scores[phase] = evaluate(model, self.batch)["score"]
 
     def z(self, phase: str) -> dict[int, torch.Tensor]:
         if phase not in self._z:
@@ -75,10 +74,6 @@ class PhaseRuns:
 
     def s(self, phase: str) -> np.ndarray:
         return self.scores[phase].detach().cpu().numpy().astype(float)
-
-
-def _np(x: torch.Tensor) -> np.ndarray:
-    return x.detach().cpu().numpy().astype(float)
 
 
 def _rows(prefix: str, values: dict[str, Interval]) -> dict[str, Interval]:
@@ -97,7 +92,7 @@ def patched_into(runs: PhaseRuns, target: str, source: str, sets: list[list[Head
         scored = patch_outputs(
             runs.models[target], runs.models[source], batch, [sets[i] for i in filled], z, sets_per_pass=32
         )
-        out[filled] = _np(scored)
+        out[filled] = as_numpy(scored)
     return out
 
 
@@ -111,7 +106,7 @@ def amplification_evidence(
     joined = sorted(clean_circuit - base_circuit)
     index = resample_index(len(runs.batch), seed)
     base = runs.s("base")
-    dla = _np(head_dla(runs.models["base"], runs.batch)).reshape(len(base), -1)  # [n, heads]
+    dla = as_numpy(head_dla(runs.models["base"], runs.batch)).reshape(len(base), -1)  # [n, heads]
     member_mask = np.array([h in base_circuit for h in labels])
     out: dict[str, Interval] = {
         # if every head's direct effect grew by the same factor, members would carry this share
@@ -214,7 +209,7 @@ def circuit_runs(runs: PhaseRuns, phase: str, circuits: list[set[Head]]) -> tupl
     model = runs.models[phase]
     labels = head_labels(model)
     sets = [labels] + [[h for h in labels if h not in c] for c in circuits]
-    scores = _np(
+    scores = as_numpy(
         patch_each_set(model, runs.batch, runs.batch.tokens, runs.means(phase), sets, sets_per_pass=32)
     )
     return scores[0], scores[1:]

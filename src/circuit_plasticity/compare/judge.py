@@ -167,8 +167,11 @@ def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -
 
     loaded = {p: m if isinstance(m, LoadedModel) else load_model(str(m)) for p, m in s.phases().items()}
     batch = seed_batch(loaded["base"], options, s.seed)
-    analyses = analyse_phases(loaded, batch, seed_dir / "analysis", options.full_analysis, s.seed, progress)
     runs = ev.PhaseRuns({p: m.model for p, m in loaded.items()}, batch)
+    reference = float(runs.scores["base"].mean())
+    analyses = analyse_phases(
+        loaded, batch, seed_dir / "analysis", options.full_analysis, s.seed, progress, reference
+    )
     base_circuit = analyses["base"].head_set()
     progress(f"seed {s.seed}: evidence and controls")
     measures = ev.amplification_evidence(runs, base_circuit, analyses["clean"].head_set(), s.seed)
@@ -200,14 +203,16 @@ def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -
     return table
 
 
-def analyse_phases(loaded: dict, batch, root: Path, full: bool, seed: int, progress) -> dict:
+def analyse_phases(
+    loaded: dict, batch, root: Path, full: bool, seed: int, progress, reference: float
+) -> dict:
     """Circuits of every phase (the base and clean ones at least), each analysis cached.
 
     Discovery's threshold is a share of the base model's score in every phase, so a fine-tune
-    that triples the score does not lose members for that reason (docs/analysis.md)."""
+    that triples the score does not lose members for that reason (docs/analysis.md);
+    `reference` is the base model's mean score on `batch`."""
     from circuit_plasticity.analysis.circuit import Circuit
 
-    reference = _score(loaded["base"], batch)
     circuits: dict[str, Circuit] = {}
     for phase, model in loaded.items():
         if full or phase in ("base", "clean"):
@@ -239,13 +244,11 @@ def seed_batch(base, options: JudgeOptions, seed: int):
     return task_batch(base, options.task, n=options.n, seed=20_000 + seed, split="test")
 
 
-def _score(loaded, batch) -> float:
-    import torch
+def reference_score(loaded, batch) -> float:
+    """The base model's mean score: the scale of every phase's discovery threshold."""
+    from circuit_plasticity.analysis.metrics import evaluate
 
-    from circuit_plasticity.analysis.metrics import end_logits, task_score
-
-    with torch.no_grad():
-        return float(task_score(end_logits(loaded.model(batch.tokens), batch), batch).mean())
+    return float(evaluate(loaded.model, batch)["score"].mean())
 
 
 def _repair(s: SeedModels, seed_dir: Path, heads, runs, plan: RepairPlan, progress):
@@ -269,14 +272,11 @@ def _repair(s: SeedModels, seed_dir: Path, heads, runs, plan: RepairPlan, progre
 
 
 def _scores_of(path: Path, batch) -> np.ndarray:
-    import torch
-
-    from circuit_plasticity.analysis.metrics import end_logits, task_score
+    from circuit_plasticity.analysis.metrics import evaluate
+    from circuit_plasticity.compare.stats import as_numpy
     from circuit_plasticity.models.load import load_model
 
-    model = load_model(str(path)).model
-    with torch.no_grad():
-        return task_score(end_logits(model(batch.tokens), batch), batch).cpu().numpy().astype(float)
+    return as_numpy(evaluate(load_model(str(path)).model, batch)["score"])
 
 
 def read_seed_file(path: str | Path) -> list[SeedModels]:

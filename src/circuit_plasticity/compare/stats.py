@@ -106,7 +106,7 @@ def resample_index(n: int, seed: int = 0, n_boot: int = N_BOOT) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def _as_np(x) -> np.ndarray:
+def as_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=float)
@@ -118,7 +118,7 @@ def boot_stat(fn: Callable[..., np.ndarray], arrays: Sequence, index: np.ndarray
     All arrays are resampled with the same prompt index, so paired quantities (two models on
     the same prompts) stay paired. `fn` must broadcast: it gets [...] means for the point value
     and [..., n_boot] means for the replicates."""
-    data = [_as_np(a) for a in arrays]
+    data = [as_numpy(a) for a in arrays]
     value = float(fn(*[a.mean(-1) for a in data]))
     reps = np.asarray(fn(*[a[..., index].mean(-1) for a in data]), dtype=float)
     reps = reps[np.isfinite(reps)]

@@ -279,12 +279,12 @@ def combine_seeds(by_seed: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
         if _bounded(measure) and math.isfinite(low):
             clipped = low < 0 or high > 1
             low, high = max(low, 0.0), min(high, 1.0)
-        rows.append(_row(measure, mean, low, high, n, method + (", clipped to [0, 1]" if clipped else "")))
-        rows[-1]["clipped"] = clipped
+        method += ", clipped to [0, 1]" if clipped else ""
+        rows.append(_row(measure, mean, low, high, n, method, clipped))
     return pd.DataFrame(rows)
 
 
-def _row(measure, mean, low, high, n, method) -> dict:
+def _row(measure, mean, low, high, n, method, clipped: bool = False) -> dict:
     return {
         "measure": measure,
         "mean": mean,
@@ -292,7 +292,7 @@ def _row(measure, mean, low, high, n, method) -> dict:
         "ci_high": high,
         "n_seeds": n,
         "interval": method,
-        "clipped": False,
+        "clipped": clipped,
     }
 
 
