@@ -79,7 +79,12 @@ def _sender_output(model, cache, sender: str) -> torch.Tensor:
     if sender.startswith("m"):
         return cache[f"blocks.{int(sender[1:])}.hook_mlp_out"]
     layer, head = (int(p[1:]) for p in sender.split("."))
-    return cache[f"blocks.{layer}.attn.hook_z"][:, :, head] @ model.W_O[layer, head]
+    out = cache[f"blocks.{layer}.attn.hook_z"][:, :, head] @ model.W_O[layer, head]
+    post = f"blocks.{layer}.ln1_post"  # Gemma-2 normalises the summed heads before the residual:
+    if post + ".hook_scale" in cache:  # head h adds (1 + w) * o_h / rms(sum of heads)
+        norm = model.blocks[layer].ln1_post.original_component
+        out = (1 + norm.weight) * out / cache[post + ".hook_scale"]
+    return out
 
 
 def shifted_edge_score(model, batch: TaskBatch, sender: str, receiver: str, eps) -> torch.Tensor:

@@ -5,6 +5,8 @@ attention an ungrouped twin (same function, one K/V head per query head)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from arch_models import ARCHITECTURES, build_model_dir, ungrouped_twin_dir
@@ -308,8 +310,9 @@ def test_analyze_runs_end_to_end_and_names_shared_kv_heads(arch, arch_dirs, tmp_
     )
     assert code in (0, None)
     assert ("query heads (0,1) (2,3) share K/V" in out) == (arch in GQA)
-    # grouped K/V: EAP-IG is skipped (not yet split per query head), path patching still runs
-    assert (tmp_path / "a" / "edge_circuit.json").is_file() == (arch not in GQA)
+    # grouped K/V: EAP-IG runs on the ungrouped twin, one k/v receiver per query head
+    graph = json.loads((tmp_path / "a" / "edge_circuit.json").read_text())
+    assert all(f"a0.h0->a1.h{h}<{x}>" in graph["edges"] for h in range(4) for x in "kv")
     heads = pd.read_parquet(tmp_path / "a" / "heads.parquet")
     kv = heads[heads.measure == "kv_head"].sort_values(["layer", "head"])
     groups = kv_groups(load_model(str(arch_dirs[arch]), device="cpu").model)

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from circuit_plasticity.analysis.graph import MIB_PERCENTS, Graph, area_under, mib_sizes
+from circuit_plasticity.analysis.hooks import stacked_param
 from circuit_plasticity.analysis.metrics import task_score
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.tasks.encode import TaskBatch
@@ -179,25 +180,40 @@ class _Model:
     b_in: dict[str, torch.Tensor]  # q/k/v -> [L, H, dh]
     W_O: torch.Tensor  # [L, H, dh, d]
     ln1: list[_Norm]
+    ln1_post: list[_Norm] | None  # Gemma-2's norm of the attention output, before the residual
 
     @classmethod
     def read(cls, model) -> _Model:
         graph = Graph.from_model(model)
         with torch.no_grad():
             W_in = {"q": model.W_Q.detach(), "k": model.W_K.detach(), "v": model.W_V.detach()}
-            b_in = {"q": model.b_Q.detach(), "k": model.b_K.detach(), "v": model.b_V.detach()}
+            b_in = {x: _bias(model, x, W_in[x]) for x in QKV}
             W_O = model.W_O.detach()
         if W_in["k"].shape[1] != graph.n_heads:
             raise UserError(
                 "edge attribution needs one key/value head per query head; this model groups them "
-                "(grouped-query attention): load it with ungrouped K/V"
+                "(grouped-query attention): analyse models.ungroup.ungrouped_twin(loaded) instead"
             )
-        return cls(graph, W_in, b_in, W_O, [_Norm(block.ln1, model) for block in model.blocks])
+        blocks = list(model.blocks)
+        post = [_Norm(b.ln1_post, model) for b in blocks] if hasattr(blocks[0], "ln1_post") else None
+        return cls(graph, W_in, b_in, W_O, [_Norm(block.ln1, model) for block in blocks], post)
+
+
+def _bias(model, which: str, weight: torch.Tensor) -> torch.Tensor:
+    """b_Q/b_K/b_V, zeros for bias-free projections (Llama, Gemma)."""
+    bias = stacked_param(model, f"b_{which.upper()}")
+    if bias is None:
+        return torch.zeros(weight.shape[:2] + weight.shape[3:], dtype=weight.dtype, device=weight.device)
+    return bias.detach()
 
 
 def _sender_hooks(m: _Model, store: torch.Tensor, sign: float, input_override=None) -> list:
-    """Hooks adding sign * each sender's output to store[f] ([F, n, pos, d])."""
+    """Hooks adding sign * each sender's output to store[f] ([F, n, pos, d]). A node's output is
+    what it adds to the residual stream: a head's z @ W_O, or, under a post-attention RMSNorm
+    (Gemma-2), w * (z @ W_O) / rms of the whole attention output, the run's own rms, so the
+    heads' outputs still sum to the block's contribution exactly."""
     g = m.graph
+    pending: dict[int, torch.Tensor] = {}
 
     def put_input(act, hook):
         if input_override is not None:
@@ -210,8 +226,21 @@ def _sender_hooks(m: _Model, store: torch.Tensor, sign: float, input_override=No
 
         def hook(z, hook):
             out = torch.einsum("nphe,hed->hnpd", z.detach(), m.W_O[layer])
-            store[start : start + g.n_heads] += sign * out
+            if m.ln1_post is None:
+                store[start : start + g.n_heads] += sign * out
+            else:
+                pending[layer] = out
             return z
+
+        return hook
+
+    def put_post_normed_heads(layer):
+        start, weight = g.layer_start(layer), m.ln1_post[layer].weight
+
+        def hook(scale, hook):
+            out = pending.pop(layer) / scale.detach()
+            store[start : start + g.n_heads] += sign * (out if weight is None else out * weight)
+            return scale
 
         return hook
 
@@ -227,6 +256,8 @@ def _sender_hooks(m: _Model, store: torch.Tensor, sign: float, input_override=No
     hooks = [("blocks.0.hook_in", put_input)]
     for lay in range(g.n_layers):
         hooks.append((f"blocks.{lay}.attn.hook_z", put_heads(lay)))
+        if m.ln1_post is not None:
+            hooks.append((f"blocks.{lay}.ln1_post.hook_scale", put_post_normed_heads(lay)))
         if g.has_mlp:
             hooks.append((f"blocks.{lay}.hook_mlp_out", put_mlp(lay)))
     return hooks

@@ -28,13 +28,13 @@ from circuit_plasticity.analysis.discovery import DiscoveryConfig, discover_circ
 from circuit_plasticity.analysis.faithfulness import CircuitScores, evaluate_circuit
 from circuit_plasticity.analysis.graph import Graph
 from circuit_plasticity.analysis.heads import mlp_dla
-from circuit_plasticity.analysis.hooks import kv_groups
 from circuit_plasticity.analysis.metrics import by_group, evaluate, summarize
 from circuit_plasticity.analysis.patching import Receivers, mlp_labels, path_patch
 from circuit_plasticity.analysis.profile import head_profile
 from circuit_plasticity.analysis.tables import long_table, write_table
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.models.load import LoadedModel
+from circuit_plasticity.models.ungroup import ungrouped_twin
 from circuit_plasticity.tasks.encode import TaskBatch
 
 IG_STEPS = 5
@@ -55,7 +55,7 @@ class ModelAnalysis:
     curve: pd.DataFrame  # faithfulness of top-n (/ greedy) edge circuits at MIB sizes
 
     mlps: pd.DataFrame  # layer, head=-1, dla: each MLP's direct effect (empty without MLPs)
-    graph: Graph | None = None  # EAP-IG scores; in_graph = the EAP-IG circuit
+    graph: Graph | None = None  # EAP-IG scores; in_graph = the EAP-IG circuit (per query head)
     edge_summary: pd.DataFrame = field(default_factory=pd.DataFrame)  # CPR and CMD per method
     depth: str = "full"
 
@@ -127,23 +127,17 @@ def analyze_model(
     metrics = summarize(per_prompt, batch)
     templates = pd.DataFrame(by_group(per_prompt, batch)).rename(columns={"group": "template"})
     heads, score = head_profile(model, loaded.tokenizer, first, thresholds)
-    if grouped_kv(model):  # EAP-IG's k/v receivers are per K/V head there: not yet split
-        if depth == "fast":
-            raise UserError(
-                "depth fast finds the circuit with EAP-IG, which does not yet split grouped K/V "
-                "(grouped-query attention) per query head; use --depth full (path patching)"
-            )
-        print("note: grouped-query attention: EAP-IG edges and curves are skipped", file=sys.stderr)
-        graph, curve, summary = None, pd.DataFrame(), pd.DataFrame()
-    else:
-        graph = edge_attribution(
-            model, batch, ig_steps=ig_steps, memory_budget_bytes=memory_budget_bytes, progress=progress
-        )
-        methods = ("top_n",) if depth == "fast" or not greedy_curve else ("top_n", "greedy")
-        curve, summary = faithfulness_curve(
-            model, batch, graph, methods=methods, memory_budget_bytes=memory_budget_bytes, progress=progress
-        )
-        graph.in_graph = _found_mask(graph, curve)
+    # grouped-query attention: EAP-IG's k/v receivers are per query head, on the ungrouped twin
+    edge_model = ungrouped_twin(loaded).model
+    graph = edge_attribution(
+        edge_model, batch, ig_steps=ig_steps, memory_budget_bytes=memory_budget_bytes, progress=progress
+    )
+    methods = ("top_n",) if depth == "fast" or not greedy_curve else ("top_n", "greedy")
+    curve, summary = faithfulness_curve(
+        edge_model, batch, graph, methods=methods, memory_budget_bytes=memory_budget_bytes, progress=progress
+    )
+    graph.in_graph = _found_mask(graph, curve)
+    del edge_model
     mlps = _chunked_mean(lambda sub: mlp_dla(model, sub), batch, flat.chunk, ["layer", "head"])
     if depth == "fast":
         circuit = _eap_circuit(graph, heads, loaded.name, float(per_prompt["score"].mean()), curve)
@@ -171,7 +165,7 @@ def analyze_model(
         effects,
         circuit,
         scores,
-        graph.edge_table() if graph is not None else pd.DataFrame(),
+        graph.edge_table(),
         curve,
         mlps,
         graph,
@@ -270,8 +264,3 @@ def circuit_of(
     heads, _ = head_profile(loaded.model, loaded.tokenizer, batch, thresholds)
     records = {(int(r["layer"]), int(r["head"])): r for r in heads.to_dict("records")}
     return discover_circuit(loaded.model, batch, loaded.name, discovery or DiscoveryConfig(), records).circuit
-
-
-def grouped_kv(model) -> bool:
-    """True when query heads share K/V heads (grouped-query attention)."""
-    return any(len(group) > 1 for group in kv_groups(model))

@@ -136,7 +136,7 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
             )
         )
     curves = read("faithfulness_curves") if (tables / "faithfulness_curves.parquet").is_file() else None
-    if curves is not None and len(curves):  # none under grouped-query attention (no EAP-IG yet)
+    if curves is not None and len(curves):
         figs.append(
             (
                 "Edge attribution circuits: faithfulness against size",
