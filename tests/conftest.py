@@ -73,3 +73,12 @@ def tiny_gpt2_dir(tmp_path_factory, bpe_tokenizer):
     torch.manual_seed(0)
     GPT2LMHeadModel(cfg).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def arch_dirs(tmp_path_factory, bpe_tokenizer):
+    """A tiny random model of every supported architecture (tests/arch_models.py)."""
+    from arch_models import ARCHITECTURES, build_model_dir
+
+    root = tmp_path_factory.mktemp("arch")
+    return {a: build_model_dir(root / a, a, bpe_tokenizer.backend) for a in ARCHITECTURES}

@@ -30,12 +30,6 @@ GQA = ("llama", "mistral", "qwen2", "gemma2")
 
 
 @pytest.fixture(scope="module")
-def arch_dirs(tmp_path_factory, bpe_tokenizer):
-    root = tmp_path_factory.mktemp("arch")
-    return {a: build_model_dir(root / a, a, bpe_tokenizer.backend) for a in ARCHITECTURES}
-
-
-@pytest.fixture(scope="module")
 def loaded(arch_dirs):
     out = {}
     for arch, path in arch_dirs.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from arch_models import ARCHITECTURES, build_model_dir, ungrouped_twin_dir
+from arch_models import ARCHITECTURES, ungrouped_twin_dir
 from reference import edge_derivative
 
 from circuit_plasticity.analysis.attribution import edge_attribution, edge_patched_scores
@@ -26,17 +26,17 @@ GQA = ("llama", "mistral", "qwen2", "gemma2")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, bpe_tokenizer):
+def models(tmp_path_factory, arch_dirs):
     """Per architecture: (loaded model, its in-memory twin, the disk twin, a batch)."""
-    root = tmp_path_factory.mktemp("arch-eap")
+    root = tmp_path_factory.mktemp("arch-twins")
     out = {}
     for arch in ARCHITECTURES:
-        path = build_model_dir(root / arch, arch, bpe_tokenizer.backend, seed=1)
+        path = arch_dirs[arch]
         loaded = load_model(str(path), device="cpu")
         disk = loaded
         if arch in GQA:
             disk = load_model(str(ungrouped_twin_dir(path, root / f"{arch}-twin")), device="cpu")
-        out[arch] = (loaded, ungrouped_twin(loaded), disk, task_batch(loaded, "ioi", n=10, seed=0))
+        out[arch] = (loaded, ungrouped_twin(loaded), disk, task_batch(loaded, "ioi", n=8, seed=0))
     return out
 
 
