@@ -116,6 +116,9 @@ def run_ray(
             log_to_driver=False,
             _temp_dir=own_temp,
             configure_logging=False,
+            # Ray starts workers at niceness 15; the points are the work here, and on a shared
+            # machine a niced point waits behind every other process
+            _system_config={"worker_niceness": 0},
         )
     errors: list[tuple[str, BaseException]] = []
     try:

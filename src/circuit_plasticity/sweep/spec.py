@@ -171,13 +171,11 @@ def load_sweep(path: str | Path) -> Sweep:
             _set(mapping, key, value)
         label = point_name(overrides)
         where = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "the base"
+        spec = from_mapping(ExperimentSpec, mapping, source=f"{source}: point {where}")
         try:
-            spec = from_mapping(ExperimentSpec, mapping, source=f"{source}: point {where}")
             check_study_phases(spec)
         except UserError as error:
-            raise UserError(
-                str(error) if "point" in str(error) else f"{source}: point {where}: {error}"
-            ) from None
+            raise UserError(f"{source}: point {where}: {error}") from None
         if label in names:
             raise UserError(f"{source}: points {names[label]} and {i} are the same point ({label})")
         names[label] = i
