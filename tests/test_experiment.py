@@ -110,8 +110,12 @@ def test_shipped_specs_validate_and_default_yaml_is_the_default():
     from circuit_plasticity.training.protocol import TrainSpec
 
     root = Path(__file__).resolve().parent.parent / "experiments"
+    from circuit_plasticity.sweep.spec import load_sweep
+
     for path in sorted(root.glob("*.yaml")):
-        if path.name == "toy-protocol.yaml":
+        if path.name.startswith("sweep-"):
+            assert len(load_sweep(path).points) > 1
+        elif path.name == "toy-protocol.yaml":
             from_mapping(TrainSpec, load_yaml(path), source=str(path))
         else:
             check_study_phases(load_experiment(path))

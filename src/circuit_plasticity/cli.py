@@ -324,6 +324,45 @@ def run_command(
     typer.echo(f"report: {report}")
 
 
+@app.command("sweep")
+def sweep_command(
+    sweep: Annotated[Path, typer.Argument(help="Sweep spec (YAML): base, grid, points; see experiments/.")],
+    out: Annotated[Path, typer.Option("--out", help="Sweep directory (resumed if it exists).")],
+    executor: Annotated[
+        str, typer.Option(help="local: a process pool on this machine; ray: one Ray task per point.")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (e.g. auto or ray://host:10001); default: local.")
+    ] = None,
+    parallel: Annotated[
+        int, typer.Option(help="local: points at once (0: cores / the cores one point uses).")
+    ] = 0,
+    gpus_per_point: Annotated[
+        float, typer.Option("--gpus-per-point", help="ray: GPUs each task asks for.")
+    ] = 0.0,
+    csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
+) -> None:
+    """Run a study per grid point (fraction, seeds, lr, model, ...): the dose-response tables and report."""
+    from circuit_plasticity.sweep.run import run_sweep
+    from circuit_plasticity.sweep.spec import load_sweep
+
+    if address is not None and executor != "ray":
+        fail("--address is for --executor ray")
+    parsed = load_sweep(sweep)
+    report = run_sweep(
+        parsed,
+        out,
+        executor=executor,
+        address=address,
+        csv=csv,
+        parallel=parallel,
+        gpus_per_point=gpus_per_point,
+        progress=not quiet,
+    )
+    typer.echo(f"report: {report}")
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,1 @@
+"""Dose-response sweeps: many studies, one command (spec, executors, results, report)."""
