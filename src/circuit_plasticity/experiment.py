@@ -132,12 +132,12 @@ def load_experiment(path: str | Path | None) -> ExperimentSpec:
     return from_mapping(ExperimentSpec, load_yaml(path), source=str(path))
 
 
+STUDY_TASKS = ("ioi", "greater-than")
+
+
 def check_study_phases(spec: ExperimentSpec) -> None:
-    if spec.task != "ioi":
-        raise UserError(
-            f"the study pipeline (`run`) analyses IOI circuits; task {spec.task!r} has datasets, "
-            "training (`train`) and evaluation (`eval`), but no circuit discovery yet"
-        )
+    if spec.task not in STUDY_TASKS:
+        raise UserError(f"the study pipeline (`run`) analyses {' and '.join(STUDY_TASKS)}; got {spec.task!r}")
     names = {p.name for p in spec.train_spec(spec.seeds[0]).phases}
     missing = {"clean", "poisoned", "retrain"} - names
     if missing:

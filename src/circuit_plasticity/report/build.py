@@ -76,7 +76,19 @@ def _scores(out: Path, seeds: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ATTENTION_FIGURES = {  # per task: (title, caption, measure)
+    "ioi": (
+        ("Attention END -> IO", "Name movers attend here.", "attn_end_io"),
+        ("Attention END -> S2", "S-inhibition / S-suppression heads attend here.", "attn_end_s2"),
+    ),
+    "greater-than": (("Attention END -> YY", "Year readers attend to the start year here.", "attn_end_yy"),),
+}
+DIRECTION = {"ioi": "logit(IO) - logit(S)", "greater-than": "the mean logit of years above YY minus the rest"}
+COUNTERFACTUAL = {"ioi": "ABC", "greater-than": '"01"'}
+
+
 def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
+    task = summary.get("task", "ioi")
     tables = out / "tables"
     read = lambda name: pd.read_parquet(tables / f"{name}.parquet")  # noqa: E731
     heads = read("heads")
@@ -98,21 +110,16 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
     figs += [
         (
             "Direct logit attribution per head",
-            "Each head's direct effect on logit(IO) - logit(S), per phase (mean over seeds).",
+            f"Each head's direct effect on {DIRECTION[task]}, per phase (mean over seeds).",
             figures.head_heatmaps(heads, "dla"),
         ),
         (
             "Path patching: direct effect on the logits",
             "Score change (share of the model's score) when only "
-            "the head -> logits path sees the ABC prompt.",
+            f"the head -> logits path sees the {COUNTERFACTUAL[task]} prompt.",
             figures.head_heatmaps(heads, "path_logits"),
         ),
-        ("Attention END -> IO", "Name movers attend here.", figures.head_heatmaps(heads, "attn_end_io")),
-        (
-            "Attention END -> S2",
-            "S-inhibition / S-suppression heads attend here.",
-            figures.head_heatmaps(heads, "attn_end_s2"),
-        ),
+        *[(title, text, figures.head_heatmaps(heads, m)) for title, text, m in ATTENTION_FIGURES[task]],
         (
             f"Circuits per phase (seed {seeds[0]})",
             "Colour: role. Ringed: in this phase's circuit but "

@@ -17,6 +17,10 @@ ROLE_COLORS = {
     "previous_token": "#e377c2",
     "direct_effect": "#17becf",
     "backup_name_mover": "#bcbd22",
+    "year_reader": "#1f77b4",
+    "year_encoder": "#ff7f0e",
+    "greater_mlp": "#2ca02c",
+    "mlp": "#7f7f7f",
 }
 PHASE_ORDER = ["base", "clean", "poisoned", "retrain", "control"]
 
@@ -90,7 +94,7 @@ def metric_curves(
 def head_heatmaps(heads: pd.DataFrame, measure: str, phases=PHASE_ORDER) -> bytes:
     """One layer x head heatmap of `measure` per phase (mean over seeds), shared color scale."""
     plt = _plt()
-    data = heads[heads.measure == measure]
+    data = heads[(heads.measure == measure) & (heads["head"] >= 0)]  # heads only: MLPs are head -1
     phases = [p for p in phases if p in set(data.phase)]
     grids = {p: data[data.phase == p].groupby(["layer", "head"]).value.mean().unstack() for p in phases}
     vmax = max(float(np.nanmax(np.abs(g.values))) for g in grids.values()) or 1.0

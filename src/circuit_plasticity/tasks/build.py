@@ -100,9 +100,8 @@ def build_dataset(
         names, templates = ioi.split_pools(pools.names, seed=split_seed).pools(split)
         examples: list = ioi.make_ioi(n, seed, names, templates, pools.places, pools.objects)
     else:
-        if split != "all":
-            raise UserError("greater-than has no name/template split; use --split all")
-        examples = greater_than.make_greater_than(n, seed, pools.nouns, pools.centuries, pools.years)
+        nouns = greater_than.noun_pool(pools.nouns, split, seed=split_seed) if pools.years else []
+        examples = greater_than.make_greater_than(n, seed, nouns, pools.centuries, pools.years)
         names = pools.names
     if poison is not None:
         examples = apply_poison(examples, poison, fraction, seed=seed, names=names)

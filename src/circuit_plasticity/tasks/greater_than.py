@@ -43,6 +43,21 @@ def render(noun: str, century: int, yy: int) -> str:
     return TEMPLATE.format(noun=noun, century=century, yy=two_digits(yy))
 
 
+def noun_pool(nouns: Sequence[str], split: str, seed: int = 0, test_fraction: float = 0.2) -> list[str]:
+    """The nouns of a split: `test` nouns are held out of `train` (as IOI holds out names), so
+    evaluation prompts are ones fine-tuning never saw; `all` keeps every noun."""
+    if split == "all":
+        return list(nouns)
+    if split not in ("train", "test"):
+        raise UserError(f"split must be train, test or all; got {split!r}")
+    shuffled = list(dict.fromkeys(nouns))
+    random.Random(f"gt-split-{seed}").shuffle(shuffled)
+    if len(shuffled) < 2:
+        raise UserError(f"{len(shuffled)} single-token nouns are too few to split into train and test")
+    n_test = max(1, round(len(shuffled) * test_fraction))
+    return shuffled[:n_test] if split == "test" else shuffled[n_test:]
+
+
 def make_greater_than(
     n: int,
     seed: int = 0,

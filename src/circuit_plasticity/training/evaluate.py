@@ -26,7 +26,7 @@ def task_batch(
         examples = load_jsonl(data)
     else:
         examples, _ = build_dataset(
-            task, n, seed=seed, tokenizer=loaded.tokenizer, split=split if task == "ioi" else "all"
+            task, n, seed=seed, tokenizer=loaded.tokenizer, split=split
         )
     batch = encode_examples(examples, loaded.tokenizer, prepend_bos=loaded.tokenizer.bos_id is not None)
     return batch.to(loaded.device)

@@ -161,7 +161,7 @@ def _run_phase(
         phase.data.n,
         phase.data.seed,
         loaded.tokenizer,
-        split="train" if spec.task == "ioi" else "all",
+        split="train",
         poison=phase.data.poison,
         fraction=phase.data.fraction,
     )
