@@ -182,31 +182,49 @@ def direct_logit_attribution(model, batch: TaskBatch) -> pd.DataFrame:
 
 
 @torch.no_grad()
+def mlp_direct(model, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per MLP, its output at END through the final norm (scale frozen from the run):
+    ([n, mlps, d_model] normed outputs, [n, mlps] DLA along the task's answer direction).
+    Empty ([n, 0, ...]) in attention-only models."""
+    n = len(batch)
+    mlps = [] if model.cfg.attn_only else list(range(model.cfg.n_layers))
+    if not mlps:
+        empty = torch.zeros(n, 0, device=batch.device)
+        return empty[..., None].expand(n, 0, int(model.cfg.d_model)), empty
+    names = [f"blocks.{lay}.hook_mlp_out" for lay in mlps] + ["ln_final.hook_scale"]
+    _, cache = run_cached(model, batch.tokens, names)
+    rows = torch.arange(n, device=batch.device)
+    scale = cache["ln_final.hook_scale"][rows, batch.end]
+    at_end = [cache[f"blocks.{lay}.hook_mlp_out"][rows, batch.end] for lay in mlps]
+    normed = torch.stack([final_norm_apply(model, out, scale) for out in at_end], dim=1)
+    return normed, torch.einsum("nlm,nm->nl", normed, unembed_direction(model, batch))
+
+
+@torch.no_grad()
 def mlp_dla(model, batch: TaskBatch) -> pd.DataFrame:
-    """Each MLP's direct effect along the task's answer direction at END (none in
+    """Each MLP's mean direct effect along the task's answer direction at END (none in
     attention-only models); Greater-Than adds `direct_prob_diff`, the task score of the MLP's
     own direct logits. Rows use head = -1 so they sit in the same tidy tables as heads."""
-    if model.cfg.attn_only:
+    from circuit_plasticity.analysis.metrics import task_score
+
+    normed, dla = mlp_direct(model, batch)
+    out = []
+    for lay in range(dla.shape[1]):
+        row = {"layer": lay, "head": -1, "dla": float(dla[:, lay].mean())}
+        if batch.task == "greater-than":
+            row["direct_prob_diff"] = float(task_score(normed[:, lay] @ model.W_U, batch).mean())
+        out.append(row)
+    if not out:
         return pd.DataFrame(
             {"layer": pd.Series(dtype=int), "head": pd.Series(dtype=int), "dla": pd.Series(dtype=float)}
         )
-    n_layers, _ = n_layers_heads(model)
-    names = [f"blocks.{lay}.hook_mlp_out" for lay in range(n_layers)] + ["ln_final.hook_scale"]
-    _, cache = run_cached(model, batch.tokens, names)
-    rows = torch.arange(len(batch), device=batch.device)
-    scale = cache["ln_final.hook_scale"][rows, batch.end]
-    direction = unembed_direction(model, batch)
-    out = []
-    for lay in range(n_layers):
-        mlp = cache[f"blocks.{lay}.hook_mlp_out"][rows, batch.end]
-        normed = final_norm_apply(model, mlp, scale)
-        row = {"layer": lay, "head": -1, "dla": float((normed * direction).sum(-1).mean())}
-        if batch.task == "greater-than":
-            from circuit_plasticity.analysis.metrics import task_score
-
-            row["direct_prob_diff"] = float(task_score(normed @ model.W_U, batch).mean())
-        out.append(row)
     return pd.DataFrame(out)
+
+
+def component_dla(model, batch: TaskBatch) -> torch.Tensor:
+    """[n, components] DLA per prompt in `hooks.component_labels` order: heads, then MLPs."""
+    heads = head_dla(model, batch)
+    return torch.cat([heads.reshape(heads.shape[0], -1), mlp_direct(model, batch)[1]], dim=1)
 
 
 def merge_head_tables(*tables: pd.DataFrame) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from circuit_plasticity.analysis import fastpath
 from circuit_plasticity.analysis.hooks import (
     head_labels,
     kv_head,
+    mlp_labels,
     mlp_name,
     n_kv_heads,
     n_layers_heads,
@@ -56,6 +57,16 @@ def repeat_batch(batch: TaskBatch, k: int) -> TaskBatch:
 def z_cache(model, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
     """Per-layer hook_z of one forward pass."""
     return activation_cache(model, tokens, "z")
+
+
+def output_cache(model, tokens: torch.Tensor) -> dict[int | str, torch.Tensor]:
+    """Every component's output of one pass: hook_z per layer (int keys) and, with MLPs, each
+    MLP's output under `mlp_name(layer)`: what cross-model output patching takes from a model."""
+    n_layers, _ = n_layers_heads(model)
+    names = [z_name(lay) for lay in range(n_layers)] + [mlp_name(lay) for lay, _ in mlp_labels(model)]
+    _, cache = run_cached(model, tokens, names)
+    out: dict[int | str, torch.Tensor] = {lay: cache[z_name(lay)] for lay in range(n_layers)}
+    return out | {name: cache[name] for name in names[n_layers:]}
 
 
 def _chunks(items: list, size: int) -> list[list]:
