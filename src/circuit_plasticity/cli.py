@@ -163,7 +163,7 @@ def eval_command(
 def analyze_command(
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", help="Directory for tables (Parquet) and circuit.json.")],
-    task: Annotated[str, typer.Option(help="ioi (circuit analysis is implemented for IOI).")] = "ioi",
+    task: Annotated[str, typer.Option(help="ioi or greater-than.")] = "ioi",
     n: NOpt = 200,
     seed: SeedOpt = 0,
     split: SplitOpt = "test",
@@ -189,7 +189,7 @@ def analyze_command(
     s = result.scores
     typer.echo(
         f"{loaded.name}: score {s.model_score:+.3f} on {n} held-out prompts; circuit of "
-        f"{len(result.circuit.heads)} heads keeps {s.faithfulness:.1%} of it "
+        f"{len(result.circuit.heads)} components keeps {s.faithfulness:.1%} of it "
         f"(sparsity {s.sparsity:.1%}); tables in {out}"
     )
     from circuit_plasticity.analysis.hooks import kv_groups
@@ -198,9 +198,11 @@ def analyze_command(
     if any(len(g) > 1 for g in groups):
         shared = " ".join("(" + ",".join(map(str, g)) + ")" for g in groups)
         typer.echo(f"  grouped-query attention: query heads {shared} share K/V in every layer")
+    from circuit_plasticity.analysis.hooks import component_name
+
     for head in result.circuit.heads:
         typer.echo(
-            f"  {head.layer}.{head.head:<3d} {head.role:<20s} at {head.position:<5s} "
+            f"  {component_name(head.key):<5s} {head.role:<20s} at {head.position:<5s} "
             f"path effect {head.effect:+.3f}"
         )
     for row in result.edge_summary.itertuples():

@@ -58,6 +58,7 @@ class ExperimentSpec:
     verdicts: VerdictThresholds = field(default_factory=VerdictThresholds)
     repair: bool = True  # targeted repair: retrain only the localized heads
     workers: int = 0  # processes for the seeds (0: one per core, at most one per seed)
+    years: list[int] | None = None  # Greater-Than: [low, high] start years (None: 02-98)
 
     def validate(self, where: str, source: str) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -119,6 +120,7 @@ class ExperimentSpec:
             checkpoint_every_steps=self.checkpoint_every_steps,
             eval=EvalSpec(every_steps=self.eval_every_steps),
             phases=phases,
+            years=self.years,
         )
 
 
@@ -161,7 +163,7 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
     if not out.exists():  # fail on an unusable model or tokenizer before anything is written
         from circuit_plasticity.training.evaluate import task_batch
 
-        task_batch(load_model(spec.model), spec.task, n=10)
+        task_batch(load_model(spec.model), spec.task, n=10, years=spec.years)
     out.mkdir(parents=True, exist_ok=True)
     mine = json.loads(json.dumps(dataclasses.asdict(spec)))
     saved = out / "experiment.json"
@@ -327,6 +329,7 @@ def study_options(spec: ExperimentSpec):
         thresholds=spec.verdicts,
         repair=plan if spec.repair else None,
         task=spec.task,
+        years=spec.years,
     )
 
 

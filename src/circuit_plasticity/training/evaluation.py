@@ -49,6 +49,7 @@ class Evaluator:
             seed=10_000 + spec.seed,
             tokenizer=tok,
             split="test",
+            years=spec.years,
         )
         device = loaded.device
         self.clean = encode_examples(examples, tok, prepend_bos=bos).to(device)

@@ -164,6 +164,7 @@ def _run_phase(
         split="train",
         poison=phase.data.poison,
         fraction=phase.data.fraction,
+        years=spec.years,
     )
     batch = encode_examples(examples, loaded.tokenizer, prepend_bos=loaded.tokenizer.bos_id is not None)
     batch = batch.to(loaded.device)
