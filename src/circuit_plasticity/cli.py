@@ -65,7 +65,9 @@ TokOpt = Annotated[
 OutOpt = Annotated[Path, typer.Option("--out", help="Output JSONL file.")]
 ModelArg = Annotated[str, typer.Argument(help="toy-ioi, a hub name, a model dir or a checkpoint.")]
 TaskOpt = Annotated[str, typer.Option(help="ioi or greater-than.")]
-SplitOpt = Annotated[str, typer.Option(help="IOI names/templates: test (held out), train, all.")]
+SplitOpt = Annotated[
+    str, typer.Option(help="Held-out split (IOI names/templates, Greater-Than nouns): test, train, all.")
+]
 
 
 @data_app.command("ioi")
@@ -238,11 +240,12 @@ def compare_command(
 ) -> None:
     """Judge the phases of training runs made by `train`: evidence, controls, verdicts, report."""
     from circuit_plasticity.compare.judge import JudgeOptions
-    from circuit_plasticity.experiment import judge_and_report, seeds_from_run_dirs
+    from circuit_plasticity.experiment import judge_and_report, runs_task, seeds_from_run_dirs
 
     seeds = seeds_from_run_dirs(runs)
-    summary = {"runs": ", ".join(map(str, runs)), "task": "ioi"}
-    report = judge_and_report(seeds, out, JudgeOptions(n=n), summary, csv=csv)
+    task, years = runs_task(runs)
+    summary = {"runs": ", ".join(map(str, runs)), "task": task}
+    report = judge_and_report(seeds, out, JudgeOptions(n=n, task=task, years=years), summary, csv=csv)
     _print_verdicts(out, report)
 
 
@@ -281,6 +284,7 @@ def judge_command(
         bool, typer.Option("--repair", help="Also run targeted repair (models built by this tool).")
     ] = False,
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
+    task: TaskOpt = "ioi",
 ) -> None:
     """Bring your own checkpoints: the study's analyses, controls, verdicts and report on them."""
     from circuit_plasticity.compare.judge import JudgeOptions, RepairPlan, read_seed_file, seeds_from_options
@@ -295,10 +299,18 @@ def judge_command(
         seeds = seeds_from_options(base, clean, poisoned, retrain, control)
     if out.exists() and any(out.iterdir()) and not (out / "tables").exists() and not (out / "seeds").exists():
         fail(f"{out} exists and is not a judge output; use another --out")
+    from circuit_plasticity.experiment import STUDY_TASKS
+
+    if task not in STUDY_TASKS:
+        fail(f"--task must be one of {', '.join(STUDY_TASKS)}, got {task!r}")
     options = JudgeOptions(
-        n=n, k=k, thresholds=VerdictThresholds(min_seeds=min_seeds), repair=RepairPlan() if repair else None
+        n=n,
+        k=k,
+        thresholds=VerdictThresholds(min_seeds=min_seeds),
+        repair=RepairPlan() if repair else None,
+        task=task,
     )
-    summary = {"task": "ioi", "seeds": str(len(seeds)), "base": str(seeds[0].base)}
+    summary = {"task": task, "seeds": str(len(seeds)), "base": str(seeds[0].base)}
     report = judge_and_report(seeds, out, options, summary, csv=csv)
     _print_verdicts(out, report)
 

@@ -386,6 +386,20 @@ def seeds_from_run_dirs(runs: list[Path]) -> list:
     return seeds
 
 
+def runs_task(runs: list[Path]) -> tuple[str, list[int] | None]:
+    """The task (and Greater-Than start years) the training runs share; refused when they differ."""
+    import json
+
+    found = {
+        (data.get("task", "ioi"), tuple(data["years"]) if data.get("years") else None)
+        for data in (json.loads((Path(root) / "spec.json").read_text()) for root in runs)
+    }
+    if len(found) != 1:
+        raise UserError(f"the runs were trained on different tasks or year ranges: {sorted(map(str, found))}")
+    task, years = found.pop()
+    return task, list(years) if years else None
+
+
 def spec_summary(spec: ExperimentSpec) -> dict[str, str]:
     return {
         "model": spec.model,

@@ -122,9 +122,9 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
         *[(title, text, figures.head_heatmaps(heads, m)) for title, text, m in ATTENTION_FIGURES[task]],
         (
             f"Circuits per phase (seed {seeds[0]})",
-            "Colour: role. Ringed: in this phase's circuit but "
-            "not the base's; hollow ring: a base head that left.",
-            figures.circuit_diagram(circuits, n_layers, n_heads),
+            "Colour: role (squares: MLPs). Ringed: in this phase's circuit but "
+            "not the base's; hollow ring: a base component that left.",
+            figures.circuit_diagram(circuits, n_layers, n_heads, mlps=bool((heads["head"] < 0).any())),
         ),
         (
             "Cross-model activation patching",

@@ -235,7 +235,7 @@ def _run_phase(
                 model.train()
                 run.append_metrics(last_metrics)
                 bar.set_postfix(
-                    acc=f"{last_metrics['clean_accuracy']:.2f}", ld=f"{last_metrics['clean_score']:+.2f}"
+                    acc=f"{last_metrics['clean_accuracy']:.2f}", score=f"{last_metrics['clean_score']:+.2f}"
                 )
             if epoch_end or (every and position.step % every == 0):
                 at = Position(phase.name, epoch + 1, 0, position.step) if epoch_end else position
