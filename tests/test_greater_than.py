@@ -211,3 +211,15 @@ def test_a_start_year_range_limits_the_prompts(word_tokenizer):
     examples, _ = build_dataset("greater-than", 200, seed=2, tokenizer=word_tokenizer, years=[40, 60])
     assert {e.year for e in examples} <= set(range(40, 61)) and len({e.year for e in examples}) > 5
     assert all(int(e.target) > e.year for e in examples)
+
+
+def test_the_greater_than_specs_validate():
+    from pathlib import Path
+
+    from circuit_plasticity.experiment import check_study_phases, load_experiment
+
+    root = Path(__file__).resolve().parent.parent / "experiments"
+    for name, model in (("toy-greater-than.yaml", "toy-gt"), ("gpt2-greater-than.yaml", "gpt2")):
+        spec = load_experiment(root / name)
+        check_study_phases(spec)
+        assert (spec.model, spec.task, spec.poison) == (model, "greater-than", "greater-than")
