@@ -223,3 +223,12 @@ def test_the_greater_than_specs_validate():
         spec = load_experiment(root / name)
         check_study_phases(spec)
         assert (spec.model, spec.task, spec.poison) == (model, "greater-than", "greater-than")
+
+
+def test_data_command_refuses_a_year_range_without_prompts(tmp_path):
+    out = tmp_path / "gt.jsonl"
+    r = cli("data", "greater-than", "--n", "5", "--years", "99-99", "--out", str(out))
+    assert r.returncode == 2 and "leave no valid" in r.stderr and not out.exists()
+    ok = cli("data", "greater-than", "--n", "50", "--years", "10-20", "--out", str(out))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert {json.loads(line)["year"] for line in out.read_text().splitlines()} <= set(range(10, 21))

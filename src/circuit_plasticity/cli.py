@@ -36,13 +36,14 @@ def _data_command(
     split: str,
     split_seed: int,
     out: Path,
+    years: list[int] | None = None,
 ) -> None:
     from circuit_plasticity.tasks.build import build_dataset
     from circuit_plasticity.tasks.jsonl import save_jsonl, summarize
     from circuit_plasticity.tasks.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer) if tokenizer else None
-    examples, pools = build_dataset(task, n, seed, tok, split, split_seed, poison, fraction)
+    examples, pools = build_dataset(task, n, seed, tok, split, split_seed, poison, fraction, years)
     save_jsonl(out, examples)
     summary = summarize(examples)
     summary["dropped_by_tokenizer"] = pools.dropped_counts()
@@ -95,9 +96,16 @@ def data_greater_than(
     tokenizer: TokOpt = None,
     split: Annotated[str, typer.Option(help="Nouns: train, test (held out) or all.")] = "all",
     split_seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
+    years: Annotated[str | None, typer.Option(help="Start years YY as LOW-HIGH, e.g. 10-60.")] = None,
 ) -> None:
     """Greater-Than prompts with the '01' counterfactual, optionally poisoned."""
-    _data_command("greater-than", n, seed, poison, fraction, tokenizer, split, split_seed, out)
+    span = None
+    if years is not None:
+        low, sep, high = years.partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            fail(f"--years must be LOW-HIGH (two-digit start years, e.g. 10-60), got {years!r}")
+        span = [int(low), int(high)]
+    _data_command("greater-than", n, seed, poison, fraction, tokenizer, split, split_seed, out, span)
 
 
 @data_app.command("show")

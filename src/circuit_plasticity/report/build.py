@@ -10,7 +10,7 @@ import pandas as pd
 from circuit_plasticity.analysis.tables import write_table
 from circuit_plasticity.compare.stats import t_interval
 from circuit_plasticity.report import figures
-from circuit_plasticity.report.html import render_report
+from circuit_plasticity.report.html import METRICS, render_report
 
 PER_SEED = {  # table name -> path inside a seed directory
     "metrics": "metrics.parquet",
@@ -102,7 +102,7 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
         figs.append(
             (
                 "Metrics through all phases",
-                "Held-out clean logit difference and accuracy, poison success and general-text "
+                f"Held-out clean {METRICS[task]} and accuracy, poison success and general-text "
                 "loss; solid: clean -> poisoned -> retrain, dashed: the clean-only control branch.",
                 figures.metric_curves(read("metrics")),
             )
