@@ -119,7 +119,7 @@ def test_year_readers_attend_from_end_to_the_start_year(toy_gt):
     table = role_attention(toy_gt.model, batch)
     _, cache = toy_gt.model.run_with_cache(batch.tokens)
     row = table.loc[table.attn_end_yy.idxmax()]
-    pattern = cache[f"blocks.{int(row.layer)}.attn.hook_pattern"][:, int(row['head'])]
+    pattern = cache[f"blocks.{int(row.layer)}.attn.hook_pattern"][:, int(row["head"])]
     slow = sum(float(pattern[i, batch.end[i], batch.end[i] - 4]) for i in range(len(batch))) / len(batch)
     assert row.attn_end_yy == pytest.approx(slow, abs=1e-5)
 

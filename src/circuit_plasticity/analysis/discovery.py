@@ -200,7 +200,11 @@ def discover_circuit(
         "n_prompts": len(batch),
     }
     circuit = Circuit(
-        task=batch.task, model=model_name, heads=heads, edges=edges, n_model_heads=len(head_labels(model)),
+        task=batch.task,
+        model=model_name,
+        heads=heads,
+        edges=edges,
+        n_model_heads=len(head_labels(model)),
         meta=meta,
     )
     return Discovery(circuit, pd.concat(tables, ignore_index=True))

@@ -27,9 +27,7 @@ def task_batch(
     if data is not None:
         examples = load_jsonl(data)
     else:
-        examples, _ = build_dataset(
-            task, n, seed=seed, tokenizer=loaded.tokenizer, split=split, years=years
-        )
+        examples, _ = build_dataset(task, n, seed=seed, tokenizer=loaded.tokenizer, split=split, years=years)
     batch = encode_examples(examples, loaded.tokenizer, prepend_bos=loaded.tokenizer.bos_id is not None)
     return batch.to(loaded.device)
 
