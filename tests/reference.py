@@ -126,3 +126,56 @@ def edge_derivative(model, batch: TaskBatch, sender: str, receiver: str) -> floa
         score = shifted_edge_score(model, batch, sender, receiver, eps)
         (grad,) = torch.autograd.grad(score, eps)
     return float(grad)
+
+
+def slow_prob_diff(end: torch.Tensor, year_ids: torch.Tensor, start_years: torch.Tensor) -> list[float]:
+    """Greater-Than's probability difference from its definition, one prompt and one year at a
+    time: softmax over the whole vocabulary, then sum P(year > YY) - sum P(year <= YY)."""
+    import math
+
+    out = []
+    for row, yy in zip(end.tolist(), start_years.tolist(), strict=True):
+        top = max(row)
+        total = sum(math.exp(v - top) for v in row)
+        value = 0.0
+        for year in range(100):
+            p = math.exp(row[int(year_ids[year])] - top) / total
+            value += p if year > yy else -p
+        out.append(value)
+    return out
+
+
+@torch.no_grad()
+def slow_mean_ablation(model, batch: TaskBatch, components) -> torch.Tensor:
+    """Per-prompt score with each component mean-ablated: a head's z or an MLP's output (layer,
+    -1) replaced, at every position, by its mean over the counterfactual prompts of the same
+    group, the means taken prompt by prompt in a plain loop."""
+    _, cache = model.run_with_cache(batch.corrupted)
+    names = {
+        c: f"blocks.{c[0]}.hook_mlp_out" if c[1] < 0 else f"blocks.{c[0]}.attn.hook_z" for c in components
+    }
+    means = {}
+    for c, name in names.items():
+        act = cache[name]
+        rows = []
+        for i in range(len(batch)):
+            same = [j for j in range(len(batch)) if int(batch.group[j]) == int(batch.group[i])]
+            total = act[same[0]].clone()
+            for j in same[1:]:
+                total += act[j]
+            rows.append(total / len(same))
+        means[c] = torch.stack(rows)
+
+    def hook_for(c):
+        def hook(act, hook):
+            act = act.clone()
+            if c[1] < 0:
+                act[:] = means[c]
+            else:
+                act[:, :, c[1]] = means[c][:, :, c[1]]
+            return act
+
+        return hook
+
+    logits = model.run_with_hooks(batch.tokens, fwd_hooks=[(names[c], hook_for(c)) for c in components])
+    return task_score(end_logits(logits, batch), batch)

@@ -364,8 +364,11 @@ def test_head_profile_discovery_and_circuit_scores_run_on_every_architecture(arc
     assert list(heads.sort_values(["layer", "head"]).kv_head) == [kv_head(m.model, h) for h in range(4)] * 2
     records = {(int(r["layer"]), int(r["head"])): r for r in heads.to_dict("records")}
     found = discover_circuit(m.model, batch, arch, attention=records)
-    keep = found.circuit.head_set()
-    assert keep <= {(lay, h) for lay in range(2) for h in range(4)}
+    keep = found.circuit.head_set()  # heads and, since MLPs are components, MLPs (layer, -1)
+    from circuit_plasticity.analysis.hooks import component_labels
+
+    assert keep <= set(component_labels(m.model))
+    assert {h for h in keep if h[1] >= 0} <= {(lay, h) for lay in range(2) for h in range(4)}
     scores = evaluate_circuit(m.model, batch, found.circuit)
     assert abs(scores.model_score - score) < 1e-4
     if keep:

@@ -122,13 +122,6 @@ def test_shipped_specs_validate_and_default_yaml_is_the_default():
     assert load_experiment(root / "default.yaml") == ExperimentSpec()
 
 
-def test_greater_than_study_is_refused_clearly(tmp_path):
-    spec = tmp_path / "gt.yaml"
-    spec.write_text("task: greater-than\npoison: greater-than\n")
-    r = cli("run", str(spec), "--out", str(tmp_path / "run"))
-    assert r.returncode == 2 and "no circuit discovery yet" in r.stderr
-
-
 @pytest.mark.slow
 def test_study_runs_on_a_hugging_face_gpt2_directory(tmp_path, tiny_gpt2_dir):
     """--model with a (tiny, random) GPT-2: the same pipeline, with MLPs, and a cost warning."""

@@ -150,7 +150,7 @@ def test_head_and_mlp_attributions_sum_to_the_logit_difference_on_gpt2(gpt2_and_
 def test_mlp_senders_in_path_patching_equal_the_reference(gpt2_and_batch):
     from reference import slow_mlp_path_patch_to_logits
 
-    from circuit_plasticity.analysis.patching import mlp_labels
+    from circuit_plasticity.analysis.hooks import mlp_labels
 
     loaded, batch = gpt2_and_batch
     senders = mlp_labels(loaded.model) + [(0, 1)]

@@ -36,13 +36,14 @@ def _data_command(
     split: str,
     split_seed: int,
     out: Path,
+    years: list[int] | None = None,
 ) -> None:
     from circuit_plasticity.tasks.build import build_dataset
     from circuit_plasticity.tasks.jsonl import save_jsonl, summarize
     from circuit_plasticity.tasks.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer) if tokenizer else None
-    examples, pools = build_dataset(task, n, seed, tok, split, split_seed, poison, fraction)
+    examples, pools = build_dataset(task, n, seed, tok, split, split_seed, poison, fraction, years)
     save_jsonl(out, examples)
     summary = summarize(examples)
     summary["dropped_by_tokenizer"] = pools.dropped_counts()
@@ -65,7 +66,9 @@ TokOpt = Annotated[
 OutOpt = Annotated[Path, typer.Option("--out", help="Output JSONL file.")]
 ModelArg = Annotated[str, typer.Argument(help="toy-ioi, a hub name, a model dir or a checkpoint.")]
 TaskOpt = Annotated[str, typer.Option(help="ioi or greater-than.")]
-SplitOpt = Annotated[str, typer.Option(help="IOI names/templates: test (held out), train, all.")]
+SplitOpt = Annotated[
+    str, typer.Option(help="Held-out split (IOI names/templates, Greater-Than nouns): test, train, all.")
+]
 
 
 @data_app.command("ioi")
@@ -91,9 +94,18 @@ def data_greater_than(
     poison: PoisonOpt = None,
     fraction: FractionOpt = 1.0,
     tokenizer: TokOpt = None,
+    split: Annotated[str, typer.Option(help="Nouns: train, test (held out) or all.")] = "all",
+    split_seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
+    years: Annotated[str | None, typer.Option(help="Start years YY as LOW-HIGH, e.g. 10-60.")] = None,
 ) -> None:
     """Greater-Than prompts with the '01' counterfactual, optionally poisoned."""
-    _data_command("greater-than", n, seed, poison, fraction, tokenizer, "all", 0, out)
+    span = None
+    if years is not None:
+        low, sep, high = years.partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            fail(f"--years must be LOW-HIGH (two-digit start years, e.g. 10-60), got {years!r}")
+        span = [int(low), int(high)]
+    _data_command("greater-than", n, seed, poison, fraction, tokenizer, split, split_seed, out, span)
 
 
 @data_app.command("show")
@@ -104,7 +116,7 @@ def data_show(path: Annotated[Path, typer.Argument(help="A dataset JSONL file.")
     typer.echo(json.dumps(summarize(load_jsonl(path)), indent=2))
 
 
-toy_app = typer.Typer(help="The embedded toy model (toy-ioi).", no_args_is_help=True)
+toy_app = typer.Typer(help="The embedded toy models (toy-ioi, toy-gt).", no_args_is_help=True)
 app.add_typer(toy_app, name="toy-model")
 
 
@@ -112,14 +124,17 @@ app.add_typer(toy_app, name="toy-model")
 def toy_train(
     out: Annotated[Path, typer.Option("--out", help="Directory for the trained model.")],
     seed: SeedOpt = 0,
-    steps: Annotated[int, typer.Option(help="Optimizer steps (batch 64).")] = 5000,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (batch 64); default: the toy's.")] = None,
+    model: Annotated[str, typer.Option(help="toy-ioi (IOI) or toy-gt (Greater-Than).")] = "toy-ioi",
 ) -> None:
-    """Pretrain the toy model from scratch (deterministic for a seed; ~7 min on 2 cores)."""
-    from circuit_plasticity.models.toy.train import ToyTrainConfig, train_toy
+    """Pretrain a toy model from scratch (deterministic for a seed; toy-ioi ~8 min, toy-gt ~2 min)."""
+    from circuit_plasticity.models.toy.train import RECIPES, train_config, train_toy
 
-    if steps <= 0:
+    if model not in RECIPES:
+        fail(f"--model must be one of {', '.join(RECIPES)}, got {model!r}")
+    if steps is not None and steps <= 0:
         fail(f"--steps must be positive, got {steps}")
-    result = train_toy(ToyTrainConfig(seed=seed, steps=steps), out)
+    result = train_toy(train_config(RECIPES[model], seed, steps), out, recipe=RECIPES[model])
     typer.echo(
         json.dumps({"out": str(out), "seconds": round(result["seconds"], 1), "final": result["history"][-1]})
     )
@@ -158,7 +173,7 @@ def eval_command(
 def analyze_command(
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", help="Directory for tables (Parquet) and circuit.json.")],
-    task: Annotated[str, typer.Option(help="ioi (circuit analysis is implemented for IOI).")] = "ioi",
+    task: Annotated[str, typer.Option(help="ioi or greater-than.")] = "ioi",
     n: NOpt = 200,
     seed: SeedOpt = 0,
     split: SplitOpt = "test",
@@ -184,7 +199,7 @@ def analyze_command(
     s = result.scores
     typer.echo(
         f"{loaded.name}: score {s.model_score:+.3f} on {n} held-out prompts; circuit of "
-        f"{len(result.circuit.heads)} heads keeps {s.faithfulness:.1%} of it "
+        f"{len(result.circuit.heads)} components keeps {s.faithfulness:.1%} of it "
         f"(sparsity {s.sparsity:.1%}); tables in {out}"
     )
     from circuit_plasticity.analysis.hooks import kv_groups
@@ -193,9 +208,11 @@ def analyze_command(
     if any(len(g) > 1 for g in groups):
         shared = " ".join("(" + ",".join(map(str, g)) + ")" for g in groups)
         typer.echo(f"  grouped-query attention: query heads {shared} share K/V in every layer")
+    from circuit_plasticity.analysis.hooks import component_name
+
     for head in result.circuit.heads:
         typer.echo(
-            f"  {head.layer}.{head.head:<3d} {head.role:<20s} at {head.position:<5s} "
+            f"  {component_name(head.key):<5s} {head.role:<20s} at {head.position:<5s} "
             f"path effect {head.effect:+.3f}"
         )
     for row in result.edge_summary.itertuples():
@@ -231,11 +248,12 @@ def compare_command(
 ) -> None:
     """Judge the phases of training runs made by `train`: evidence, controls, verdicts, report."""
     from circuit_plasticity.compare.judge import JudgeOptions
-    from circuit_plasticity.experiment import judge_and_report, seeds_from_run_dirs
+    from circuit_plasticity.experiment import judge_and_report, runs_task, seeds_from_run_dirs
 
     seeds = seeds_from_run_dirs(runs)
-    summary = {"runs": ", ".join(map(str, runs)), "task": "ioi"}
-    report = judge_and_report(seeds, out, JudgeOptions(n=n), summary, csv=csv)
+    task, years = runs_task(runs)
+    summary = {"runs": ", ".join(map(str, runs)), "task": task}
+    report = judge_and_report(seeds, out, JudgeOptions(n=n, task=task, years=years), summary, csv=csv)
     _print_verdicts(out, report)
 
 
@@ -274,6 +292,7 @@ def judge_command(
         bool, typer.Option("--repair", help="Also run targeted repair (models built by this tool).")
     ] = False,
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
+    task: TaskOpt = "ioi",
 ) -> None:
     """Bring your own checkpoints: the study's analyses, controls, verdicts and report on them."""
     from circuit_plasticity.compare.judge import JudgeOptions, RepairPlan, read_seed_file, seeds_from_options
@@ -288,10 +307,18 @@ def judge_command(
         seeds = seeds_from_options(base, clean, poisoned, retrain, control)
     if out.exists() and any(out.iterdir()) and not (out / "tables").exists() and not (out / "seeds").exists():
         fail(f"{out} exists and is not a judge output; use another --out")
+    from circuit_plasticity.experiment import STUDY_TASKS
+
+    if task not in STUDY_TASKS:
+        fail(f"--task must be one of {', '.join(STUDY_TASKS)}, got {task!r}")
     options = JudgeOptions(
-        n=n, k=k, thresholds=VerdictThresholds(min_seeds=min_seeds), repair=RepairPlan() if repair else None
+        n=n,
+        k=k,
+        thresholds=VerdictThresholds(min_seeds=min_seeds),
+        repair=RepairPlan() if repair else None,
+        task=task,
     )
-    summary = {"task": "ioi", "seeds": str(len(seeds)), "base": str(seeds[0].base)}
+    summary = {"task": task, "seeds": str(len(seeds)), "base": str(seeds[0].base)}
     report = judge_and_report(seeds, out, options, summary, csv=csv)
     _print_verdicts(out, report)
 
@@ -316,7 +343,9 @@ def run_command(
     spec = load_experiment(experiment)
     if model is not None:
         spec = dataclasses.replace(spec, model=model)
-    if spec.model != "toy-ioi":
+    from circuit_plasticity.models.load import TOY_NAMES
+
+    if spec.model not in TOY_NAMES:
         from circuit_plasticity.experiment import cost_warning
 
         typer.echo(cost_warning(spec), err=True)

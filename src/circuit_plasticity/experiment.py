@@ -58,6 +58,7 @@ class ExperimentSpec:
     verdicts: VerdictThresholds = field(default_factory=VerdictThresholds)
     repair: bool = True  # targeted repair: retrain only the localized heads
     workers: int = 0  # processes for the seeds (0: one per core, at most one per seed)
+    years: list[int] | None = None  # Greater-Than: [low, high] start years (None: 02-98)
 
     def validate(self, where: str, source: str) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -119,6 +120,7 @@ class ExperimentSpec:
             checkpoint_every_steps=self.checkpoint_every_steps,
             eval=EvalSpec(every_steps=self.eval_every_steps),
             phases=phases,
+            years=self.years,
         )
 
 
@@ -132,12 +134,12 @@ def load_experiment(path: str | Path | None) -> ExperimentSpec:
     return from_mapping(ExperimentSpec, load_yaml(path), source=str(path))
 
 
+STUDY_TASKS = ("ioi", "greater-than")
+
+
 def check_study_phases(spec: ExperimentSpec) -> None:
-    if spec.task != "ioi":
-        raise UserError(
-            f"the study pipeline (`run`) analyses IOI circuits; task {spec.task!r} has datasets, "
-            "training (`train`) and evaluation (`eval`), but no circuit discovery yet"
-        )
+    if spec.task not in STUDY_TASKS:
+        raise UserError(f"the study pipeline (`run`) analyses {' and '.join(STUDY_TASKS)}; got {spec.task!r}")
     names = {p.name for p in spec.train_spec(spec.seeds[0]).phases}
     missing = {"clean", "poisoned", "retrain"} - names
     if missing:
@@ -161,7 +163,7 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
     if not out.exists():  # fail on an unusable model or tokenizer before anything is written
         from circuit_plasticity.training.evaluate import task_batch
 
-        task_batch(load_model(spec.model), spec.task, n=10)
+        task_batch(load_model(spec.model), spec.task, n=10, years=spec.years)
     out.mkdir(parents=True, exist_ok=True)
     mine = json.loads(json.dumps(dataclasses.asdict(spec)))
     saved = out / "experiment.json"
@@ -327,6 +329,7 @@ def study_options(spec: ExperimentSpec):
         thresholds=spec.verdicts,
         repair=plan if spec.repair else None,
         task=spec.task,
+        years=spec.years,
     )
 
 
@@ -381,6 +384,20 @@ def seeds_from_run_dirs(runs: list[Path]) -> list:
             )
         )
     return seeds
+
+
+def runs_task(runs: list[Path]) -> tuple[str, list[int] | None]:
+    """The task (and Greater-Than start years) the training runs share; refused when they differ."""
+    import json
+
+    found = {
+        (data.get("task", "ioi"), tuple(data["years"]) if data.get("years") else None)
+        for data in (json.loads((Path(root) / "spec.json").read_text()) for root in runs)
+    }
+    if len(found) != 1:
+        raise UserError(f"the runs were trained on different tasks or year ranges: {sorted(map(str, found))}")
+    task, years = found.pop()
+    return task, list(years) if years else None
 
 
 def spec_summary(spec: ExperimentSpec) -> dict[str, str]:

@@ -1,5 +1,8 @@
 """Knockout by mean ablation (Wang et al.): a head's output is replaced by its mean over the
-counterfactual (ABC) distribution, taken per template, so position-specific structure stays.
+counterfactual distribution (IOI: ABC prompts; Greater-Than: "01" prompts), taken per
+`batch.group` (IOI: template; Greater-Than: century), so position-specific structure stays.
+An MLP, as a component (layer, -1), is mean-ablated the same way: its output is replaced by
+its group mean over the counterfactual prompts.
 
 Single-head knockouts of every head run batched through the patching engine
 (`patching.patch_each_head`), the mean being the replacement.
@@ -12,7 +15,14 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from circuit_plasticity.analysis.hooks import head_labels, n_layers_heads, z_name
+from circuit_plasticity.analysis.hooks import (
+    head_labels,
+    mlp_labels,
+    mlp_name,
+    n_layers_heads,
+    run_cached,
+    z_name,
+)
 from circuit_plasticity.analysis.metrics import end_logits, task_score
 from circuit_plasticity.analysis.patching import patch_each_head, patch_each_set, z_cache
 from circuit_plasticity.tasks.encode import TaskBatch
@@ -21,20 +31,23 @@ Head = tuple[int, int]
 
 
 @torch.no_grad()
-def group_means(model, batch: TaskBatch) -> dict[int, torch.Tensor]:
-    """Per layer, [n, seq, heads, d_head]: each prompt gets the mean z of its template's
-    counterfactual prompts (the mean-ablation reference)."""
+def group_means(model, batch: TaskBatch) -> dict[int | str, torch.Tensor]:
+    """Per layer, [n, seq, heads, d_head]: each prompt gets the mean z of its group's
+    counterfactual prompts (the mean-ablation reference); with MLPs also, under the key
+    `mlp_name(layer)`, the group mean of each MLP's output [n, seq, d_model]."""
     n_layers, _ = n_layers_heads(model)
-    cache = z_cache(model, batch.corrupted)
+    cache: dict[int | str, torch.Tensor] = dict(z_cache(model, batch.corrupted))
+    mlps = [mlp_name(lay) for lay, _ in mlp_labels(model)]
+    if mlps:
+        cache |= run_cached(model, batch.corrupted, mlps)[1]
     groups, inverse = torch.unique(batch.group, return_inverse=True)
     counts = torch.bincount(inverse, minlength=len(groups)).to(torch.float32)
     means = {}
-    for layer in range(n_layers):
-        z = cache[layer]
-        sums = torch.zeros((len(groups), *z.shape[1:]), dtype=z.dtype, device=z.device).index_add_(
-            0, inverse, z
-        )
-        means[layer] = (sums / counts[:, None, None, None])[inverse]
+    for key in [*range(n_layers), *mlps]:
+        act = cache[key]
+        sums = torch.zeros((len(groups), *act.shape[1:]), dtype=act.dtype, device=act.device)
+        sums.index_add_(0, inverse, act)
+        means[key] = (sums / counts.view(-1, *[1] * (act.dim() - 1)))[inverse]
     return means
 
 

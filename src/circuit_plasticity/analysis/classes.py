@@ -10,6 +10,9 @@ role of its own (so never a negative name mover) whose DLA grows when the name m
 knocked out. The table lists every role a head qualifies for; the circuit gives each head the
 role of the first stage that selects it.
 
+Greater-Than heads are named by what they read: a year reader attends from END to the start
+year YY (Hanna et al.'s attention heads); MLPs are named in the MLP table and the circuit.
+
 Relative thresholds are shares of a reference scale: the model's own |mean logit difference|
 by default, or a fixed `reference_scale` (the study passes the base model's), so a model whose
 score triples keeps its members.
@@ -27,7 +30,7 @@ QUERY_PATH = "path_q_of_s_inhibition_receivers"  # discovery's stage-2 measure
 
 @dataclass(frozen=True)
 class Thresholds:
-    attention: float = 0.15  # attention END->IO (name movers) or END->S2 (S-inhibition)
+    attention: float = 0.15  # attention END->IO (name movers), END->S2 (S-inhibition), END->YY
     copy: float = 0.5  # share of names whose logit the OV circuit puts in the top 5
     direct_share: float = 0.08  # |DLA| as a share of the model's logit difference
     duplicate: float = 0.2  # attention S2 -> S1
@@ -96,6 +99,8 @@ def head_roles(row: pd.Series, own_scale: float, scale: float, th: Thresholds) -
     gain = _value(row, "dla_gain_without_name_movers") or 0.0
     if not set(DIRECT_ROLES) & set(mine) and gain >= th.backup_share * scale:
         mine.append("backup_name_mover")
+    if (_value(row, "attn_end_yy") or 0.0) >= th.attention:
+        mine.append("year_reader")
     if (_value(row, "attn_s2_s1") or 0.0) >= th.duplicate:
         mine.append("duplicate_token")
     if (_value(row, "induction") or 0.0) >= th.induction:

@@ -1,12 +1,20 @@
 """Automatic circuit discovery following Wang et al.'s iteration, by path patching.
 
-1. heads whose corrupted output, reaching the logits directly, moves the score, in either
-   sign; each is named by `classes.direct_role` (the heads table's rule): name mover,
-   negative name mover, S-suppressor, S mover, else "direct_effect";
-2. heads acting through the queries at END of every stage-1 head: S-inhibition;
-3. heads acting through the S-inhibition heads' values at S2: induction / duplicate-token
-   (told apart by their attention scores);
-4. heads acting through the induction heads' keys at S1+1: previous-token.
+Components are heads and, where the model has them, MLPs (layer, -1), for every task.
+1. components whose corrupted output, reaching the logits (directly or through the MLPs,
+   which path patching recomputes), moves the score, in either sign. IOI heads are named by
+   `classes.direct_role` (the heads table's rule): name mover, negative name mover,
+   S-suppressor, S mover, else "direct_effect"; Greater-Than heads that attend END -> YY are
+   year readers; an MLP whose clean output raises the score is a "greater" MLP
+   (Greater-Than) or "mlp" (IOI); the others "direct_effect" / "mlp";
+IOI then searches upstream:
+2. components acting through the queries at END of every stage-1 head: S-inhibition;
+3. components acting through the S-inhibition heads' values at S2: induction /
+   duplicate-token (told apart by their attention scores);
+4. components acting through the induction heads' keys at S1+1: previous-token.
+Greater-Than searches one stage upstream: components acting through the stage-1 heads'
+values at YY (they write the start year where the year readers read it): year encoders.
+Receivers are always heads (MLP inputs are not yet receivers).
 At every stage a head is selected by |effect| (either sign) and the next stage searches
 upstream of all of them whatever their sign, since poisoned models flip signs.
 The threshold is absolute: `share` x `reference_scale` (the study passes the base model's
@@ -24,7 +32,7 @@ import torch
 
 from circuit_plasticity.analysis.circuit import Circuit, CircuitHead, Edge
 from circuit_plasticity.analysis.classes import DEFAULT_THRESHOLDS, direct_role
-from circuit_plasticity.analysis.hooks import head_labels
+from circuit_plasticity.analysis.hooks import component_labels, head_labels
 from circuit_plasticity.analysis.metrics import end_logits, task_score
 from circuit_plasticity.analysis.patching import Receivers, path_patch, z_cache
 from circuit_plasticity.tasks.encode import TaskBatch
@@ -68,9 +76,25 @@ def circuit_direct_role(
     return role or "direct_effect"
 
 
-def _effects(model, batch: TaskBatch, receivers: Receivers, clean: torch.Tensor, caches) -> torch.Tensor:
-    """[n_heads] mean path-patching effect in score units (corrupted - clean)."""
-    scores = path_patch(model, batch, receivers, caches=caches)
+def component_direct_role(
+    task: str, records: dict[Head, dict] | None, part: Head, effect: float, config: DiscoveryConfig
+) -> str:
+    """The direct stage's role of a head or MLP on `task` (effect = corrupted - clean)."""
+    if part[1] < 0:
+        if -effect <= 0:
+            return "mlp"
+        return "greater_mlp" if task == "greater-than" else "mlp"
+    if task == "greater-than":
+        attn = float((records or {}).get(part, {}).get("attn_end_yy", 0.0) or 0.0)
+        return "year_reader" if attn >= config.attention else "direct_effect"
+    return circuit_direct_role(records, part, effect, config)
+
+
+def _effects(
+    model, batch: TaskBatch, receivers: Receivers, clean: torch.Tensor, caches, senders: list[Head]
+) -> torch.Tensor:
+    """[n_components] mean path-patching effect in score units (corrupted - clean)."""
+    scores = path_patch(model, batch, receivers, senders, caches=caches)
     return (scores - clean[None]).mean(1)
 
 
@@ -90,11 +114,14 @@ class Discovery:
 
 
 DEFAULT_DISCOVERY = DiscoveryConfig()
-UPSTREAM = (  # role, receiver input, position of the role
-    ("s_inhibition", "q", "end"),
-    ("induction", "v", "s2"),
-    ("previous_token", "k", "s1+1"),
-)
+UPSTREAM = {  # per task: role, receiver input, position of the role
+    "ioi": (
+        ("s_inhibition", "q", "end"),
+        ("induction", "v", "s2"),
+        ("previous_token", "k", "s1+1"),
+    ),
+    "greater-than": (("year_encoder", "v", "yy"),),
+}
 
 
 def _upstream_role(role: str, records: dict | None, head: Head) -> str:
@@ -113,8 +140,9 @@ def discover_circuit(
     config: DiscoveryConfig = DEFAULT_DISCOVERY,
     attention: dict[Head, dict[str, float]] | None = None,
 ) -> Discovery:
-    """The IOI circuit of `model` on `batch` (clean vs the ABC counterfactual)."""
-    labels = head_labels(model)
+    """The circuit of `model` on `batch` (clean vs its counterfactual: IOI's ABC prompts,
+    Greater-Than's "01" prompts)."""
+    labels = component_labels(model)
     clean = task_score(end_logits(model(batch.tokens), batch), batch)
     model_score = float(clean.mean())
     own = max(abs(model_score), 1e-6)
@@ -144,24 +172,26 @@ def discover_circuit(
                 edges.append(Edge(h, r, kind))
 
     caches = (z_cache(model, batch.tokens), z_cache(model, batch.corrupted))
-    direct = _effects(model, batch, Receivers(), clean, caches)
+    direct = _effects(model, batch, Receivers(), clean, caches, labels)
     record("logits", direct)
     cap = config.max_per_stage * config.direct_cap_factor
-    receivers = select_heads(direct, labels, threshold, cap, taken)
-    for h in receivers:
+    found = select_heads(direct, labels, threshold, cap, taken)
+    for h in found:
         e = float(direct[labels.index(h)])
-        add(h, circuit_direct_role(attention, h, e, config), "end", e, None, "logits")
-    for role, kind, position in UPSTREAM:
+        add(h, component_direct_role(batch.task, attention, h, e, config), "end", e, None, "logits")
+    receivers = [h for h in found if h[1] >= 0]
+    for role, kind, position in UPSTREAM[batch.task]:
         if not receivers:
             break
         recv_pos = "end" if kind == "q" else position
-        effects = _effects(model, batch, Receivers(tuple(receivers), kind, recv_pos), clean, caches)
+        receivers_at = Receivers(tuple(receivers), kind, recv_pos)
+        effects = _effects(model, batch, receivers_at, clean, caches, labels)
         record(f"{kind}_of_{role}_receivers", effects)
         found = select_heads(effects, labels, threshold, config.max_per_stage, taken)
         for h in found:
             e = float(effects[labels.index(h)])
             add(h, _upstream_role(role, attention, h), position, e, receivers, kind)
-        receivers = found
+        receivers = [h for h in found if h[1] >= 0]
     meta = {
         "share": config.share,
         "reference_scale": config.reference_scale,
@@ -170,6 +200,11 @@ def discover_circuit(
         "n_prompts": len(batch),
     }
     circuit = Circuit(
-        task=batch.task, model=model_name, heads=heads, edges=edges, n_model_heads=len(labels), meta=meta
+        task=batch.task,
+        model=model_name,
+        heads=heads,
+        edges=edges,
+        n_model_heads=len(head_labels(model)),
+        meta=meta,
     )
     return Discovery(circuit, pd.concat(tables, ignore_index=True))

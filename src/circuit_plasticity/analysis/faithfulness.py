@@ -1,8 +1,10 @@
 """Circuit evaluation: faithfulness, completeness, minimality, sparsity.
 
-Everything outside the circuit is mean-ablated (per-template means over the counterfactual
-distribution), and the circuit's score F(C) is compared with the model's F(M) and with the
-empty circuit's F(empty) (every head mean-ablated).
+Everything outside the circuit is mean-ablated (per-group means over the counterfactual
+distribution: IOI per template, Greater-Than per century), and the circuit's score F(C) is
+compared with the model's F(M) and with the empty circuit's F(empty) (every component
+mean-ablated). Components are heads and, where the model has them, MLPs (layer, -1), ablated
+alike: a circuit may keep an MLP, and everything it does not keep is replaced by its mean.
 - faithfulness = F(C) / F(M) (Wang et al. also report |F(M) - F(C)|);
 - normalized faithfulness = (F(C) - F(empty)) / (F(M) - F(empty)) (MIB's convention): 0 for
   the empty circuit and 1 for the whole model by construction, so a circuit is not credited
@@ -14,7 +16,7 @@ empty circuit's F(empty) (every head mean-ablated).
   most raises the value); reported in score units and as a share of |F(M)|. The circuit is
   minimal at threshold t if every head's share is at least t (the study states no threshold:
   ours is a parameter, default 1 %);
-- sparsity: the share of the model's heads in the circuit.
+- sparsity: the share of the model's components (heads and MLPs) in the circuit.
 All ablated sets of one round run in one batched pass (`patching.patch_each_set`).
 """
 
@@ -27,7 +29,7 @@ import torch
 
 from circuit_plasticity.analysis.ablation import group_means, knockout
 from circuit_plasticity.analysis.circuit import Circuit
-from circuit_plasticity.analysis.hooks import head_labels
+from circuit_plasticity.analysis.hooks import component_labels, component_name
 from circuit_plasticity.analysis.metrics import end_logits, task_score
 from circuit_plasticity.analysis.patching import patch_each_set
 from circuit_plasticity.tasks.encode import TaskBatch
@@ -58,13 +60,13 @@ class CircuitScores:
 
 
 def _name(head: Head) -> str:
-    return f"{head[0]}.{head[1]}"
+    return component_name(head)
 
 
 @torch.no_grad()
 def circuit_score(model, batch: TaskBatch, keep: set[Head], means=None) -> float:
-    """F(C): mean score with every head outside `keep` mean-ablated."""
-    outside = [h for h in head_labels(model) if h not in keep]
+    """F(C): mean score with every component (head, MLP) outside `keep` mean-ablated."""
+    outside = [h for h in component_labels(model) if h not in keep]
     return (
         float(knockout(model, batch, outside, means).mean())
         if outside
@@ -87,7 +89,7 @@ class _KeptScores:
 
     def __init__(self, model, batch: TaskBatch, means, f_model: float):
         self.model, self.batch, self.means = model, batch, means
-        self.labels = head_labels(model)
+        self.labels = component_labels(model)
         self.values: dict[Kept, float] = {frozenset(self.labels): f_model}
 
     def fill(self, kept_sets: Iterable[Kept]) -> None:
@@ -158,7 +160,7 @@ def evaluate_circuit(
 ) -> CircuitScores:
     """Faithfulness (plain and normalized), completeness, Wang et al.'s minimality, sparsity."""
     keep: Kept = frozenset(circuit.head_set() if isinstance(circuit, Circuit) else circuit)
-    labels = head_labels(model)
+    labels = component_labels(model)
     means = group_means(model, batch)
     f_model = float(task_score(end_logits(model(batch.tokens), batch), batch).mean())
     scale = max(abs(f_model), 1e-6)

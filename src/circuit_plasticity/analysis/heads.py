@@ -1,8 +1,13 @@
 """Per-head measurements taken on the model itself, so head classes work for any model.
 
 - attention from END to IO / S1 / S2, and from S2 to S1 (duplicate-token), on IOI prompts;
+  from END to the start year YY on Greater-Than prompts (the year readers of Hanna et al.);
 - previous-token and induction scores on repeated random token sequences;
-- direct logit attribution (DLA) of every head to the IO - S direction at END.
+- direct logit attribution (DLA) of every head and MLP to the task's answer direction at END:
+  IO - S (IOI); the mean logit of the years above YY minus that of the years at or below it
+  (Greater-Than), the linear direction along which a component writes "greater";
+- Greater-Than only: each MLP's direct probability difference, the task score of the MLP's
+  own direct logits (its output through the frozen final norm and the unembedding).
 """
 
 from __future__ import annotations
@@ -20,18 +25,24 @@ def _gather(pattern: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> to
     return pattern[rows, :, query, key]
 
 
-@torch.no_grad()
-def ioi_attention(model, batch: TaskBatch) -> pd.DataFrame:
-    """Mean attention of every head between the IOI roles, one pass over the prompts."""
-    n_layers, _ = n_layers_heads(model)
-    _, cache = run_cached(model, batch.tokens, [pattern_name(lay) for lay in range(n_layers)])
-    p = batch.positions
-    pairs = {
+ATTENTION_PAIRS = {  # per task: column -> (query role, key role)
+    "ioi": {
         "attn_end_io": ("end", "io"),
         "attn_end_s1": ("end", "s1"),
         "attn_end_s2": ("end", "s2"),
         "attn_s2_s1": ("s2", "s1"),
-    }
+    },
+    "greater-than": {"attn_end_yy": ("end", "yy")},
+}
+
+
+@torch.no_grad()
+def role_attention(model, batch: TaskBatch) -> pd.DataFrame:
+    """Mean attention of every head between the task's roles, one pass over the prompts."""
+    n_layers, _ = n_layers_heads(model)
+    _, cache = run_cached(model, batch.tokens, [pattern_name(lay) for lay in range(n_layers)])
+    p = batch.positions
+    pairs = ATTENTION_PAIRS[batch.task]
     rows = []
     for layer in range(n_layers):
         pat = cache[pattern_name(layer)]
@@ -75,10 +86,21 @@ def sequence_scores(model, tokens: torch.Tensor, length: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ioi_attention = role_attention  # the IOI name the callers know
+
+
 def unembed_direction(model, batch: TaskBatch) -> torch.Tensor:
-    """[n, d_model] W_U[:, answer] - W_U[:, wrong] per prompt (IOI: IO - S)."""
+    """[n, d_model] per prompt: W_U[:, IO] - W_U[:, S] (IOI); Greater-Than: the mean unembedding
+    of the years above YY minus the mean of the years at or below it."""
     w_u = model.W_U
-    return (w_u[:, batch.answer_id] - w_u[:, batch.wrong_id]).T
+    if batch.task == "ioi":
+        return (w_u[:, batch.answer_id] - w_u[:, batch.wrong_id]).T
+    from circuit_plasticity.analysis.metrics import greater_mask
+
+    greater = greater_mask(batch).to(w_u.dtype)  # [n, 100]
+    weights = greater / greater.sum(-1, keepdim=True).clamp(min=1)
+    weights = weights - (1 - greater) / (1 - greater).sum(-1, keepdim=True).clamp(min=1)
+    return weights @ w_u[:, batch.year_ids].T
 
 
 def norm_gain(module, normalization_type: str) -> torch.Tensor | None:
@@ -160,25 +182,49 @@ def direct_logit_attribution(model, batch: TaskBatch) -> pd.DataFrame:
 
 
 @torch.no_grad()
+def mlp_direct(model, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per MLP, its output at END through the final norm (scale frozen from the run):
+    ([n, mlps, d_model] normed outputs, [n, mlps] DLA along the task's answer direction).
+    Empty ([n, 0, ...]) in attention-only models."""
+    n = len(batch)
+    mlps = [] if model.cfg.attn_only else list(range(model.cfg.n_layers))
+    if not mlps:
+        empty = torch.zeros(n, 0, device=batch.device)
+        return empty[..., None].expand(n, 0, int(model.cfg.d_model)), empty
+    names = [f"blocks.{lay}.hook_mlp_out" for lay in mlps] + ["ln_final.hook_scale"]
+    _, cache = run_cached(model, batch.tokens, names)
+    rows = torch.arange(n, device=batch.device)
+    scale = cache["ln_final.hook_scale"][rows, batch.end]
+    at_end = [cache[f"blocks.{lay}.hook_mlp_out"][rows, batch.end] for lay in mlps]
+    normed = torch.stack([final_norm_apply(model, out, scale) for out in at_end], dim=1)
+    return normed, torch.einsum("nlm,nm->nl", normed, unembed_direction(model, batch))
+
+
+@torch.no_grad()
 def mlp_dla(model, batch: TaskBatch) -> pd.DataFrame:
-    """Each MLP's direct effect on logit(answer) - logit(wrong) at END (none in attention-only
-    models); rows use head = -1 so they sit in the same tidy tables as heads."""
-    if model.cfg.attn_only:
+    """Each MLP's mean direct effect along the task's answer direction at END (none in
+    attention-only models); Greater-Than adds `direct_prob_diff`, the task score of the MLP's
+    own direct logits. Rows use head = -1 so they sit in the same tidy tables as heads."""
+    from circuit_plasticity.analysis.metrics import task_score
+
+    normed, dla = mlp_direct(model, batch)
+    out = []
+    for lay in range(dla.shape[1]):
+        row = {"layer": lay, "head": -1, "dla": float(dla[:, lay].mean())}
+        if batch.task == "greater-than":
+            row["direct_prob_diff"] = float(task_score(normed[:, lay] @ model.W_U, batch).mean())
+        out.append(row)
+    if not out:
         return pd.DataFrame(
             {"layer": pd.Series(dtype=int), "head": pd.Series(dtype=int), "dla": pd.Series(dtype=float)}
         )
-    n_layers, _ = n_layers_heads(model)
-    names = [f"blocks.{lay}.hook_mlp_out" for lay in range(n_layers)] + ["ln_final.hook_scale"]
-    _, cache = run_cached(model, batch.tokens, names)
-    rows = torch.arange(len(batch), device=batch.device)
-    scale = cache["ln_final.hook_scale"][rows, batch.end]
-    direction = unembed_direction(model, batch)
-    out = []
-    for lay in range(n_layers):
-        mlp = cache[f"blocks.{lay}.hook_mlp_out"][rows, batch.end]
-        value = (final_norm_apply(model, mlp, scale) * direction).sum(-1).mean()
-        out.append({"layer": lay, "head": -1, "dla": float(value)})
     return pd.DataFrame(out)
+
+
+def component_dla(model, batch: TaskBatch) -> torch.Tensor:
+    """[n, components] DLA per prompt in `hooks.component_labels` order: heads, then MLPs."""
+    heads = head_dla(model, batch)
+    return torch.cat([heads.reshape(heads.shape[0], -1), mlp_direct(model, batch)[1]], dim=1)
 
 
 def merge_head_tables(*tables: pd.DataFrame) -> pd.DataFrame:
@@ -188,4 +234,4 @@ def merge_head_tables(*tables: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-__all__ = ["direct_logit_attribution", "head_labels", "ioi_attention", "sequence_scores"]
+__all__ = ["direct_logit_attribution", "head_labels", "ioi_attention", "role_attention", "sequence_scores"]

@@ -33,6 +33,26 @@ def head_labels(model) -> list[tuple[int, int]]:
     return [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
 
 
+def mlp_name(layer: int) -> str:
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def mlp_labels(model) -> list[tuple[int, int]]:
+    """MLPs as components (layer, -1); none in attention-only models."""
+    return [] if model.cfg.attn_only else [(lay, -1) for lay in range(model.cfg.n_layers)]
+
+
+def component_labels(model) -> list[tuple[int, int]]:
+    """Every circuit component: heads (layer, head), then MLPs (layer, -1)."""
+    return head_labels(model) + mlp_labels(model)
+
+
+def component_name(component: tuple[int, int]) -> str:
+    """'L.H' for a head, 'mL' for the MLP of layer L (EAP-IG's node names use the same m)."""
+    layer, head = component
+    return f"m{layer}" if head < 0 else f"{layer}.{head}"
+
+
 def n_kv_heads(model) -> int:
     """K/V heads per layer: fewer than query heads under grouped-query attention."""
     return int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)

@@ -23,6 +23,8 @@ from circuit_plasticity.analysis import fastpath
 from circuit_plasticity.analysis.hooks import (
     head_labels,
     kv_head,
+    mlp_labels,
+    mlp_name,
     n_kv_heads,
     n_layers_heads,
     run_cached,
@@ -55,6 +57,16 @@ def repeat_batch(batch: TaskBatch, k: int) -> TaskBatch:
 def z_cache(model, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
     """Per-layer hook_z of one forward pass."""
     return activation_cache(model, tokens, "z")
+
+
+def output_cache(model, tokens: torch.Tensor) -> dict[int | str, torch.Tensor]:
+    """Every component's output of one pass: hook_z per layer (int keys) and, with MLPs, each
+    MLP's output under `mlp_name(layer)`: what cross-model output patching takes from a model."""
+    n_layers, _ = n_layers_heads(model)
+    names = [z_name(lay) for lay in range(n_layers)] + [mlp_name(lay) for lay, _ in mlp_labels(model)]
+    _, cache = run_cached(model, tokens, names)
+    out: dict[int | str, torch.Tensor] = {lay: cache[z_name(lay)] for lay in range(n_layers)}
+    return out | {name: cache[name] for name in names[n_layers:]}
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -92,6 +104,15 @@ def _replace_head(
         act[rows, head, positions] = source[rows, head, positions]
 
 
+def _replace_mlp(act: torch.Tensor, source: torch.Tensor, positions: torch.Tensor | None) -> None:
+    """In place: an MLP's output [n, seq, d_model] <- source (at one position per prompt)."""
+    if positions is None:
+        act[:] = source
+    else:
+        rows = torch.arange(act.shape[0], device=act.device)
+        act[rows, positions] = source[rows, positions]
+
+
 @torch.no_grad()
 def patch_each_head(
     model,
@@ -127,8 +148,12 @@ def patch_each_set(
     activation: str = "z",
 ) -> torch.Tensor:
     """[len(head_sets), n]: like `patch_each_head`, but each copy patches a whole set of heads
-    jointly (matched random controls, circuits)."""
-    if activation == "z" and fastpath.supported(model):
+    jointly (matched random controls, circuits). A member (layer, -1) is that layer's MLP: its
+    output is replaced by `replacement[mlp_name(layer)]` (z patching only; the hook path)."""
+    has_mlp = any(h < 0 for members in head_sets for _, h in members)
+    if has_mlp and activation != "z":
+        raise ValueError("MLP members can only be patched with activation 'z' (their output)")
+    if activation == "z" and fastpath.supported(model) and not has_mlp:
         patcher = fastpath.FastPatcher(model, tokens, batch.end)
 
         def score(end_logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -149,19 +174,25 @@ def _patch_each_set_hooked(
     for chunk in _chunks([list(s) for s in head_sets], sets_per_pass):
         k = len(chunk)
 
-        def hook_for(layer: int, chunk=chunk, k=k):
+        def hook_for(layer: int, mlp: bool, chunk=chunk, k=k):
             def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
                 act = act.clone().view(k, n, *act.shape[1:])
                 for copy, members in enumerate(chunk):
                     for lay, head in members:
-                        if lay == layer:
+                        if lay != layer or (head < 0) != mlp:
+                            continue
+                        if mlp:
+                            _replace_mlp(act[copy], replacement[mlp_name(layer)], positions)
+                        else:
                             _replace_head(act[copy], replacement[layer], head, positions, activation)
                 return act.view(k * n, *act.shape[2:])
 
             return hook
 
-        layers = sorted({lay for members in chunk for lay, _ in members})
-        hooks = [(activation_name(lay, activation), hook_for(lay)) for lay in layers]
+        layers = sorted({lay for members in chunk for lay, h in members if h >= 0})
+        hooks = [(activation_name(lay, activation), hook_for(lay, False)) for lay in layers]
+        mlps = sorted({lay for members in chunk for lay, h in members if h < 0})
+        hooks += [(mlp_name(lay), hook_for(lay, True)) for lay in mlps]
         logits = model.run_with_hooks(tokens.repeat(k, 1), fwd_hooks=hooks)
         rep = repeat_batch(batch, k)
         out.append(task_score(end_logits(logits, rep), rep).view(k, n))
@@ -244,15 +275,6 @@ def path_patch(
             logits = _patch_receivers(model, rep, receivers, freeze, clean)
         results.append(task_score(end_logits(logits, rep), rep).view(k, n))
     return torch.cat(results)
-
-
-def mlp_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_mlp_out"
-
-
-def mlp_labels(model) -> list[Head]:
-    """MLPs as components (layer, -1); none in attention-only models."""
-    return [] if model.cfg.attn_only else [(lay, -1) for lay in range(model.cfg.n_layers)]
 
 
 def _receiver_name(layer: int, kind: str) -> str:

@@ -29,7 +29,6 @@ from circuit_plasticity.analysis.faithfulness import CircuitScores, evaluate_cir
 from circuit_plasticity.analysis.graph import Graph
 from circuit_plasticity.analysis.heads import mlp_dla
 from circuit_plasticity.analysis.metrics import by_group, evaluate, summarize
-from circuit_plasticity.analysis.patching import Receivers, mlp_labels, path_patch
 from circuit_plasticity.analysis.profile import head_profile
 from circuit_plasticity.analysis.tables import long_table, write_table
 from circuit_plasticity.errors import UserError
@@ -96,11 +95,6 @@ def analyze_model(
     """Everything about one model on one task batch (the `analyze` command). The study passes
     `minimality_steps=0` (K = {} and the role class only) and `greedy_curve=False` (top-n edge
     circuits only): its verdicts read neither, and it analyses fifteen models."""
-    if batch.task != "ioi":
-        raise UserError(
-            f"circuit analysis is implemented for IOI; {batch.task} has datasets, training and "
-            "evaluation (`eval --task greater-than`) but no head roles or discovery yet"
-        )
     if depth not in DEPTHS:
         raise UserError(f"depth must be one of {', '.join(DEPTHS)}; got {depth!r}")
     model = loaded.model
@@ -140,7 +134,9 @@ def analyze_model(
     del edge_model
     mlps = _chunked_mean(lambda sub: mlp_dla(model, sub), batch, flat.chunk, ["layer", "head"])
     if depth == "fast":
-        circuit = _eap_circuit(graph, heads, loaded.name, float(per_prompt["score"].mean()), curve)
+        circuit = _eap_circuit(
+            graph, heads, loaded.name, float(per_prompt["score"].mean()), curve, batch.task
+        )
         effects = pd.DataFrame({"layer": [], "head": [], "measure": [], "value": []})
     else:
         records = {(int(r["layer"]), int(r["head"])): r for r in heads.to_dict("records")}
@@ -154,9 +150,6 @@ def analyze_model(
             thresholds or Thresholds(),
             reference_scale=config.reference_scale,
         ).drop(columns=QUERY_PATH)
-        if mlp_labels(model):
-            mlp_paths = _mlp_direct_paths(model, batch, per_prompt["score"], whole)
-            effects = pd.concat([effects, mlp_paths], ignore_index=True)
     scores = evaluate_circuit(model, first, circuit, minimality_steps=minimality_steps)
     return ModelAnalysis(
         metrics,
@@ -202,10 +195,11 @@ def _found_mask(graph: Graph, curve: pd.DataFrame) -> torch.Tensor:
 
 
 def _eap_circuit(
-    graph: Graph, heads: pd.DataFrame, name: str, model_score: float, curve: pd.DataFrame
+    graph: Graph, heads: pd.DataFrame, name: str, model_score: float, curve: pd.DataFrame, task: str
 ) -> Circuit:
-    """Heads and head edges of the EAP-IG circuit; a head's effect is the summed score of its
-    outgoing circuit edges over the model's score, its role the first from the head profile."""
+    """Heads, MLPs (layer, -1) and their edges in the EAP-IG circuit; a component's effect is
+    the summed score of its outgoing circuit edges over the model's score, a head's role the
+    first from the head profile, an MLP's "mlp"."""
     mask = graph.in_graph
     roles = {
         (int(r.layer), int(r.head)): (r.roles.split(",")[0] if r.roles else "") for r in heads.itertuples()
@@ -214,18 +208,21 @@ def _eap_circuit(
     members, edges = [], []
     inside = graph.nodes_in_graph(mask)
     for f, fname in enumerate(graph.forward_names):
-        if not fname.startswith("a") or not inside[fname]:
+        if fname == "input" or not inside[fname]:
             continue
-        lay, head = (int(p[1:]) for p in fname.split("."))
+        part = _component(fname)
         effect = float((graph.scores[f] * mask[f]).sum()) / scale
-        members.append(CircuitHead(lay, head, roles.get((lay, head)) or "eap_ig", "all", effect))
+        role = "mlp" if part[1] < 0 else roles.get(part) or "eap_ig"
+        members.append(CircuitHead(part[0], part[1], role, "all", effect))
         for b in mask[f].nonzero().flatten().tolist():
             slot = graph.backward_names[b]
             if slot == "logits":
-                edges.append(Edge((lay, head), "logits", "logits"))
+                edges.append(Edge(part, "logits", "logits"))
             elif slot.startswith("a"):
                 node, kind = slot[:-1].split("<")
-                edges.append(Edge((lay, head), tuple(int(p[1:]) for p in node.split(".")), kind))
+                edges.append(Edge(part, _component(node), kind))
+            else:
+                edges.append(Edge(part, _component(slot), "mlp"))
     found = curve[(curve.method == "top_n") & (curve.edges == int(mask.sum()))].iloc[0]
     meta = {
         "method": "eap-ig",
@@ -233,24 +230,15 @@ def _eap_circuit(
         "percent": float(found.percent),
         "edge_faithfulness": float(found.faithfulness),
     }
-    return Circuit("ioi", name, members, edges, graph.n_layers * graph.n_heads, meta)
+    return Circuit(task, name, members, edges, graph.n_layers * graph.n_heads, meta)
 
 
-def _mlp_direct_paths(model, batch: TaskBatch, clean: torch.Tensor, size: int) -> pd.DataFrame:
-    """Each MLP's path-patching effect on the logits (share of the score), rows with head = -1;
-    `clean` is the per-prompt score the analysis already has. In chunks of `size` prompts."""
-    senders = mlp_labels(model)
-    scale = max(abs(float(clean.mean())), 1e-6)
-    parts = [path_patch(model, sub, Receivers(), senders) for sub in _chunks(batch, size)]
-    effects = (torch.cat(parts, dim=1) - clean[None].to(batch.device)).mean(1) / scale
-    return pd.DataFrame(
-        {
-            "layer": [lay for lay, _ in senders],
-            "head": -1,
-            "measure": "path_logits",
-            "value": effects.tolist(),
-        }
-    )
+def _component(node: str) -> tuple[int, int]:
+    """EAP-IG node name -> component: 'a3.h1' -> (3, 1), 'm2' -> (2, -1)."""
+    if node.startswith("m"):
+        return (int(node[1:]), -1)
+    lay, head = (int(p[1:]) for p in node.split("."))
+    return (lay, head)
 
 
 def circuit_of(

@@ -11,9 +11,9 @@ from circuit_plasticity.analysis.copying import copy_scores
 from circuit_plasticity.analysis.heads import (
     direct_logit_attribution,
     head_dla,
-    ioi_attention,
     merge_head_tables,
     repeated_random_tokens,
+    role_attention,
     sequence_scores,
 )
 from circuit_plasticity.analysis.hooks import kv_head
@@ -41,9 +41,10 @@ def head_profile(
         knockout_each_head(model, batch, group_means(model, batch)),
         sequence_scores(model, repeated, SEQ_LEN),
     ]
+    tables.append(role_attention(model, batch))
     if batch.task == "ioi":
         names = torch.unique(torch.cat([batch.answer_id, batch.wrong_id]))
-        tables += [ioi_attention(model, batch), copy_scores(model, names)]
+        tables.append(copy_scores(model, names))
     table = merge_head_tables(*tables)
     thresholds = thresholds or Thresholds()
     first = classify_heads(table, score, thresholds)

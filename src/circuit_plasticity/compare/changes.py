@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from circuit_plasticity.analysis.circuit import Circuit
+from circuit_plasticity.analysis.hooks import component_name
 
 Head = tuple[int, int]
 
@@ -47,8 +48,8 @@ def amplification(
         "circuit_members": len(members),
         "members_grown": int((members.change > 0).sum()),
         "median_member_ratio": float(members.ratio.median()) if len(members) else float("nan"),
-        "joined": sorted(f"{lay}.{h}" for lay, h in tuned_circuit.head_set() - base_circuit.head_set()),
-        "left": sorted(f"{lay}.{h}" for lay, h in base_circuit.head_set() - tuned_circuit.head_set()),
+        "joined": sorted(component_name(c) for c in tuned_circuit.head_set() - base_circuit.head_set()),
+        "left": sorted(component_name(c) for c in base_circuit.head_set() - tuned_circuit.head_set()),
     }
     return table, summary
 

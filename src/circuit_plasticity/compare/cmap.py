@@ -6,7 +6,8 @@ Two models differ in every weight, the output projection W_O included. Patching 
 so misses what fine-tuning did to W_O; `patch_outputs` patches the head's whole output
 z_A W_O^A: z is replaced through the engine's hooks and z_A (W_O^A - W_O^B) is added to the
 attention module's output (before Gemma-2's post-attention norm). The shared output bias b_O
-belongs to no head and is not patched.
+belongs to no head and is not patched. An MLP member (layer, -1) takes the source's whole MLP
+output (its weights included) in place of the target's.
 
 For every head (and head x position): run model B on the prompts with that head's output (or
 attention pattern) taken from model A on the same prompts. The change of B's score says how
@@ -21,9 +22,9 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from circuit_plasticity.analysis.hooks import head_labels, z_name
+from circuit_plasticity.analysis.hooks import head_labels, mlp_name, z_name
 from circuit_plasticity.analysis.metrics import end_logits, task_score
-from circuit_plasticity.analysis.patching import activation_cache, patch_each_head, repeat_batch
+from circuit_plasticity.analysis.patching import activation_cache, output_cache, patch_each_head, repeat_batch
 from circuit_plasticity.tasks.encode import TaskBatch
 
 Head = tuple[int, int]
@@ -35,25 +36,37 @@ def patch_outputs(
     source,
     batch: TaskBatch,
     head_sets: Sequence[Sequence[Head]],
-    source_z: dict[int, torch.Tensor] | None = None,
+    source_z: dict[int | str, torch.Tensor] | None = None,
     sets_per_pass: int = 16,
 ) -> torch.Tensor:
     """[len(head_sets), n] scores of `target` with each set's head outputs taken from `source`
-    (the same prompts), the heads' output projections included."""
-    z_src = source_z if source_z is not None else activation_cache(source, batch.tokens, "z")
+    (the same prompts), the heads' output projections included; (layer, -1) members are MLPs.
+    `source_z`: the source's `patching.output_cache` (z alone will do without MLP members)."""
+    z_src = source_z if source_z is not None else output_cache(source, batch.tokens)
     delta_w = (source.W_O - target.W_O).detach()  # [layers, heads, d_head, d_model]
     n = batch.tokens.shape[0]
     out = []
     for start in range(0, len(head_sets), sets_per_pass):
         chunk = [list(s) for s in head_sets[start : start + sets_per_pass]]
         k = len(chunk)
-        layers = sorted({lay for members in chunk for lay, _ in members})
+        layers = sorted({lay for members in chunk for lay, h in members if h >= 0})
+        mlps = sorted({lay for members in chunk for lay, h in members if h < 0})
+
+        def mlp_hook(layer: int, chunk=chunk, k=k):
+            def hook(out: torch.Tensor, hook=None) -> torch.Tensor:
+                out = out.clone().view(k, n, *out.shape[1:])
+                for copy, members in enumerate(chunk):
+                    if (layer, -1) in members:
+                        out[copy] = z_src[mlp_name(layer)]
+                return out.view(k * n, *out.shape[2:])
+
+            return hook
 
         def z_hook(layer: int, chunk=chunk, k=k):
             def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
                 z = z.clone().view(k, n, *z.shape[1:])
                 for copy, members in enumerate(chunk):
-                    heads = [h for lay, h in members if lay == layer]
+                    heads = [h for lay, h in members if lay == layer and h >= 0]
                     if heads:
                         z[copy][:, :, heads] = z_src[layer][:, :, heads]
                 return z.view(k * n, *z.shape[2:])
@@ -64,7 +77,7 @@ def patch_outputs(
             def hook(attn_out: torch.Tensor, hook=None) -> torch.Tensor:
                 attn_out = attn_out.clone().view(k, n, *attn_out.shape[1:])
                 for copy, members in enumerate(chunk):
-                    heads = [h for lay, h in members if lay == layer]
+                    heads = [h for lay, h in members if lay == layer and h >= 0]
                     if heads:
                         attn_out[copy] += torch.einsum(
                             "nphd,hdm->npm", z_src[layer][:, :, heads], delta_w[layer, heads]
@@ -75,6 +88,7 @@ def patch_outputs(
 
         hooks = [(z_name(lay), z_hook(lay)) for lay in layers]
         hooks += [(f"blocks.{lay}.attn.hook_out", out_hook(lay)) for lay in layers]
+        hooks += [(mlp_name(lay), mlp_hook(lay)) for lay in mlps]
         rep = repeat_batch(batch, k)
         logits = target.run_with_hooks(batch.tokens.repeat(k, 1), fwd_hooks=hooks)
         out.append(task_score(end_logits(logits, rep), rep).view(k, n))

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from circuit_plasticity.analysis.ablation import group_means
-from circuit_plasticity.analysis.heads import head_dla
-from circuit_plasticity.analysis.hooks import head_labels
+from circuit_plasticity.analysis.heads import component_dla
+from circuit_plasticity.analysis.hooks import component_labels, component_name
 from circuit_plasticity.analysis.metrics import evaluate
-from circuit_plasticity.analysis.patching import activation_cache, patch_each_set
+from circuit_plasticity.analysis.patching import output_cache, patch_each_set
 from circuit_plasticity.compare.cmap import patch_outputs
 from circuit_plasticity.compare.stats import (
     Interval,
@@ -45,7 +45,7 @@ Head = tuple[int, int]
 
 
 def head_name(head: Head) -> str:
-    return f"{head[0]}.{head[1]}"
+    return component_name(head)
 
 
 @dataclass
@@ -64,7 +64,7 @@ class PhaseRuns:
 
     def z(self, phase: str) -> dict[int, torch.Tensor]:
         if phase not in self._z:
-            self._z[phase] = activation_cache(self.models[phase], self.batch.tokens, "z")
+            self._z[phase] = output_cache(self.models[phase], self.batch.tokens)
         return self._z[phase]
 
     def means(self, phase: str) -> dict[int, torch.Tensor]:
@@ -100,13 +100,13 @@ def amplification_evidence(
     runs: PhaseRuns, base_circuit: set[Head], clean_circuit: set[Head], seed: int
 ) -> dict[str, Interval]:
     """Where the base -> clean gain lives, and the same for base -> control when there is one."""
-    labels = head_labels(runs.models["base"])
+    labels = component_labels(runs.models["base"])
     members = sorted(base_circuit)
     others = [h for h in labels if h not in base_circuit]
     joined = sorted(clean_circuit - base_circuit)
     index = resample_index(len(runs.batch), seed)
     base = runs.s("base")
-    dla = as_numpy(head_dla(runs.models["base"], runs.batch)).reshape(len(base), -1)  # [n, heads]
+    dla = as_numpy(component_dla(runs.models["base"], runs.batch))  # [n, components]
     member_mask = np.array([h in base_circuit for h in labels])
     out: dict[str, Interval] = {
         # if every head's direct effect grew by the same factor, members would carry this share
@@ -150,7 +150,7 @@ def _concentration(top: list[int]):
 def localization_evidence(runs: PhaseRuns, k: int, n_random: int, seed: int) -> LocalizationResult:
     """Is the clean -> poisoned change carried by a few heads, more than chance and more than an
     ordinary fine-tune of the same length concentrates its change?"""
-    labels = head_labels(runs.models["clean"])
+    labels = component_labels(runs.models["clean"])
     clean = runs.s("clean")
     select, held = _halves(len(clean), seed)
     sel, hel = select.numpy(), held.numpy()
@@ -207,7 +207,7 @@ def circuit_runs(runs: PhaseRuns, phase: str, circuits: list[set[Head]]) -> tupl
     """(F(empty) [n], F(C) [len(circuits), n]): everything outside each circuit mean-ablated
     with this model's own per-template counterfactual means."""
     model = runs.models[phase]
-    labels = head_labels(model)
+    labels = component_labels(model)
     sets = [labels] + [[h for h in labels if h not in c] for c in circuits]
     scores = as_numpy(
         patch_each_set(model, runs.batch, runs.batch.tokens, runs.means(phase), sets, sets_per_pass=32)
@@ -236,7 +236,7 @@ def plasticity_evidence(
         )
     else:
         out["localized_recovery"] = Interval.nan()
-    labels = head_labels(runs.models["retrain"])
+    labels = component_labels(runs.models["retrain"])
     rng = random.Random(seed)
     size = len(base_circuit)
     random_circuits = [set(rng.sample(labels, size)) for _ in range(n_random)]

@@ -49,6 +49,7 @@ class JudgeOptions:
     repair: RepairPlan | None = None
     full_analysis: bool = True  # every phase's single-model analysis (the report's figures)
     task: str = "ioi"
+    years: list[int] | None = None  # Greater-Than: [low, high] start years of the prompts
 
 
 @dataclass
@@ -180,7 +181,7 @@ def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -
     measures |= ev.plasticity_evidence(runs, base_circuit, loc.top_heads, options.n_random, s.seed)
     extra: dict[str, Any] = {"localization_top_heads": ",".join(map(ev.head_name, loc.top_heads))}
     if options.repair is not None:
-        repaired = _repair(s, seed_dir, loc.top_heads, runs, options.repair, progress)
+        repaired = _repair(s, seed_dir, loc.top_heads, runs, options, progress)
         if isinstance(repaired, str):
             extra["repair_skipped"] = repaired
         else:
@@ -241,7 +242,7 @@ def seed_batch(base, options: JudgeOptions, seed: int):
     """The held-out prompts every analysis of this seed uses."""
     from circuit_plasticity.training.evaluate import task_batch
 
-    return task_batch(base, options.task, n=options.n, seed=20_000 + seed, split="test")
+    return task_batch(base, options.task, n=options.n, seed=20_000 + seed, split="test", years=options.years)
 
 
 def reference_score(loaded, batch) -> float:
@@ -251,20 +252,28 @@ def reference_score(loaded, batch) -> float:
     return float(evaluate(loaded.model, batch)["score"].mean())
 
 
-def _repair(s: SeedModels, seed_dir: Path, heads, runs, plan: RepairPlan, progress):
-    """Scores of the two repaired models, or why repair was skipped."""
-    from circuit_plasticity.analysis.hooks import head_labels
+def _repair(s: SeedModels, seed_dir: Path, heads, runs, options: JudgeOptions, progress):
+    """Scores of the two repaired models (trained on `options.task`), or why repair was skipped."""
+    from circuit_plasticity.analysis.hooks import component_labels
     from circuit_plasticity.compare.evidence import head_name
     from circuit_plasticity.compare.repair import train_heads
 
     if not isinstance(s.poisoned, str | Path):
         return "targeted repair needs the poisoned model as a path"
-    others = [h for h in head_labels(runs.models["poisoned"]) if h not in heads]
+    others = [h for h in component_labels(runs.models["poisoned"]) if h not in heads]
     random_heads = random.Random(s.seed).sample(others, min(len(heads), len(others)))
     scores = []
     for name, chosen in (("repair", heads), ("repair-random", random_heads)):
         progress(f"seed {s.seed}: {name} (training only {', '.join(map(head_name, chosen))})")
-        result = train_heads(str(s.poisoned), [head_name(h) for h in chosen], plan, seed_dir / name, s.seed)
+        result = train_heads(
+            str(s.poisoned),
+            [head_name(h) for h in chosen],
+            options.repair,
+            seed_dir / name,
+            s.seed,
+            options.task,
+            options.years,
+        )
         if isinstance(result, str):
             return result
         scores.append(_scores_of(result, runs.batch))

@@ -10,7 +10,9 @@ from circuit_plasticity.training.loop import RunDir, run_protocol
 from circuit_plasticity.training.protocol import DataSpec, EvalSpec, Phase, TrainSpec
 
 
-def train_heads(poisoned: str, heads: list[str], plan, out: Path, seed: int, task: str = "ioi") -> Path | str:
+def train_heads(
+    poisoned: str, heads: list[str], plan, out: Path, seed: int, task: str = "ioi", years=None
+) -> Path | str:
     """The final checkpoint of training only `heads` (LAYER.HEAD) from `poisoned`, or the reason
     it cannot be done on this model. Resumable like every training run."""
     from circuit_plasticity.errors import UserError
@@ -22,6 +24,7 @@ def train_heads(poisoned: str, heads: list[str], plan, out: Path, seed: int, tas
     spec = TrainSpec(
         model=poisoned,
         task=task,
+        years=years,
         seed=seed,
         eval=EvalSpec(every_steps=plan.eval_every),
         phases=[

@@ -20,7 +20,8 @@ from circuit_plasticity.compare.weights import weight_change
 from circuit_plasticity.training.loop import RunDir
 
 STUDY_PHASES = ("base", "clean", "poisoned", "retrain", "control")
-WIDE_MEASURES = ["dla", "attn_end_io", "attn_end_s2", "knockout_effect"]
+WIDE_MEASURES = ["dla", "attn_end_io", "attn_end_s2", "attn_end_yy", "knockout_effect"]
+RECOVERY_MEASURES = ("dla", "attn_end_io", "attn_end_s2", "attn_end_yy")  # those the task has
 
 
 def phase_checkpoints(run: RunDir, base_model: str) -> dict[str, str]:
@@ -50,7 +51,8 @@ def _cached(path: Path, make: Callable[[], pd.DataFrame]) -> pd.DataFrame:
 
 
 def _wide(heads: pd.DataFrame) -> pd.DataFrame:
-    rows = heads[heads.measure.isin(WIDE_MEASURES) & (heads["head"] >= 0)]
+    """Heads and MLPs (head -1: their DLA) with the per-head measures as columns."""
+    rows = heads[heads.measure.isin(WIDE_MEASURES)]
     return rows.pivot_table(index=["layer", "head"], columns="measure", values="value").reset_index()
 
 
@@ -122,7 +124,8 @@ def scalar_findings(seed_models, loaded, runs, circuits, loc, seed_dir: Path, op
             lambda: pd.concat(
                 [
                     recovery(_wide(heads["clean"]), _wide(heads["poisoned"]), _wide(heads["retrain"]), m)
-                    for m in ("dla", "attn_end_io", "attn_end_s2")
+                    for m in RECOVERY_MEASURES
+                    if m in _wide(heads["clean"]).columns
                 ],
                 ignore_index=True,
             ),

@@ -1,6 +1,6 @@
 """One loading API for every model the tool fine-tunes and analyses.
 
-`load_model(spec)` takes 'toy-ioi' (the embedded model), a directory written by this tool
+`load_model(spec)` takes 'toy-ioi' or 'toy-gt' (the embedded models), a directory written by this tool
 (the toy, a fine-tune, a checkpoint), a local Hugging Face model directory, or a hub name
 (gpt2, EleutherAI/pythia-160m, ...; from the local cache, or the hub when reachable). Every
 model comes back as a TransformerLens `TransformerBridge` plus its tokenizer.
@@ -26,6 +26,8 @@ from circuit_plasticity.models.store import (
 from circuit_plasticity.tasks.tokenizer import TextTokenizer
 
 TOY_NAME = "toy-ioi"
+TOY_GT_NAME = "toy-gt"  # the embedded Greater-Than model (with MLPs)
+TOY_NAMES = (TOY_NAME, TOY_GT_NAME)
 
 
 @dataclass
@@ -65,15 +67,16 @@ def default_device() -> str:
 def load_model(spec: str, device: str | None = None) -> LoadedModel:
     """Any model as a TransformerBridge on `device` (default: `default_device()`)."""
     device = device or default_device()
-    if spec == TOY_NAME:
-        from circuit_plasticity.models.toy import TOY_DIR
+    if spec in TOY_NAMES:
+        from circuit_plasticity.models.toy import TOY_DIRS
 
-        if not (TOY_DIR / WEIGHTS).is_file():
+        where = TOY_DIRS[spec]
+        if not (where / WEIGHTS).is_file():
             raise UserError(
-                f"the embedded toy model is missing from {TOY_DIR}; rebuild it with "
-                "`circuit-plasticity toy-model train --out <dir>`"
+                f"the embedded model {spec} is missing from {where}; rebuild it with "
+                f"`circuit-plasticity toy-model train --model {spec} --out <dir>`"
             )
-        return _load_dir(TOY_DIR, device, name=TOY_NAME)
+        return _load_dir(where, device, name=spec)
     path = Path(spec)
     if path.is_dir():
         return _load_dir(path, device, name=spec)

@@ -36,6 +36,20 @@ TOY_CONFIG: dict[str, Any] = {
     "positional_embedding_type": "standard",
 }
 
+# toy-gt: Greater-Than needs MLPs (they turn the start year into "greater" logits)
+TOY_GT_CONFIG: dict[str, Any] = {
+    "d_model": 64,
+    "d_head": 16,
+    "n_heads": 4,
+    "n_layers": 2,
+    "n_ctx": 64,
+    "d_mlp": 256,
+    "act_fn": "gelu",
+    "attn_only": False,
+    "normalization_type": "LN",
+    "positional_embedding_type": "standard",
+}
+
 
 def _native_name(bridge_name: str) -> str:
     return bridge_name.replace("._original_component", "")

@@ -10,7 +10,7 @@ import pandas as pd
 from circuit_plasticity.analysis.tables import write_table
 from circuit_plasticity.compare.stats import t_interval
 from circuit_plasticity.report import figures
-from circuit_plasticity.report.html import render_report
+from circuit_plasticity.report.html import METRICS, render_report
 
 PER_SEED = {  # table name -> path inside a seed directory
     "metrics": "metrics.parquet",
@@ -76,7 +76,19 @@ def _scores(out: Path, seeds: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ATTENTION_FIGURES = {  # per task: (title, caption, measure)
+    "ioi": (
+        ("Attention END -> IO", "Name movers attend here.", "attn_end_io"),
+        ("Attention END -> S2", "S-inhibition / S-suppression heads attend here.", "attn_end_s2"),
+    ),
+    "greater-than": (("Attention END -> YY", "Year readers attend to the start year here.", "attn_end_yy"),),
+}
+DIRECTION = {"ioi": "logit(IO) - logit(S)", "greater-than": "the mean logit of years above YY minus the rest"}
+COUNTERFACTUAL = {"ioi": "ABC", "greater-than": '"01"'}
+
+
 def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
+    task = summary.get("task", "ioi")
     tables = out / "tables"
     read = lambda name: pd.read_parquet(tables / f"{name}.parquet")  # noqa: E731
     heads = read("heads")
@@ -90,7 +102,7 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
         figs.append(
             (
                 "Metrics through all phases",
-                "Held-out clean logit difference and accuracy, poison success and general-text "
+                f"Held-out clean {METRICS[task]} and accuracy, poison success and general-text "
                 "loss; solid: clean -> poisoned -> retrain, dashed: the clean-only control branch.",
                 figures.metric_curves(read("metrics")),
             )
@@ -98,26 +110,21 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
     figs += [
         (
             "Direct logit attribution per head",
-            "Each head's direct effect on logit(IO) - logit(S), per phase (mean over seeds).",
+            f"Each head's direct effect on {DIRECTION[task]}, per phase (mean over seeds).",
             figures.head_heatmaps(heads, "dla"),
         ),
         (
             "Path patching: direct effect on the logits",
             "Score change (share of the model's score) when only "
-            "the head -> logits path sees the ABC prompt.",
+            f"the head -> logits path sees the {COUNTERFACTUAL[task]} prompt.",
             figures.head_heatmaps(heads, "path_logits"),
         ),
-        ("Attention END -> IO", "Name movers attend here.", figures.head_heatmaps(heads, "attn_end_io")),
-        (
-            "Attention END -> S2",
-            "S-inhibition / S-suppression heads attend here.",
-            figures.head_heatmaps(heads, "attn_end_s2"),
-        ),
+        *[(title, text, figures.head_heatmaps(heads, m)) for title, text, m in ATTENTION_FIGURES[task]],
         (
             f"Circuits per phase (seed {seeds[0]})",
-            "Colour: role. Ringed: in this phase's circuit but "
-            "not the base's; hollow ring: a base head that left.",
-            figures.circuit_diagram(circuits, n_layers, n_heads),
+            "Colour: role (squares: MLPs). Ringed: in this phase's circuit but "
+            "not the base's; hollow ring: a base component that left.",
+            figures.circuit_diagram(circuits, n_layers, n_heads, mlps=bool((heads["head"] < 0).any())),
         ),
         (
             "Cross-model activation patching",

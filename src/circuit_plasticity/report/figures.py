@@ -17,6 +17,10 @@ ROLE_COLORS = {
     "previous_token": "#e377c2",
     "direct_effect": "#17becf",
     "backup_name_mover": "#bcbd22",
+    "year_reader": "#393b79",
+    "year_encoder": "#e7ba52",
+    "greater_mlp": "#637939",
+    "mlp": "#7f7f7f",
 }
 PHASE_ORDER = ["base", "clean", "poisoned", "retrain", "control"]
 
@@ -90,7 +94,7 @@ def metric_curves(
 def head_heatmaps(heads: pd.DataFrame, measure: str, phases=PHASE_ORDER) -> bytes:
     """One layer x head heatmap of `measure` per phase (mean over seeds), shared color scale."""
     plt = _plt()
-    data = heads[heads.measure == measure]
+    data = heads[(heads.measure == measure) & (heads["head"] >= 0)]  # heads only: MLPs are head -1
     phases = [p for p in phases if p in set(data.phase)]
     grids = {p: data[data.phase == p].groupby(["layer", "head"]).value.mean().unstack() for p in phases}
     vmax = max(float(np.nanmax(np.abs(g.values))) for g in grids.values()) or 1.0
@@ -107,23 +111,27 @@ def head_heatmaps(heads: pd.DataFrame, measure: str, phases=PHASE_ORDER) -> byte
     return _png(fig)
 
 
-def circuit_diagram(circuits: dict[str, dict], n_layers: int, n_heads: int) -> bytes:
-    """Each phase's circuit on the layer x head grid: colour = role, arrows = edges; a black
-    ring marks a head that is in this phase's circuit but not the base's (or the reverse, hollow)."""
+def circuit_diagram(circuits: dict[str, dict], n_layers: int, n_heads: int, mlps: bool = False) -> bytes:
+    """Each phase's circuit on the layer x head grid (with `mlps`, one more column: each layer's
+    MLP): colour = role, arrows = edges; a black ring marks a component that is in this phase's
+    circuit but not the base's (or the reverse, hollow)."""
     plt = _plt()
     phases = [p for p in PHASE_ORDER if p in circuits]
-    fig, axes = plt.subplots(1, len(phases), figsize=(2.8 * len(phases), 2.2 + 0.5 * n_layers))
+    columns = n_heads + int(mlps)
+    fig, axes = plt.subplots(1, len(phases), figsize=(2.8 * len(phases) + 0.4 * mlps, 2.2 + 0.5 * n_layers))
     axes = np.atleast_1d(axes)
     base_heads = {(h["layer"], h["head"]) for h in circuits.get("base", {}).get("heads", [])}
+    x_of = lambda head: n_heads if head < 0 else head  # noqa: E731 - the MLP column is the last
     for ax, p in zip(axes, phases, strict=True):
         c = circuits[p]
         mine = {(h["layer"], h["head"]): h["role"] for h in c["heads"]}
         for lay in range(n_layers):
-            for head in range(n_heads):
+            for head in [*range(n_heads), *([-1] if mlps else [])]:
                 ax.scatter(
-                    head,
+                    x_of(head),
                     lay,
                     s=120,
+                    marker="s" if head < 0 else "o",
                     color=ROLE_COLORS.get(mine.get((lay, head)), "#eeeeee"),
                     edgecolors="black" if (lay, head) in mine and (lay, head) not in base_heads else "none",
                     linewidths=1.8,
@@ -131,23 +139,29 @@ def circuit_diagram(circuits: dict[str, dict], n_layers: int, n_heads: int) -> b
                 )
                 if (lay, head) in base_heads and (lay, head) not in mine:
                     ax.scatter(
-                        head, lay, s=160, facecolors="none", edgecolors="black", linewidths=1, zorder=3
+                        x_of(head), lay, s=160, facecolors="none", edgecolors="black", linewidths=1, zorder=3
                     )
         for e in c["edges"]:
             if isinstance(e["receiver"], str):
                 continue
             (sl, sh), (rl, rh) = e["sender"], e["receiver"]
             ax.annotate(
-                "", xy=(rh, rl), xytext=(sh, sl), arrowprops={"arrowstyle": "->", "color": "gray", "lw": 0.8}
+                "",
+                xy=(x_of(rh), rl),
+                xytext=(x_of(sh), sl),
+                arrowprops={"arrowstyle": "->", "color": "gray", "lw": 0.8},
             )
         ax.set_title(p)
-        ax.set_xticks(range(n_heads))
+        ax.set_xticks(range(columns), [*map(str, range(n_heads)), *(["MLP"] if mlps else [])])
         ax.set_yticks(range(n_layers))
-        ax.set_xlim(-0.6, n_heads - 0.4)
+        ax.set_xlim(-0.6, columns - 0.4)
         ax.set_ylim(-0.6, n_layers - 0.4)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=r) for r, c in ROLE_COLORS.items()]
+    used = {h["role"] for c in circuits.values() for h in c["heads"]}
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", color=c, label=r) for r, c in ROLE_COLORS.items() if r in used
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.12))
     return _png(fig)
 

@@ -22,14 +22,14 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}h2{border-bottom:1px sol
 """
 
 HEADLINES = [
-    ("amplification", "amplification_gain", "clean - base logit difference"),
+    ("amplification", "amplification_gain", "clean - base {metric}"),
     ("amplification", "amplification_member_share", "share of the gain carried by base-circuit members"),
     ("amplification", "amplification_nonmember_share", "share carried by non-members"),
     ("amplification", "amplification_uniform_share", "members' share under a uniform rescaling"),
     ("amplification", "amplification_joined_share", "share carried by heads that joined the circuit"),
     ("amplification", "amplification_heads_joined", "heads that joined the circuit"),
     ("amplification", "amplification_member_share_control", "members' share, base -> control"),
-    ("localization", "localization_drop", "poisoned - clean logit difference"),
+    ("localization", "localization_drop", "poisoned - clean {metric}"),
     (
         "localization",
         "localization_top_share",
@@ -55,8 +55,8 @@ HEADLINES = [
     ("targeted repair", "repair_recovery", "drop recovered training only the localized heads"),
     ("targeted repair", "repair_random_recovery", "drop recovered training as many random heads"),
     ("targeted repair", "repair_advantage", "localized minus random"),
-    ("hysteresis", "hysteresis_gap_area", "mean |retrain - clean| logit difference, same steps"),
-    ("hysteresis", "hysteresis_final_gap", "retrain minus clean, final logit difference"),
+    ("hysteresis", "hysteresis_gap_area", "mean |retrain - clean| {metric}, same steps"),
+    ("hysteresis", "hysteresis_final_gap", "retrain minus clean, final {metric}"),
 ]
 
 
@@ -75,7 +75,10 @@ def _ci(r) -> str:
     return f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]{mark}"
 
 
-def _verdict_section(verdicts: pd.DataFrame, findings: pd.DataFrame) -> list[str]:
+METRICS = {"ioi": "logit difference", "greater-than": "probability difference"}
+
+
+def _verdict_section(verdicts: pd.DataFrame, findings: pd.DataFrame, metric: str) -> list[str]:
     """Verdicts with their reasons; each finding's evidence beside its null control; all numbers."""
     from circuit_plasticity.compare.verdicts import SIDE_BY_SIDE
 
@@ -108,7 +111,7 @@ def _verdict_section(verdicts: pd.DataFrame, findings: pd.DataFrame) -> list[str
         if key in s.index:
             r = s.loc[key]
             parts.append(
-                f"<tr><td>{e(finding)}</td><td>{e(label)}</td><td>{_fmt(r['mean'])}</td>"
+                f"<tr><td>{e(finding)}</td><td>{e(label.format(metric=metric))}</td><td>{_fmt(r['mean'])}</td>"
                 f"<td>{_ci(r)}</td><td>{int(r.n_seeds)}</td><td class='note'>{e(str(r.interval))}</td></tr>"
             )
     parts.append(
@@ -137,9 +140,10 @@ def render_report(
         + " &middot; ".join(f"<b>{e(str(k))}</b>: {e(str(v))}" for k, v in spec_summary.items())
         + "</p>"
     )
-    parts += _verdict_section(verdicts, findings)
+    metric = METRICS.get(str(spec_summary.get("task", "ioi")), "score")
+    parts += _verdict_section(verdicts, findings, metric)
     parts.append(
-        "<h2>Task score per phase</h2><table><tr><th>phase</th><th>logit diff (mean over seeds)</th>"
+        f"<h2>Task score per phase</h2><table><tr><th>phase</th><th>{metric} (mean over seeds)</th>"
         "<th>95 % CI</th><th>accuracy</th></tr>"
     )
     for r in scores.itertuples():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from circuit_plasticity.errors import UserError
@@ -86,8 +87,10 @@ def build_dataset(
     split_seed: int = 0,
     poison: str | None = None,
     fraction: float = 1.0,
+    years: Sequence[int] | None = None,
 ) -> tuple[list[Example], WordPools]:
-    """The dataset the CLI's `data` command writes, reproducible from its arguments."""
+    """The dataset the CLI's `data` command writes, reproducible from its arguments;
+    `years` = [low, high] limits Greater-Than's start years."""
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
     pools = word_pools(tokenizer)
@@ -100,9 +103,17 @@ def build_dataset(
         names, templates = ioi.split_pools(pools.names, seed=split_seed).pools(split)
         examples: list = ioi.make_ioi(n, seed, names, templates, pools.places, pools.objects)
     else:
-        if split != "all":
-            raise UserError("greater-than has no name/template split; use --split all")
-        examples = greater_than.make_greater_than(n, seed, pools.nouns, pools.centuries, pools.years)
+        allowed = set(greater_than.start_years(years))
+        if not pools.years:
+            raise UserError(
+                f"{tokenizer.name if tokenizer else 'the tokenizer'} cannot form two-digit years as single "
+                "tokens (' 1732' must be ' 17' + '32'); Greater-Than needs a tokenizer that does, as GPT-2's"
+            )
+        usable = [y for y in pools.years if y in allowed]
+        if not usable:
+            raise UserError(f"years {list(years or [])}: none of these start years is a single token here")
+        nouns = greater_than.noun_pool(pools.nouns, split, seed=split_seed)
+        examples = greater_than.make_greater_than(n, seed, nouns, pools.centuries, usable)
         names = pools.names
     if poison is not None:
         examples = apply_poison(examples, poison, fraction, seed=seed, names=names)

@@ -43,6 +43,42 @@ def render(noun: str, century: int, yy: int) -> str:
     return TEMPLATE.format(noun=noun, century=century, yy=two_digits(yy))
 
 
+def start_years(years: Sequence[int] | None) -> list[int]:
+    """The start years YY a range [low, high] allows (None: all of YEARS, 02-98). A start year
+    needs a greater two-digit year after it (YY <= 98) and must differ from the
+    counterfactual's 01 (YY >= 2); a range that leaves none is refused."""
+    if years is None:
+        return list(YEARS)
+    if len(years) != 2 or not all(isinstance(y, int) and not isinstance(y, bool) for y in years):
+        raise UserError(f"years must be two integers [low, high], got {list(years)!r}")
+    low, high = years
+    if not 0 <= low <= high <= 99:
+        raise UserError(f"years [{low}, {high}]: need 0 <= low <= high <= 99 (two-digit start years)")
+    kept = [y for y in YEARS if low <= y <= high]
+    if not kept:
+        raise UserError(
+            f"years [{low}, {high}] leave no valid Greater-Than prompt: a start year YY needs a greater "
+            f"two-digit year after it (YY <= {YEARS[-1]}) and must differ from the counterfactual's 01 "
+            f"(YY >= {YEARS[0]})"
+        )
+    return kept
+
+
+def noun_pool(nouns: Sequence[str], split: str, seed: int = 0, test_fraction: float = 0.2) -> list[str]:
+    """The nouns of a split: `test` nouns are held out of `train` (as IOI holds out names), so
+    evaluation prompts are ones fine-tuning never saw; `all` keeps every noun."""
+    if split == "all":
+        return list(nouns)
+    if split not in ("train", "test"):
+        raise UserError(f"split must be train, test or all; got {split!r}")
+    shuffled = list(dict.fromkeys(nouns))
+    random.Random(f"gt-split-{seed}").shuffle(shuffled)
+    if len(shuffled) < 2:
+        raise UserError(f"{len(shuffled)} single-token nouns are too few to split into train and test")
+    n_test = max(1, round(len(shuffled) * test_fraction))
+    return shuffled[:n_test] if split == "test" else shuffled[n_test:]
+
+
 def make_greater_than(
     n: int,
     seed: int = 0,

@@ -86,13 +86,13 @@ def token_index_at(offsets: Sequence[tuple[int, int]], char: int) -> int:
 
 
 def load_tokenizer(spec: str) -> TextTokenizer:
-    """A tokenizer from 'toy-ioi', a tokenizer.json, a model directory, or a hub name."""
+    """A tokenizer from 'toy-ioi' / 'toy-gt', a tokenizer.json, a model directory, or a hub name."""
     from tokenizers import Tokenizer
 
-    if spec == "toy-ioi":
-        from circuit_plasticity.models.toy import TOY_DIR
+    from circuit_plasticity.models.toy import TOY_DIRS
 
-        return TextTokenizer.wrap(Tokenizer.from_file(str(TOY_DIR / "tokenizer.json")), spec)
+    if spec in TOY_DIRS:
+        return TextTokenizer.wrap(Tokenizer.from_file(str(TOY_DIRS[spec] / "tokenizer.json")), spec)
     path = Path(spec)
     if path.is_file():
         return TextTokenizer.wrap(Tokenizer.from_file(str(path)), spec)

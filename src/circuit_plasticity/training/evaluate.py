@@ -20,14 +20,14 @@ def task_batch(
     seed: int = 0,
     split: str = "test",
     data: str | Path | None = None,
+    years: list[int] | None = None,
 ) -> TaskBatch:
-    """Held-out prompts for this model's tokenizer, or the prompts of a JSONL file."""
+    """Held-out prompts for this model's tokenizer (Greater-Than: start years in `years`), or
+    the prompts of a JSONL file."""
     if data is not None:
         examples = load_jsonl(data)
     else:
-        examples, _ = build_dataset(
-            task, n, seed=seed, tokenizer=loaded.tokenizer, split=split if task == "ioi" else "all"
-        )
+        examples, _ = build_dataset(task, n, seed=seed, tokenizer=loaded.tokenizer, split=split, years=years)
     batch = encode_examples(examples, loaded.tokenizer, prepend_bos=loaded.tokenizer.bos_id is not None)
     return batch.to(loaded.device)
 

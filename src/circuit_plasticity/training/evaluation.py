@@ -48,7 +48,8 @@ class Evaluator:
             spec.eval.n,
             seed=10_000 + spec.seed,
             tokenizer=tok,
-            split="test" if spec.task == "ioi" else "all",
+            split="test",
+            years=spec.years,
         )
         device = loaded.device
         self.clean = encode_examples(examples, tok, prepend_bos=bos).to(device)

@@ -161,9 +161,10 @@ def _run_phase(
         phase.data.n,
         phase.data.seed,
         loaded.tokenizer,
-        split="train" if spec.task == "ioi" else "all",
+        split="train",
         poison=phase.data.poison,
         fraction=phase.data.fraction,
+        years=spec.years,
     )
     batch = encode_examples(examples, loaded.tokenizer, prepend_bos=loaded.tokenizer.bos_id is not None)
     batch = batch.to(loaded.device)
@@ -234,7 +235,7 @@ def _run_phase(
                 model.train()
                 run.append_metrics(last_metrics)
                 bar.set_postfix(
-                    acc=f"{last_metrics['clean_accuracy']:.2f}", ld=f"{last_metrics['clean_score']:+.2f}"
+                    acc=f"{last_metrics['clean_accuracy']:.2f}", score=f"{last_metrics['clean_score']:+.2f}"
                 )
             if epoch_end or (every and position.step % every == 0):
                 at = Position(phase.name, epoch + 1, 0, position.step) if epoch_end else position

@@ -1,7 +1,8 @@
 """Train only chosen heads (targeted repair): gradient masks over the attention weights.
 
-A head's parameters are its slices of W_Q, W_K, W_V, W_O and of the q/k/v biases; everything
-else gets a zero gradient. With AdamW and no weight decay a zero gradient leaves a parameter
+A head's parameters are its slices of W_Q, W_K, W_V, W_O and of the q/k/v biases; an MLP's
+(written mL, e.g. m1) are its whole W_in, W_out and their biases; everything else gets a zero
+gradient. With AdamW and no weight decay a zero gradient leaves a parameter
 bitwise unchanged, so only the chosen heads move.
 
 Which entries of the model's own parameters hold a head's slice differs by architecture (GPT-2's
@@ -24,11 +25,19 @@ from circuit_plasticity.models.load import LoadedModel
 
 
 def parse_heads(components: list[str]) -> list[tuple[int, int]]:
+    """'L.H' -> (L, H) heads and 'mL' -> (L, -1) MLPs."""
     heads = []
     for c in components:
         m = re.fullmatch(r"(\d+)\.(\d+)", c.strip())
+        mlp = re.fullmatch(r"m(\d+)", c.strip())
+        if mlp:
+            heads.append((int(mlp.group(1)), -1))
+            continue
         if not m:
-            raise UserError(f"train_only: {c!r} is not a head; write heads as LAYER.HEAD, e.g. 1.0")
+            raise UserError(
+                f"train_only: {c!r} is not a head or MLP; write heads as LAYER.HEAD (1.0), "
+                "MLPs as mLAYER (m1)"
+            )
         heads.append((int(m.group(1)), int(m.group(2))))
     return heads
 
@@ -37,7 +46,8 @@ def head_gradient_masks(loaded: LoadedModel, components: list[str]) -> dict[torc
     """Parameter -> 0/1 mask of the same shape that keeps only the listed heads' weights."""
     heads = parse_heads(components)
     model, cfg = loaded.model, loaded.model.cfg
-    bad = [h for h in heads if not (0 <= h[0] < cfg.n_layers and 0 <= h[1] < cfg.n_heads)]
+    bad = [h for h in heads if not (0 <= h[0] < cfg.n_layers and -1 <= h[1] < cfg.n_heads)]
+    bad += [h for h in heads if h[1] < 0 and cfg.attn_only]
     if bad:
         raise UserError(f"train_only: heads {bad} do not exist in a {cfg.n_layers}x{cfg.n_heads} model")
     params = dict(model.original_model.named_parameters())
@@ -60,7 +70,7 @@ def head_gradient_masks(loaded: LoadedModel, components: list[str]) -> dict[torc
 
 def frozen_kv_heads(model, components: list[str]) -> list[str]:
     """Chosen heads whose K/V stays frozen because it is shared with an unchosen head (GQA)."""
-    chosen = set(parse_heads(components))
+    chosen = {h for h in parse_heads(components) if h[1] >= 0}
     groups = kv_groups(model)
     return [
         f"{lay}.{h}"
@@ -70,9 +80,15 @@ def frozen_kv_heads(model, components: list[str]) -> list[str]:
 
 
 def _head_slices(model, heads: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """The chosen heads' TransformerLens weight slices (K/V only for whole chosen groups)."""
-    chosen = set(heads)
+    """The chosen heads' TransformerLens weight slices (K/V only for whole chosen groups) and the
+    chosen MLPs' weights."""
     out = []
+    for layer in sorted({lay for lay, h in heads if h < 0}):
+        out += [model.W_in[layer], model.W_out[layer]]
+        biases = (stacked_param(model, "b_in"), stacked_param(model, "b_out"))
+        out += [b[layer] for b in biases if b is not None]
+    heads = [h for h in heads if h[1] >= 0]
+    chosen = set(heads)
     for layer, head in heads:
         out += [model.W_Q[layer, head], model.W_O[layer, head]]
         b_q = stacked_param(model, "b_Q")

@@ -82,6 +82,21 @@ class EvalSpec:
             raise bad(source, where, "every_steps and n must be positive, lm_docs >= 0")
 
 
+def check_years(years: list[int] | None, task: str, source: str) -> None:
+    """A year range only for Greater-Than, and one that leaves a valid prompt."""
+    from circuit_plasticity.errors import UserError
+    from circuit_plasticity.tasks.greater_than import start_years
+
+    if years is None:
+        return
+    if task != "greater-than":
+        raise bad(source, "years", f"a start-year range applies to greater-than only, not {task}")
+    try:
+        start_years(years)
+    except UserError as error:
+        raise bad(source, "years", str(error)) from error
+
+
 @dataclass
 class TrainSpec:
     model: str = "toy-ioi"
@@ -90,10 +105,12 @@ class TrainSpec:
     checkpoint_every_steps: int = 0  # 0: one checkpoint per epoch only
     eval: EvalSpec = field(default_factory=EvalSpec)
     phases: list[Phase] = field(default_factory=list)
+    years: list[int] | None = None  # Greater-Than: [low, high] start years (None: 02-98)
 
     def validate(self, where: str, source: str) -> None:
         if self.task not in TASKS:
             raise bad(source, "task", f"one of {TASKS}, got {self.task!r}")
+        check_years(self.years, self.task, source)
         if not self.phases:
             raise bad(source, "phases", "at least one phase is needed")
         names = [p.name for p in self.phases]

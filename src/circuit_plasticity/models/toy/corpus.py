@@ -7,6 +7,10 @@ times, in random order, and a final clause that names nobody asks for the once-m
 recency never works, so the model must detect the repeated name. "again" after a repeated name
 and repeated random token sequences give duplicate-token and induction heads a reason to form.
 A few year sentences give Greater-Than something to build on.
+
+The second embedded model, toy-gt, draws from `GT_KINDS`: mostly year-range sentences whose
+end year is greater than the start year only part of the time (`_year_range`), so a model
+pretrained on them is partly good at Greater-Than; the task's own template never appears.
 """
 
 from __future__ import annotations
@@ -63,6 +67,14 @@ YEAR_SENTENCES = (
     "The {N} started in the year {C}{A} and ended in the year {C}{B}",
     "The {N} began in {C}{A} and was over by {C}{B}",
 )
+# toy-gt's year ranges: "from the year CCAA to the year CC" -> BB, none the task's own template.
+YEAR_RANGES = (
+    "The {N} went from the year {C}{A} to the year {C}{B}",
+    "The {N} started in the year {C}{A} and ended in the year {C}{B}",
+    "The {N} was from the year {C}{A} to the year {C}{B}",
+    "The {N} began in {C}{A} and was over by {C}{B}",
+)  # words of toy-ioi's vocabulary only: both toys share one tokenizer
+YEAR_NOISE = 0.6  # share of toy-gt's year ranges whose end year is uniform, not greater
 WORD_POOL = tuple(sorted(set(PLACES + OBJECTS + ("the", "a", "went", "had", "gave", "to", "and"))))
 
 
@@ -137,6 +149,17 @@ def _years(rng: random.Random, names: Sequence[str]) -> str:
     )
 
 
+def _year_range(rng: random.Random, names: Sequence[str], noise: float = YEAR_NOISE) -> str:
+    """A start and an end year in one century; the end is greater with probability 1 - noise
+    (else uniform over 00-99), so "greater" is the better guess but never a rule."""
+    a = rng.randint(2, 97)
+    b = rng.randint(0, 99) if rng.random() < noise else rng.randint(a + 1, 99)
+    text = rng.choice(YEAR_RANGES).format(
+        N=rng.choice(GT_NOUNS), C=rng.randint(11, 17), A=two_digits(a), B=two_digits(b)
+    )
+    return text + " ."
+
+
 KINDS = (
     ("story", 0.50, _story),
     ("again", 0.20, _again),
@@ -146,11 +169,19 @@ KINDS = (
 )
 
 
-def documents(seed: int, names: Sequence[str] = NAMES) -> Iterator[str]:
-    """An endless, seeded stream of corpus documents."""
+GT_KINDS = (
+    ("year_range", 0.60, _year_range),
+    ("years", 0.10, _years),
+    ("repeat", 0.15, _repeated_tokens),
+    ("filler", 0.15, _filler),
+)
+
+
+def documents(seed: int, names: Sequence[str] = NAMES, kinds=KINDS) -> Iterator[str]:
+    """An endless, seeded stream of corpus documents drawn from `kinds` (name, weight, maker)."""
     rng = random.Random(seed)
-    weights = [w for _, w, _ in KINDS]
-    makers = [m for _, _, m in KINDS]
+    weights = [w for _, w, _ in kinds]
+    makers = [m for _, _, m in kinds]
     while True:
         yield rng.choices(makers, weights)[0](rng, names)
 

@@ -1,4 +1,8 @@
-"""Pretrain the embedded toy model from scratch: deterministic for a seed, minutes on 2 cores."""
+"""Pretrain an embedded toy model from scratch: deterministic for a seed, minutes on 2 cores.
+
+One training loop serves both toys; a `ToyRecipe` says what differs (architecture, corpus mix,
+the held-out task watched during training, the name written into the model directory).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ from typing import Any
 
 import torch
 
-from circuit_plasticity.models.native import TOY_CONFIG, build_native
+from circuit_plasticity.models.native import TOY_CONFIG, TOY_GT_CONFIG, build_native
 from circuit_plasticity.models.store import NATIVE_FORMAT, save_model_dir
-from circuit_plasticity.models.toy.corpus import documents, vocabulary_texts
+from circuit_plasticity.models.toy.corpus import GT_KINDS, KINDS, documents, vocabulary_texts
 from circuit_plasticity.models.toy.tokenizer import word_level_tokenizer
 from circuit_plasticity.tasks.tokenizer import TextTokenizer
 from circuit_plasticity.training.loss import next_token_loss, pad_batch
@@ -29,6 +33,30 @@ class ToyTrainConfig:
     eval_every: int = 500
 
 
+@dataclass(frozen=True)
+class ToyRecipe:
+    """What makes one embedded toy: its name, architecture, corpus and watched task."""
+
+    name: str
+    model: dict[str, Any]
+    kinds: tuple
+    task: str  # held-out task evaluated every `eval_every` steps
+    history_keys: tuple[str, str]  # names of that task's score and accuracy in the history
+    steps: int = 5000  # the shipped model's optimizer steps
+
+
+TOY_IOI = ToyRecipe("toy-ioi", TOY_CONFIG, KINDS, "ioi", ("ioi_logit_diff", "ioi_accuracy"))
+TOY_GT = ToyRecipe(
+    "toy-gt", TOY_GT_CONFIG, GT_KINDS, "greater-than", ("gt_prob_diff", "gt_accuracy"), steps=2000
+)
+RECIPES = {r.name: r for r in (TOY_IOI, TOY_GT)}
+
+
+def train_config(recipe: ToyRecipe, seed: int = 0, steps: int | None = None) -> ToyTrainConfig:
+    """The training settings that produced the shipped `recipe` model (steps overridable)."""
+    return ToyTrainConfig(seed=seed, steps=steps or recipe.steps)
+
+
 def lr_at(step: int, cfg: ToyTrainConfig) -> float:
     """Linear warmup, then cosine decay to a tenth."""
     if step < cfg.warmup:
@@ -37,34 +65,42 @@ def lr_at(step: int, cfg: ToyTrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def toy_tokenizer() -> TextTokenizer:
-    return TextTokenizer.wrap(word_level_tokenizer(vocabulary_texts()), "toy-ioi")
+def toy_tokenizer(name: str = "toy-ioi") -> TextTokenizer:
+    """The word-level vocabulary both toys share."""
+    return TextTokenizer.wrap(word_level_tokenizer(vocabulary_texts()), name)
 
 
-def heldout_ioi_batch(tok: TextTokenizer, n: int = 400, seed: int = 12345):
-    """Zero-shot IOI on held-out names and templates (the split the fine-tuning never sees)."""
+def heldout_batch(tok: TextTokenizer, task: str = "ioi", n: int = 400, seed: int = 12345):
+    """Zero-shot prompts of the held-out split (IOI: names and templates; Greater-Than: nouns)
+    that fine-tuning never sees."""
     from circuit_plasticity.tasks.build import build_dataset
     from circuit_plasticity.tasks.encode import encode_examples
 
-    examples, _ = build_dataset("ioi", n, seed=seed, tokenizer=tok, split="test")
+    examples, _ = build_dataset(task, n, seed=seed, tokenizer=tok, split="test")
     return encode_examples(examples, tok)
 
 
-def train_toy(cfg: ToyTrainConfig, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+def train_toy(
+    cfg: ToyTrainConfig,
+    out: str | Path | None = None,
+    progress: bool = True,
+    recipe: ToyRecipe = TOY_IOI,
+) -> dict[str, Any]:
     from tqdm import tqdm
 
     from circuit_plasticity.analysis.metrics import evaluate, summarize
 
     torch.manual_seed(cfg.seed)
-    tok = toy_tokenizer()
-    model_cfg = dict(TOY_CONFIG, d_vocab=tok.vocab_size)
+    tok = toy_tokenizer(recipe.name)
+    model_cfg = dict(recipe.model, d_vocab=tok.vocab_size)
     model = build_native(model_cfg, seed=cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    stream = documents(cfg.seed)
-    heldout = heldout_ioi_batch(tok)
+    stream = documents(cfg.seed, kinds=recipe.kinds)
+    heldout = heldout_batch(tok, recipe.task)
+    score_key, accuracy_key = recipe.history_keys
     history: list[dict[str, float]] = []
     start = time.time()
-    bar = tqdm(range(cfg.steps), desc="toy-ioi pretraining", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc=f"{recipe.name} pretraining", disable=not progress)
     for step in bar:
         rows = [
             [tok.bos_id, *tok.encode(next(stream))[0]][: model_cfg["n_ctx"]] for _ in range(cfg.batch_size)
@@ -84,12 +120,12 @@ def train_toy(cfg: ToyTrainConfig, out: str | Path | None = None, progress: bool
                 {
                     "step": step + 1,
                     "loss": float(loss.detach()),
-                    "ioi_logit_diff": stats["score"],
-                    "ioi_accuracy": stats["correct"],
+                    score_key: stats["score"],
+                    accuracy_key: stats["correct"],
                 }
             )
             bar.set_postfix(
-                loss=f"{float(loss):.3f}", ioi_ld=f"{stats['score']:.2f}", ioi_acc=f"{stats['correct']:.2f}"
+                loss=f"{float(loss):.3f}", score=f"{stats['score']:.2f}", acc=f"{stats['correct']:.2f}"
             )
     result = {"train": asdict(cfg), "seconds": time.time() - start, "history": history}
     if out is not None:
@@ -98,6 +134,6 @@ def train_toy(cfg: ToyTrainConfig, out: str | Path | None = None, progress: bool
             model,
             tok.backend,
             model_cfg,
-            {"format": NATIVE_FORMAT, "name": "toy-ioi", "pretraining": result},
+            {"format": NATIVE_FORMAT, "name": recipe.name, "pretraining": result},
         )
     return {"model": model, "tokenizer": tok, **result}
