@@ -395,3 +395,30 @@ def test_output_patching_carries_a_heads_whole_change(arch, arch_dirs):
     assert not torch.allclose(own, task_score(end_logits(b.model(batch.tokens), batch), batch), atol=1e-3)
     patched = patch_outputs(b.model, a.model, batch, [[(1, 2)]])[0]
     torch.testing.assert_close(patched, own, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_train_only_an_mlp_moves_all_of_its_weights_and_nothing_else(arch, arch_dirs, tmp_path):
+    """Targeted repair of an MLP trains every one of its weights (the gate of a gated MLP too)."""
+    import re
+
+    from circuit_plasticity.spec import from_mapping
+    from circuit_plasticity.training.loop import run_protocol
+    from circuit_plasticity.training.protocol import TrainSpec
+
+    phase = {"name": "repair", "data": {"n": 16}, "epochs": 1, "batch_size": 8, "lr": 1.0e-2}
+    spec = from_mapping(
+        TrainSpec,
+        {
+            "model": str(arch_dirs[arch]),
+            "eval": {"every_steps": 50, "n": 12, "lm_docs": 0},
+            "phases": [{**phase, "train_only": ["m1"]}],
+        },
+    )
+    run_protocol(spec, tmp_path / "run", progress=False)
+    before = dict(load_model(str(arch_dirs[arch]), device="cpu").model.original_model.named_parameters())
+    step = sorted((tmp_path / "run" / "phases" / "repair").glob("step-*"))[-1]
+    after = dict(load_model(str(step), device="cpu").model.original_model.named_parameters())
+    changed = {n for n, p in after.items() if not torch.equal(p, before[n])}
+    expected = {n for n in before if "mlp" in n and re.search(r"(layers|\bh)\.1\.", n)}
+    assert expected and changed == expected

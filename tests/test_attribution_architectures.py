@@ -148,3 +148,33 @@ def test_removing_a_receivers_edges_matches_the_model_itself(arch, which, models
         (got,) = edge_patched_scores(twin.model, batch, [mask])
         want = _native_reference(loaded.model, batch, 1, head, which)
         assert torch.allclose(got, want, atol=1e-4), (arch, which, head)
+
+
+def test_a_post_norm_with_an_output_bias_is_refused_before_any_work(tmp_path, bpe_tokenizer):
+    """Gemma-2 with an attention output bias: b_O * w / rms changes from run to run and belongs
+    to no head, so the edge graph would not be exact; fast depth refuses up front (exit 2)."""
+    from arch_models import _config
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from circuit_plasticity.analysis.attribution import check_edge_graph
+    from circuit_plasticity.analysis.pipeline import analyze_model
+    from circuit_plasticity.errors import Unsupported
+
+    config = _config("gemma2", bpe_tokenizer.vocab_size)
+    config.attention_bias = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("o_proj.bias"):
+                p.normal_(0, 0.5)
+    model.save_pretrained(tmp_path / "m")
+    PreTrainedTokenizerFast(
+        tokenizer_object=bpe_tokenizer.backend, bos_token="<|endoftext|>"
+    ).save_pretrained(tmp_path / "m")
+    loaded = load_model(str(tmp_path / "m"), device="cpu")
+    with pytest.raises(Unsupported, match="output bias"):
+        check_edge_graph(ungrouped_twin(loaded).model)
+    batch = task_batch(loaded, "ioi", n=8, seed=0)
+    with pytest.raises(UserError, match="depth fast.*output bias.*--depth full"):
+        analyze_model(loaded, batch, depth="fast")

@@ -3,3 +3,8 @@
 
 class UserError(ValueError):
     """Input the user can fix: the message names the problem and the fix."""
+
+
+class Unsupported(UserError):
+    """A model an analysis cannot take (the message says which part of it, and why): the
+    analysis that needs it is refused or skipped with a note, never half-run."""

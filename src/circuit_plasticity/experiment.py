@@ -149,21 +149,27 @@ def check_study_phases(spec: ExperimentSpec) -> None:
         )
 
 
+def check_model_usable(spec: ExperimentSpec) -> None:
+    """A UserError when the spec's model cannot load or its tokenizer cannot form the task's
+    prompts (single-token names, two-digit years in the range): before anything is written."""
+    from circuit_plasticity.models.load import load_model
+    from circuit_plasticity.training.evaluate import task_batch
+
+    task_batch(load_model(spec.model), spec.task, n=10, years=spec.years)
+
+
 def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, progress: bool = True) -> Path:
     """Train every seed, judge the checkpoints, report. Resumable: finished steps are skipped."""
     import json
 
     from circuit_plasticity.fileio import write_json
-    from circuit_plasticity.models.load import load_model
     from circuit_plasticity.spec import same_spec
     from circuit_plasticity.training.loop import run_protocol
 
     check_study_phases(spec)
     out = Path(out)
     if not out.exists():  # fail on an unusable model or tokenizer before anything is written
-        from circuit_plasticity.training.evaluate import task_batch
-
-        task_batch(load_model(spec.model), spec.task, n=10, years=spec.years)
+        check_model_usable(spec)
     out.mkdir(parents=True, exist_ok=True)
     mine = json.loads(json.dumps(dataclasses.asdict(spec)))
     saved = out / "experiment.json"
@@ -390,6 +396,9 @@ def runs_task(runs: list[Path]) -> tuple[str, list[int] | None]:
     """The task (and Greater-Than start years) the training runs share; refused when they differ."""
     import json
 
+    missing = [str(root) for root in runs if not (Path(root) / "spec.json").is_file()]
+    if missing:
+        raise UserError(f"not a training run (no spec.json): {', '.join(missing)}; make one with `train`")
     found = {
         (data.get("task", "ioi"), tuple(data["years"]) if data.get("years") else None)
         for data in (json.loads((Path(root) / "spec.json").read_text()) for root in runs)

@@ -39,7 +39,7 @@ import torch
 from circuit_plasticity.analysis.graph import MIB_PERCENTS, Graph, area_under, mib_sizes
 from circuit_plasticity.analysis.hooks import stacked_param
 from circuit_plasticity.analysis.metrics import task_score
-from circuit_plasticity.errors import UserError
+from circuit_plasticity.errors import Unsupported, UserError
 from circuit_plasticity.tasks.encode import TaskBatch
 
 QKV = ("q", "k", "v")
@@ -190,13 +190,30 @@ class _Model:
             b_in = {x: _bias(model, x, W_in[x]) for x in QKV}
             W_O = model.W_O.detach()
         if W_in["k"].shape[1] != graph.n_heads:
-            raise UserError(
+            raise Unsupported(
                 "edge attribution needs one key/value head per query head; this model groups them "
                 "(grouped-query attention): analyse models.ungroup.ungrouped_twin(loaded) instead"
             )
         blocks = list(model.blocks)
         post = [_Norm(b.ln1_post, model) for b in blocks] if hasattr(blocks[0], "ln1_post") else None
+        _check_decomposable(model, post)
         return cls(graph, W_in, b_in, W_O, [_Norm(block.ln1, model) for block in blocks], post)
+
+
+def _check_decomposable(model, post: list[_Norm] | None) -> None:
+    """Refuse what the graph cannot split exactly: q/k norms (Gemma-3, OLMo-2) sit between a
+    head's input and its q/k, and a post-attention norm splits into per-head outputs only when
+    it is an RMSNorm without an output bias (w * o_h / rms sums to the block's contribution)."""
+    if getattr(model.cfg, "use_qk_norm", False):
+        raise Unsupported("edge attribution does not yet support models with q/k norms")
+    if post is None:
+        return
+    b_o = stacked_param(model, "b_O")
+    if any(norm.kind != "rms" for norm in post) or (b_o is not None and bool(b_o.abs().max() > 0)):
+        raise Unsupported(
+            "edge attribution splits a post-attention norm into heads only for an RMSNorm without "
+            "an attention output bias; this model has another kind"
+        )
 
 
 def _bias(model, which: str, weight: torch.Tensor) -> torch.Tensor:
@@ -282,6 +299,11 @@ def _differences(model, m: _Model, batch: TaskBatch) -> tuple[torch.Tensor, torc
                 tokens, fwd_hooks=[*_sender_hooks(m, delta, sign, keep(key)), _end_only(batch)]
             )
     return delta, inputs["clean"], inputs["corrupt"]
+
+
+def check_edge_graph(model) -> None:
+    """Unsupported (with the reason) when edge attribution cannot split this model exactly."""
+    _Model.read(model)
 
 
 # --- attribution -------------------------------------------------------------------------------

@@ -21,7 +21,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from circuit_plasticity.analysis.attribution import edge_attribution, faithfulness_curve, plan
+from circuit_plasticity.analysis.attribution import (
+    check_edge_graph,
+    edge_attribution,
+    faithfulness_curve,
+    plan,
+)
 from circuit_plasticity.analysis.circuit import Circuit, CircuitHead, Edge
 from circuit_plasticity.analysis.classes import QUERY_PATH, Thresholds, classify_heads, with_query_path
 from circuit_plasticity.analysis.discovery import DiscoveryConfig, discover_circuit
@@ -31,7 +36,7 @@ from circuit_plasticity.analysis.heads import mlp_dla
 from circuit_plasticity.analysis.metrics import by_group, evaluate, summarize
 from circuit_plasticity.analysis.profile import head_profile
 from circuit_plasticity.analysis.tables import long_table, write_table
-from circuit_plasticity.errors import UserError
+from circuit_plasticity.errors import Unsupported, UserError
 from circuit_plasticity.models.load import LoadedModel
 from circuit_plasticity.models.ungroup import ungrouped_twin
 from circuit_plasticity.tasks.encode import TaskBatch
@@ -98,6 +103,7 @@ def analyze_model(
     if depth not in DEPTHS:
         raise UserError(f"depth must be one of {', '.join(DEPTHS)}; got {depth!r}")
     model = loaded.model
+    edge_model, unsupported = _edge_model(loaded, depth)
     eap_plan = plan(
         model,
         batch,
@@ -121,16 +127,23 @@ def analyze_model(
     metrics = summarize(per_prompt, batch)
     templates = pd.DataFrame(by_group(per_prompt, batch)).rename(columns={"group": "template"})
     heads, score = head_profile(model, loaded.tokenizer, first, thresholds)
-    # grouped-query attention: EAP-IG's k/v receivers are per query head, on the ungrouped twin
-    edge_model = ungrouped_twin(loaded).model
-    graph = edge_attribution(
-        edge_model, batch, ig_steps=ig_steps, memory_budget_bytes=memory_budget_bytes, progress=progress
-    )
-    methods = ("top_n",) if depth == "fast" or not greedy_curve else ("top_n", "greedy")
-    curve, summary = faithfulness_curve(
-        edge_model, batch, graph, methods=methods, memory_budget_bytes=memory_budget_bytes, progress=progress
-    )
-    graph.in_graph = _found_mask(graph, curve)
+    if edge_model is None:
+        print(f"note: EAP-IG edges and curves skipped: {unsupported}", file=sys.stderr)
+        graph, curve, summary = None, pd.DataFrame(), pd.DataFrame()
+    else:
+        graph = edge_attribution(
+            edge_model, batch, ig_steps=ig_steps, memory_budget_bytes=memory_budget_bytes, progress=progress
+        )
+        methods = ("top_n",) if depth == "fast" or not greedy_curve else ("top_n", "greedy")
+        curve, summary = faithfulness_curve(
+            edge_model,
+            batch,
+            graph,
+            methods=methods,
+            memory_budget_bytes=memory_budget_bytes,
+            progress=progress,
+        )
+        graph.in_graph = _found_mask(graph, curve)
     del edge_model
     mlps = _chunked_mean(lambda sub: mlp_dla(model, sub), batch, flat.chunk, ["layer", "head"])
     if depth == "fast":
@@ -158,13 +171,27 @@ def analyze_model(
         effects,
         circuit,
         scores,
-        graph.edge_table(),
+        graph.edge_table() if graph is not None else pd.DataFrame(),
         curve,
         mlps,
         graph,
         summary,
         depth,
     )
+
+
+def _edge_model(loaded: LoadedModel, depth: str):
+    """(the model EAP-IG runs on, None) - the ungrouped twin under grouped-query attention, so
+    that k/v receivers are per query head - or (None, why) where edge attribution cannot split
+    the model; checked before any work, and fatal only for the depth that needs it."""
+    try:
+        edge_model = ungrouped_twin(loaded).model
+        check_edge_graph(edge_model)
+        return edge_model, None
+    except Unsupported as why:
+        if depth == "fast":
+            raise UserError(f"depth fast finds the circuit with EAP-IG: {why}; use --depth full") from None
+        return None, str(why)
 
 
 def _chunks(batch: TaskBatch, size: int):

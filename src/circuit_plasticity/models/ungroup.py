@@ -5,7 +5,8 @@ head, so analyses that need a per-query-head K/V input (EAP-IG's k/v receivers, 
 Built from the loaded Hugging Face module: its config with num_key_value_heads =
 num_attention_heads, every parameter shared with the original except the K/V projections,
 each of whose heads is repeated for the query heads that read it (the order of `repeat_kv`).
-Extra memory: the K/V projections times (query heads / K/V heads - 1).
+Extra memory: the K/V projections times (query heads / K/V heads): the twin's repeated copies,
+beside the original's own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import copy
 
 import torch
 
-from circuit_plasticity.errors import UserError
+from circuit_plasticity.errors import Unsupported
 from circuit_plasticity.models.load import LoadedModel, _boot
 
 KV_SUFFIXES = ("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")
@@ -33,12 +34,17 @@ def ungrouped_twin(loaded: LoadedModel) -> LoadedModel:
     hf = getattr(loaded.model, "original_model", None)
     config = getattr(hf, "config", None)
     if config is None or not hasattr(config, "num_key_value_heads"):
-        raise UserError(f"{loaded.name}: cannot ungroup its K/V heads (no Hugging Face config)")
+        raise Unsupported(f"{loaded.name}: cannot ungroup its K/V heads (no Hugging Face config)")
     from transformers import AutoModelForCausalLM
 
     heads, kv = int(config.num_attention_heads), int(config.num_key_value_heads)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     state = _hf_names(hf.state_dict())
+    if not any(name.endswith(KV_SUFFIXES) for name in state):
+        raise Unsupported(
+            f"{loaded.name}: cannot ungroup its K/V heads (no separate k_proj/v_proj weights, e.g. a "
+            "fused QKV projection)"
+        )
     for name, tensor in state.items():
         if name.endswith(KV_SUFFIXES):
             rest = tensor.shape[1:]
@@ -48,7 +54,9 @@ def ungrouped_twin(loaded: LoadedModel) -> LoadedModel:
     twin_config.num_key_value_heads = heads
     with torch.device("meta"):
         twin = AutoModelForCausalLM.from_config(twin_config, attn_implementation="eager")
-    twin.load_state_dict(state, assign=True, strict=False)
+    missing, _ = twin.load_state_dict(state, assign=True, strict=False)
+    if [m for m in missing if "lm_head" not in m]:  # the head may be tied to the embeddings
+        raise Unsupported(f"{loaded.name}: cannot ungroup its K/V heads (weights not mapped: {missing[:3]})")
     _share_buffers(twin, hf)  # non-persistent buffers (rotary frequencies) are not in the state
     twin.tie_weights()
     twin.eval()

@@ -56,12 +56,16 @@ def _check_same_sweep(out: Path, sweep: Sweep) -> None:
 
 
 def _check_models(sweep: Sweep, out: Path) -> None:
-    """Fail on an unusable model or tokenizer before any point starts (as `run` does)."""
-    from circuit_plasticity.models.load import load_model
-    from circuit_plasticity.training.evaluate import task_batch
+    """Fail on an unusable model, task or year range before any point starts (as `run` does),
+    once per distinct (model, task, years) among the points not yet started."""
+    from circuit_plasticity.experiment import check_model_usable
 
-    for model in dict.fromkeys(p.spec.model for p in sweep.points if not point_dir(out, p.name).exists()):
-        task_batch(load_model(model), "ioi", n=10)
+    seen = set()
+    for point in sweep.points:
+        key = (point.spec.model, point.spec.task, tuple(point.spec.years or ()))
+        if key not in seen and not point_dir(out, point.name).exists():
+            seen.add(key)
+            check_model_usable(point.spec)
 
 
 def run_sweep(

@@ -85,8 +85,8 @@ def _head_slices(model, heads: list[tuple[int, int]]) -> list[torch.Tensor]:
     out = []
     for layer in sorted({lay for lay, h in heads if h < 0}):
         out += [model.W_in[layer], model.W_out[layer]]
-        biases = (stacked_param(model, "b_in"), stacked_param(model, "b_out"))
-        out += [b[layer] for b in biases if b is not None]
+        extra = (stacked_param(model, name) for name in ("W_gate", "b_in", "b_out"))  # gated MLPs
+        out += [p[layer] for p in extra if p is not None]
     heads = [h for h in heads if h[1] >= 0]
     chosen = set(heads)
     for layer, head in heads:
