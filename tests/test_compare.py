@@ -133,3 +133,23 @@ def test_hysteresis_on_a_constructed_trajectory():
     assert h["clean_steps_to_level"] == 30 and h["retrain_steps_to_level"] == 40
     assert h["gap_area"] == pytest.approx((2 + 2 + 1 + 0.5) / 4)
     assert h["final_gap"] == pytest.approx(-0.5)
+
+
+def test_random_component_sets_match_the_tested_set_in_kind():
+    """The nulls' random sets hold as many MLPs and heads as the set they are compared with; on a
+    model without MLPs they are exactly the plain uniform sample of the same generator."""
+    import random
+
+    from circuit_plasticity.analysis.hooks import matched_sample
+
+    heads = [(lay, h) for lay in range(3) for h in range(4)]
+    mlps = [(lay, -1) for lay in range(3)]
+    for like in ([(0, -1), (1, -1), (2, 3)], [(0, 1), (1, 2)], [(2, -1)]):
+        for seed in range(20):
+            got = matched_sample(random.Random(seed), heads + mlps, like)
+            assert len(set(got)) == len(like)
+            assert sum(c[1] < 0 for c in got) == sum(c[1] < 0 for c in like)
+    assert matched_sample(random.Random(5), heads, [(0, 0)] * 3) == random.Random(5).sample(heads, 3)
+    # too few MLPs left in the pool: heads fill the rest, the size is kept
+    got = matched_sample(random.Random(0), heads + mlps[:1], [(1, -1), (2, -1), (0, 0)])
+    assert len(got) == 3 and sum(c[1] < 0 for c in got) == 1

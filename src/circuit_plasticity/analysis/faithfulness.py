@@ -49,7 +49,7 @@ class CircuitScores:
     minimal: bool
     sparsity: float
     minimality_threshold: float
-    empty_score: float = float("nan")  # F(empty): every head mean-ablated
+    empty_score: float = float("nan")  # F(empty): every head and MLP mean-ablated
     normalized_faithfulness: float = float("nan")  # (F(C) - F(empty)) / (F(M) - F(empty))
     minimality_abs: dict[str, float] | None = None  # the same value in score units
     minimality_k: dict[str, list[str]] | None = None  # the K that attains it

@@ -47,6 +47,20 @@ def component_labels(model) -> list[tuple[int, int]]:
     return head_labels(model) + mlp_labels(model)
 
 
+def matched_sample(rng, pool: list[tuple[int, int]], like) -> list[tuple[int, int]]:
+    """A random set from `pool` with as many MLPs and heads as `like`: a null for a set of
+    components must not differ from it in kind (an MLP carries far more than a head). Where
+    the pool holds too few MLPs, heads fill the rest. With no MLPs anywhere this is exactly
+    rng.sample(pool, len(like))."""
+    mlps = [c for c in pool if c[1] < 0]
+    n_mlps = min(sum(1 for c in like if c[1] < 0), len(mlps))
+    if not mlps or n_mlps == 0:
+        heads = [c for c in pool if c[1] >= 0]
+        return rng.sample(heads, min(len(like), len(heads)))
+    heads = [c for c in pool if c[1] >= 0]
+    return rng.sample(mlps, n_mlps) + rng.sample(heads, min(len(like) - n_mlps, len(heads)))
+
+
 def component_name(component: tuple[int, int]) -> str:
     """'L.H' for a head, 'mL' for the MLP of layer L (EAP-IG's node names use the same m)."""
     layer, head = component

@@ -26,7 +26,7 @@ import torch
 
 from circuit_plasticity.analysis.ablation import group_means
 from circuit_plasticity.analysis.heads import component_dla
-from circuit_plasticity.analysis.hooks import component_labels, component_name
+from circuit_plasticity.analysis.hooks import component_labels, component_name, matched_sample
 from circuit_plasticity.analysis.metrics import evaluate
 from circuit_plasticity.analysis.patching import output_cache, patch_each_set
 from circuit_plasticity.compare.cmap import patch_outputs
@@ -173,7 +173,7 @@ def localization_evidence(runs: PhaseRuns, k: int, n_random: int, seed: int) -> 
     out["drop"] = boot_mean(gap, index_all)
     out["uniform_concentration"] = Interval(k / len(labels), float("nan"), float("nan"))
     top_heads = [labels[i] for i in top]
-    random_sets = [rng.sample(labels, k) for _ in range(n_random)]
+    random_sets = [matched_sample(rng, labels, top_heads) for _ in range(n_random)]
     joint = patched_into(runs, "clean", "poisoned", [top_heads, *random_sets], index=held)
     held_gap = gap[hel]
     share = boot_ratio(joint[0] - clean[hel], held_gap, index_held)
@@ -238,8 +238,7 @@ def plasticity_evidence(
         out["localized_recovery"] = Interval.nan()
     labels = component_labels(runs.models["retrain"])
     rng = random.Random(seed)
-    size = len(base_circuit)
-    random_circuits = [set(rng.sample(labels, size)) for _ in range(n_random)]
+    random_circuits = [set(matched_sample(rng, labels, base_circuit)) for _ in range(n_random)]
     parts, usable = {}, {}
     for phase in ("retrain", "clean", "control"):
         if phase not in runs.models:

@@ -254,14 +254,14 @@ def reference_score(loaded, batch) -> float:
 
 def _repair(s: SeedModels, seed_dir: Path, heads, runs, options: JudgeOptions, progress):
     """Scores of the two repaired models (trained on `options.task`), or why repair was skipped."""
-    from circuit_plasticity.analysis.hooks import component_labels
+    from circuit_plasticity.analysis.hooks import component_labels, matched_sample
     from circuit_plasticity.compare.evidence import head_name
     from circuit_plasticity.compare.repair import train_heads
 
     if not isinstance(s.poisoned, str | Path):
         return "targeted repair needs the poisoned model as a path"
     others = [h for h in component_labels(runs.models["poisoned"]) if h not in heads]
-    random_heads = random.Random(s.seed).sample(others, min(len(heads), len(others)))
+    random_heads = matched_sample(random.Random(s.seed), others, heads)
     scores = []
     for name, chosen in (("repair", heads), ("repair-random", random_heads)):
         progress(f"seed {s.seed}: {name} (training only {', '.join(map(head_name, chosen))})")
