@@ -160,3 +160,67 @@ def test_mlp_senders_in_path_patching_equal_the_reference(gpt2_and_batch):
             fast[i], slow_mlp_path_patch_to_logits(loaded.model, batch, layer), atol=1e-4, rtol=0
         )
     torch.testing.assert_close(fast[-1], slow_path_patch(loaded.model, batch, (0, 1)), atol=1e-4, rtol=0)
+
+
+def _one_hooked_run_per_set(model, batch, source, sets, positions):
+    """Reference: one plain TransformerLens run per set, each member's output overwritten."""
+    from circuit_plasticity.analysis.hooks import mlp_name, z_name
+
+    rows = torch.arange(len(batch))
+    out = []
+    for members in sets:
+
+        def put(key, head):
+            def hook(act, hook):
+                act = act.clone()
+                where = (slice(None), slice(None)) if positions is None else (rows, positions)
+                new = source[key] if head is None else source[key][..., head, :]
+                if head is None:
+                    act[where] = new[where]
+                else:
+                    act[(*where, head)] = new[where]
+                return act
+
+            return hook
+
+        hooks = [
+            (mlp_name(lay), put(mlp_name(lay), None)) if h < 0 else (z_name(lay), put(lay, h))
+            for lay, h in members
+        ]
+        logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+        out.append(task_score(end_logits(logits, batch), batch))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("role", [None, "end", "s2"])
+@torch.no_grad()
+def test_sets_with_mlps_equal_one_hooked_run_per_set(role, gpt2_and_batch):
+    """MLP members on the fast path (first, middle and last layer; alone, with heads, with
+    several MLPs) against one plain hooked run per set. The replacement is the corrupted run's
+    output plus noise, so that every patch visibly moves the score of the random model."""
+    from circuit_plasticity.analysis import fastpath
+    from circuit_plasticity.analysis.patching import output_cache, patch_each_set
+
+    loaded, batch = gpt2_and_batch
+    model = loaded.model
+    assert fastpath.supported(model) and not model.cfg.attn_only
+    last = model.cfg.n_layers - 1
+    gen = torch.Generator().manual_seed(0)
+    source = {
+        k: v + torch.randn(v.shape, generator=gen) for k, v in output_cache(model, batch.corrupted).items()
+    }
+    sets = [
+        [(0, -1)],
+        [(1, -1)],
+        [(last, -1)],
+        [(0, 1), (1, -1)],
+        [(last, 2), (last, -1)],
+        [(0, -1), (last, -1)],
+        [],
+    ]
+    positions = None if role is None else batch.positions[role]
+    fast = patch_each_set(model, batch, batch.tokens, source, sets, positions)
+    reference = _one_hooked_run_per_set(model, batch, source, sets, positions)
+    torch.testing.assert_close(fast, reference, atol=1e-4, rtol=0)
+    if role != "s2":  # at S2 the last layer's MLP cannot reach END; everywhere else every set moves
+        assert (reference[:-1] - reference[-1]).abs().amax(1).min() > 1e-3

@@ -7,6 +7,9 @@ Later layers are recomputed, the last one only at END (the metric reads nothing 
 unembedding only at END. For a 3-layer model, patching a head of the last layer costs one
 LayerNorm and one unembedding row instead of a whole forward pass.
 
+A member (layer, -1) is that layer's MLP: its output is replaced by
+`replacement[mlp_name(layer)]` in the copies that hold it (knockout of circuits with MLPs).
+
 Supported: pre-LayerNorm GPT-2-style blocks (learned positions, sequential attention and
 MLP, LN or no norm). Everything else (rotary positions, parallel attention and MLP as in
 Pythia, RMSNorm, grouped-query attention, gated MLPs, Gemma-2's extra norms and soft-capping)
@@ -22,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from circuit_plasticity.analysis.hooks import run_cached
+from circuit_plasticity.analysis.hooks import mlp_name, run_cached
 
 Head = tuple[int, int]
 ACTS = {
@@ -151,9 +154,12 @@ class FastPatcher:
         rows = torch.arange(n, device=self.end.device)
         pos_all = None if positions is None else positions
 
+        def mlp(layer: int, x: torch.Tensor, only_end: torch.Tensor | None) -> torch.Tensor:
+            return self._mlp_replaced(layer, x, sets, replacement, positions, only_end)
+
         def replaced(layer: int, z: torch.Tensor, only_end: torch.Tensor | None) -> torch.Tensor:
             """z [k*n, q, H, e] with each copy's heads of `layer` replaced."""
-            heads_by_copy = [[h for lay, h in s if lay == layer] for s in sets]
+            heads_by_copy = [[h for lay, h in s if lay == layer and h >= 0] for s in sets]
             if not any(heads_by_copy):
                 return z
             z = z.clone().view(k, n, *z.shape[1:])
@@ -183,15 +189,37 @@ class FastPatcher:
         x = self._post_attention(start, sets, replacement, positions, only_end)  # [k, n, seq|1, d]
         if start == last:
             x = x.reshape(k * n, 1, -1)
-            return self._unembed((x + self._mlp(start, x))[:, 0])
+            return self._unembed((x + mlp(start, x, self.end))[:, 0])
         x = x.reshape(k * n, *x.shape[2:])
-        x = x + self._mlp(start, x)
+        x = x + mlp(start, x, None)
         for layer in range(start + 1, last):
             x = x + self._attention(layer, x, replaced, None)
-            x = x + self._mlp(layer, x)
+            x = x + mlp(layer, x, None)
         attn = self._attention(last, x, replaced, end)  # [k*n, 1, d]
         x_end = x[torch.arange(k * n, device=end.device), end][:, None] + attn
-        return self._unembed((x_end + self._mlp(last, x_end))[:, 0])
+        return self._unembed((x_end + mlp(last, x_end, self.end))[:, 0])
+
+    def _mlp_replaced(self, layer, x, sets, replacement, positions, only_end) -> torch.Tensor:
+        """The MLP's output on x [k*n, seq|1, d], replaced in the copies whose set holds
+        (layer, -1): everywhere, or at `positions` (at END only when x holds END rows alone)."""
+        holders = [c for c, members in enumerate(sets) if (layer, -1) in members]
+        out = self._mlp(layer, x)
+        if not holders:
+            return out
+        k, n = len(sets), self.resid[0].shape[0]
+        rows = torch.arange(n, device=x.device)
+        src = replacement[mlp_name(layer)]  # [n, seq, d]
+        out = out.view(k, n, *out.shape[1:])
+        for c in holders:
+            if only_end is not None:  # one row (END) per prompt
+                new = src[rows, only_end]
+                keep = None if positions is None else (positions == only_end)
+                out[c, :, 0] = new if keep is None else torch.where(keep[:, None], new, out[c, :, 0])
+            elif positions is None:
+                out[c] = src
+            else:
+                out[c, rows, positions] = src[rows, positions]
+        return out.view(k * n, *out.shape[2:])
 
     def _post_attention(self, layer, sets, replacement, positions, only_end) -> torch.Tensor:
         """[k, n, seq (or 1 at END), d]: the cached residual after `layer`'s attention, plus each
@@ -207,12 +235,12 @@ class FastPatcher:
         if only_end is not None:
             base, diff = base[rows, only_end][:, None], diff[rows, only_end][:, None]
         w_o = self.model.W_O[layer]  # [H, e, d]
-        used = sorted({h for s in sets for lay, h in s if lay == layer})
+        used = sorted({h for s in sets for lay, h in s if lay == layer and h >= 0})
         change = {h: diff[:, :, h] @ w_o[h] for h in used}
         out = base.unsqueeze(0).repeat(len(sets), 1, 1, 1)
         for c, members in enumerate(sets):
             for lay, h in members:
-                if lay == layer:
+                if lay == layer and h >= 0:
                     out[c] += change[h]
         return out
 

@@ -149,11 +149,11 @@ def patch_each_set(
 ) -> torch.Tensor:
     """[len(head_sets), n]: like `patch_each_head`, but each copy patches a whole set of heads
     jointly (matched random controls, circuits). A member (layer, -1) is that layer's MLP: its
-    output is replaced by `replacement[mlp_name(layer)]` (z patching only; the hook path)."""
+    output is replaced by `replacement[mlp_name(layer)]` (z patching only)."""
     has_mlp = any(h < 0 for members in head_sets for _, h in members)
     if has_mlp and activation != "z":
         raise ValueError("MLP members can only be patched with activation 'z' (their output)")
-    if activation == "z" and fastpath.supported(model) and not has_mlp:
+    if activation == "z" and fastpath.supported(model):
         patcher = fastpath.FastPatcher(model, tokens, batch.end)
 
         def score(end_logits: torch.Tensor, k: int) -> torch.Tensor:
