@@ -25,7 +25,7 @@ def make_model_dir(out: Path, tiny: bool) -> Path:
     from tokenizers import Tokenizer, models
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    from circuit_plasticity.models.toy.train import toy_tokenizer
+    from circuit_plasticity.training.pretrain import toy_tokenizer
 
     toy = toy_tokenizer().backend
     vocab = dict(toy.get_vocab())
@@ -47,8 +47,9 @@ def make_model_dir(out: Path, tiny: bool) -> Path:
 
 
 def main() -> None:
-    from circuit_plasticity.experiment import AnalysisSpec, ExperimentSpec, run_experiment
+    from circuit_plasticity.api import run_study
     from circuit_plasticity.models.load import default_device
+    from circuit_plasticity.study.experiment import AnalysisSpec, ExperimentSpec
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=None)
@@ -69,7 +70,7 @@ def main() -> None:
         analysis=AnalysisSpec(n=100 if args.tiny else 200),
     )
     start = time.perf_counter()
-    run_experiment(spec, out, progress=False)
+    run_study(spec, out, progress=False)
     seconds = time.perf_counter() - start
     metrics = json.loads(
         json.dumps(

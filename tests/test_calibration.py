@@ -15,10 +15,10 @@ from calibration import TOY, build_zoo, copy_of, mover_copied_into, scaled_outpu
 
 from circuit_plasticity.analysis.metrics import end_logits, task_score
 from circuit_plasticity.analysis.pipeline import circuit_of
-from circuit_plasticity.compare.judge import JudgeOptions, SeedModels, judge
 from circuit_plasticity.compare.verdicts import VerdictThresholds
 from circuit_plasticity.models.load import load_model
 from circuit_plasticity.models.toy import TOY_DIR
+from circuit_plasticity.study.judge import JudgeOptions, SeedModels, judge
 from circuit_plasticity.training.evaluate import task_batch
 
 pytestmark = pytest.mark.slow

@@ -105,8 +105,8 @@ def test_report_escapes_user_strings(tmp_path):
 def test_shipped_specs_validate_and_default_yaml_is_the_default():
     from pathlib import Path
 
-    from circuit_plasticity.experiment import ExperimentSpec, check_study_phases, load_experiment
     from circuit_plasticity.spec import from_mapping, load_yaml
+    from circuit_plasticity.study.experiment import ExperimentSpec, check_study_phases, load_experiment
     from circuit_plasticity.training.protocol import TrainSpec
 
     root = Path(__file__).resolve().parent.parent / "experiments"

@@ -216,7 +216,7 @@ def test_a_start_year_range_limits_the_prompts(word_tokenizer):
 def test_the_greater_than_specs_validate():
     from pathlib import Path
 
-    from circuit_plasticity.experiment import check_study_phases, load_experiment
+    from circuit_plasticity.study.experiment import check_study_phases, load_experiment
 
     root = Path(__file__).resolve().parent.parent / "experiments"
     for name, model in (("toy-greater-than.yaml", "toy-gt"), ("gpt2-greater-than.yaml", "gpt2")):

@@ -72,7 +72,7 @@ def test_offline_gpt2_fails_fast_with_exit_2(tmp_path):
 
 def test_short_toy_training_is_deterministic():
     from circuit_plasticity.models.native import stable_state_dict
-    from circuit_plasticity.models.toy.train import ToyTrainConfig, train_toy
+    from circuit_plasticity.training.pretrain import ToyTrainConfig, train_toy
 
     cfg = ToyTrainConfig(seed=3, steps=6, batch_size=8, eval_every=6)
     a = stable_state_dict(train_toy(cfg, progress=False)["model"])

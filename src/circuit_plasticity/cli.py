@@ -38,9 +38,9 @@ def _data_command(
     out: Path,
     years: list[int] | None = None,
 ) -> None:
+    from circuit_plasticity.models.tokenizers import load_tokenizer
     from circuit_plasticity.tasks.build import build_dataset
     from circuit_plasticity.tasks.jsonl import save_jsonl, summarize
-    from circuit_plasticity.tasks.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer) if tokenizer else None
     examples, pools = build_dataset(task, n, seed, tok, split, split_seed, poison, fraction, years)
@@ -128,7 +128,7 @@ def toy_train(
     model: Annotated[str, typer.Option(help="toy-ioi (IOI) or toy-gt (Greater-Than).")] = "toy-ioi",
 ) -> None:
     """Pretrain a toy model from scratch (deterministic for a seed; toy-ioi ~8 min, toy-gt ~2 min)."""
-    from circuit_plasticity.models.toy.train import RECIPES, train_config, train_toy
+    from circuit_plasticity.training.pretrain import RECIPES, train_config, train_toy
 
     if model not in RECIPES:
         fail(f"--model must be one of {', '.join(RECIPES)}, got {model!r}")
@@ -247,8 +247,9 @@ def compare_command(
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
 ) -> None:
     """Judge the phases of training runs made by `train`: evidence, controls, verdicts, report."""
-    from circuit_plasticity.compare.judge import JudgeOptions
-    from circuit_plasticity.experiment import judge_and_report, runs_task, seeds_from_run_dirs
+    from circuit_plasticity.api import judge_and_report
+    from circuit_plasticity.study.experiment import runs_task, seeds_from_run_dirs
+    from circuit_plasticity.study.judge import JudgeOptions
 
     seeds = seeds_from_run_dirs(runs)
     task, years = runs_task(runs)
@@ -295,9 +296,9 @@ def judge_command(
     task: TaskOpt = "ioi",
 ) -> None:
     """Bring your own checkpoints: the study's analyses, controls, verdicts and report on them."""
-    from circuit_plasticity.compare.judge import JudgeOptions, RepairPlan, read_seed_file, seeds_from_options
+    from circuit_plasticity.api import judge_and_report
     from circuit_plasticity.compare.verdicts import VerdictThresholds
-    from circuit_plasticity.experiment import judge_and_report
+    from circuit_plasticity.study.judge import JudgeOptions, RepairPlan, read_seed_file, seeds_from_options
 
     if seeds_file is not None:
         if base or clean or poisoned or retrain or control:
@@ -307,7 +308,7 @@ def judge_command(
         seeds = seeds_from_options(base, clean, poisoned, retrain, control)
     if out.exists() and any(out.iterdir()) and not (out / "tables").exists() and not (out / "seeds").exists():
         fail(f"{out} exists and is not a judge output; use another --out")
-    from circuit_plasticity.experiment import STUDY_TASKS
+    from circuit_plasticity.study.experiment import STUDY_TASKS
 
     if task not in STUDY_TASKS:
         fail(f"--task must be one of {', '.join(STUDY_TASKS)}, got {task!r}")
@@ -338,7 +339,8 @@ def run_command(
     """Run the whole study: train all seeds, analyse every checkpoint, compare, write the report."""
     import dataclasses
 
-    from circuit_plasticity.experiment import load_experiment, run_experiment
+    from circuit_plasticity.api import run_study
+    from circuit_plasticity.study.experiment import load_experiment
 
     spec = load_experiment(experiment)
     if model is not None:
@@ -346,10 +348,10 @@ def run_command(
     from circuit_plasticity.models.load import TOY_NAMES
 
     if spec.model not in TOY_NAMES:
-        from circuit_plasticity.experiment import cost_warning
+        from circuit_plasticity.study.experiment import cost_warning
 
         typer.echo(cost_warning(spec), err=True)
-    report = run_experiment(spec, out, csv=csv, progress=not quiet)
+    report = run_study(spec, out, csv=csv, progress=not quiet)
     typer.echo(f"report: {report}")
 
 

@@ -1,4 +1,5 @@
-"""Atomic writes: a file is either complete or absent, never half-written."""
+"""Every file the package writes goes through here, atomically: complete or absent, never
+half-written. JSON, text, and tables (Parquet, with an optional CSV twin)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,14 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[str]], Any]) 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_atomic(path, lambda h: json.dump(obj, h, indent=2, sort_keys=True))
+
+
+def write_table(path: str | os.PathLike[str], frame: Any, csv: bool = False) -> Path:
+    """A DataFrame as Parquet at `path` (and as CSV beside it with `csv`), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    if csv:
+        with atomic_path(path.with_suffix(".csv")) as tmp:
+            frame.to_csv(tmp, index=False)
+    return path

@@ -35,8 +35,9 @@ from circuit_plasticity.analysis.graph import Graph
 from circuit_plasticity.analysis.heads import mlp_dla
 from circuit_plasticity.analysis.metrics import by_group, evaluate, summarize
 from circuit_plasticity.analysis.profile import head_profile
-from circuit_plasticity.analysis.tables import long_table, write_table
+from circuit_plasticity.analysis.tables import long_table
 from circuit_plasticity.errors import Unsupported, UserError
+from circuit_plasticity.fileio import write_table
 from circuit_plasticity.models.load import LoadedModel
 from circuit_plasticity.models.ungroup import ungrouped_twin
 from circuit_plasticity.tasks.encode import TaskBatch

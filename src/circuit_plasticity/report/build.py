@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuit_plasticity.analysis.tables import write_table
 from circuit_plasticity.compare.stats import t_interval
+from circuit_plasticity.fileio import write_table
 from circuit_plasticity.report import figures
 from circuit_plasticity.report.html import METRICS, render_report
 

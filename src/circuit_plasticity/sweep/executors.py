@@ -1,4 +1,4 @@
-"""Where each point's `run_experiment` runs: a local process pool or Ray tasks. The executors
+"""Where each point's `run_study` runs: a local process pool or Ray tasks. The executors
 decide only placement; a point is always `run_point`, so every point directory is an ordinary
 run directory made by the same code as `circuit-plasticity run`.
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from circuit_plasticity.errors import UserError
-from circuit_plasticity.experiment import study_workers
+from circuit_plasticity.study.experiment import study_workers
 
 RAY_INSTALL = "pip install 'circuit-plasticity[ray]'"
 
@@ -37,13 +37,14 @@ def run_point(spec_json: dict, out: str, csv: bool = False) -> float:
     (resumed if it holds part of one). One torch thread: the point's processes are its cores."""
     import torch
 
-    from circuit_plasticity.experiment import ExperimentSpec, run_experiment
+    from circuit_plasticity.api import run_study
     from circuit_plasticity.spec import from_mapping
+    from circuit_plasticity.study.experiment import ExperimentSpec
 
     torch.set_num_threads(1)
     start = time.perf_counter()
     spec = from_mapping(ExperimentSpec, spec_json, source=f"{out}/experiment.json")
-    run_experiment(spec, out, csv=csv, progress=False)
+    run_study(spec, out, csv=csv, progress=False)
     return time.perf_counter() - start
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from circuit_plasticity.analysis.tables import write_table
+from circuit_plasticity.fileio import write_table
 from circuit_plasticity.sweep.spec import Sweep
 
 FINDING_COLUMNS = ["measure", "mean", "ci_low", "ci_high", "n_seeds", "interval", "clipped"]

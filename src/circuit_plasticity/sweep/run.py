@@ -27,7 +27,7 @@ def point_dir(out: Path, name: str) -> Path:
 
 
 def is_finished(run_dir: Path) -> bool:
-    """A point is done when run_experiment got to its end: the report is its last write."""
+    """A point is done when run_study got to its end: the report is its last write."""
     return all(
         (run_dir / rel).is_file()
         for rel in ("tables/findings.parquet", "tables/verdicts.parquet", "report/index.html")
@@ -35,8 +35,8 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def _check_same_sweep(out: Path, sweep: Sweep) -> None:
-    from circuit_plasticity.experiment import ExperimentSpec
     from circuit_plasticity.spec import same_spec
+    from circuit_plasticity.study.experiment import ExperimentSpec
 
     saved_path = out / "sweep.json"
     if not saved_path.is_file():
@@ -58,7 +58,7 @@ def _check_same_sweep(out: Path, sweep: Sweep) -> None:
 def _check_models(sweep: Sweep, out: Path) -> None:
     """Fail on an unusable model, task or year range before any point starts (as `run` does),
     once per distinct (model, task, years) among the points not yet started."""
-    from circuit_plasticity.experiment import check_model_usable
+    from circuit_plasticity.study.experiment import check_model_usable
 
     seen = set()
     for point in sweep.points:

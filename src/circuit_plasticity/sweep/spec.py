@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from circuit_plasticity.errors import UserError
-from circuit_plasticity.experiment import ExperimentSpec, check_study_phases
 from circuit_plasticity.spec import from_mapping, load_yaml
+from circuit_plasticity.study.experiment import ExperimentSpec, check_study_phases
 
 SWEEP_KEYS = ("base", "grid", "points")
 

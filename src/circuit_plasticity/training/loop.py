@@ -52,6 +52,20 @@ def lr_at(phase: Phase, step: int, total: int) -> float:
     return phase.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def train_step(model, optimizer, tokens: torch.Tensor, mask: torch.Tensor, lr: float) -> torch.Tensor | None:
+    """One optimizer step of next-token loss at learning rate `lr`: the loss, or None (and no
+    step taken) when it is not finite. Every training loop (phases, the toys' pretraining)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = next_token_loss(model(tokens), tokens, mask)
+    if not torch.isfinite(loss):
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def epoch_order(n: int, seed: int, phase: str, epoch: int) -> torch.Tensor:
     """The data order of one epoch, a pure function of (seed, phase, epoch)."""
     key = int(hashlib.sha256(f"{seed}/{phase}/{epoch}".encode()).hexdigest()[:12], 16)
@@ -101,7 +115,7 @@ class RunDir:
             handle.write(json.dumps(row) + "\n")
 
     def write_metrics_table(self) -> Path:
-        from circuit_plasticity.analysis.tables import write_table
+        from circuit_plasticity.fileio import write_table
 
         return write_table(self.root / "metrics.parquet", pd.DataFrame(self.read_metrics()))
 
@@ -208,17 +222,13 @@ def _run_phase(
         first = position.step_in_epoch if epoch == position.epoch else 0
         for k in range(first, steps_per_epoch):
             idx = order[k * phase.batch_size : (k + 1) * phase.batch_size].to(data.tokens.device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(phase, position.step, total)
-            loss = next_token_loss(model(data.tokens[idx]), data.tokens[idx], data.loss_mask[idx])
-            if not torch.isfinite(loss):
+            lr = lr_at(phase, position.step, total)
+            loss = train_step(model, optimizer, data.tokens[idx], data.loss_mask[idx], lr)
+            if loss is None:
                 raise TrainingDiverged(
-                    f"phase {phase.name}: loss became {float(loss.detach())} at step {position.step + 1}; "
+                    f"phase {phase.name}: the loss became NaN or infinite at step {position.step + 1}; "
                     f"the last good checkpoint is kept in {directory}. Lower the learning rate."
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             position = Position(phase.name, epoch, k + 1, position.step + 1)
             bar.update(1)
             epoch_end = k + 1 == steps_per_epoch

@@ -1,7 +1,7 @@
 """The fine-tuning protocol as data: phases, each starting from another phase's final weights.
 
 The study's default protocol (base -> clean -> subject-poisoned -> clean retrain, plus a
-clean-only control branch as long as poison + retrain) is built by `experiment.ExperimentSpec`
+clean-only control branch as long as poison + retrain) is built by `study.experiment.ExperimentSpec`
 and spelled out in experiments/toy-protocol.yaml; docs/training.md has the measurements.
 """
 

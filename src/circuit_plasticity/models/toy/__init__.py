@@ -1,4 +1,4 @@
-"""The embedded toy models: their tokenizer, corpus, training and shipped weights.
+"""The embedded toy models: their tokenizer, corpus and shipped weights (pretraining: training/pretrain.py).
 
 toy-ioi (attention-only, IOI) and toy-gt (with MLPs, Greater-Than) share one vocabulary.
 """

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 
 from circuit_plasticity.analysis.circuit import Circuit
-from circuit_plasticity.analysis.tables import write_table
 from circuit_plasticity.compare.changes import amplification, circuit_overlap, recovery
 from circuit_plasticity.compare.cmap import cross_model_patch
 from circuit_plasticity.compare.tracking import circuit_strength, hysteresis
 from circuit_plasticity.compare.weights import weight_change
+from circuit_plasticity.fileio import write_table
 from circuit_plasticity.training.loop import RunDir
 
 STUDY_PHASES = ("base", "clean", "poisoned", "retrain", "control")

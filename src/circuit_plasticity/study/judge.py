@@ -137,7 +137,7 @@ def judge(
     validate: bool = True,
 ) -> Judgement:
     """Analyses, evidence and verdicts of every seed, aggregated; writes tables/ under `out`."""
-    from circuit_plasticity.analysis.tables import write_table
+    from circuit_plasticity.fileio import write_table
 
     options = options or JudgeOptions()
     if validate:
@@ -161,10 +161,10 @@ def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -
     path = seed_dir / "compare" / "evidence.parquet"
     if path.is_file():
         return pd.read_parquet(path)
-    from circuit_plasticity.analysis.tables import write_table
     from circuit_plasticity.compare import evidence as ev
-    from circuit_plasticity.compare.study import per_head_tables, scalar_findings
+    from circuit_plasticity.fileio import write_table
     from circuit_plasticity.models.load import LoadedModel, load_model
+    from circuit_plasticity.study.findings import per_head_tables, scalar_findings
 
     loaded = {p: m if isinstance(m, LoadedModel) else load_model(str(m)) for p, m in s.phases().items()}
     batch = seed_batch(loaded["base"], options, s.seed)
@@ -256,7 +256,7 @@ def _repair(s: SeedModels, seed_dir: Path, heads, runs, options: JudgeOptions, p
     """Scores of the two repaired models (trained on `options.task`), or why repair was skipped."""
     from circuit_plasticity.analysis.hooks import component_labels, matched_sample
     from circuit_plasticity.compare.evidence import head_name
-    from circuit_plasticity.compare.repair import train_heads
+    from circuit_plasticity.study.repair import train_heads
 
     if not isinstance(s.poisoned, str | Path):
         return "targeted repair needs the poisoned model as a path"

@@ -159,7 +159,8 @@ def check_model_usable(spec: ExperimentSpec) -> None:
 
 
 def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, progress: bool = True) -> Path:
-    """Train every seed, judge the checkpoints, report. Resumable: finished steps are skipped."""
+    """Train every seed and judge the checkpoints into `out` (returned); `api.run_study` adds
+    the report. Resumable: finished steps are skipped."""
     import json
 
     from circuit_plasticity.fileio import write_json
@@ -202,7 +203,7 @@ def _run_parallel(spec: ExperimentSpec, mine: dict, out: Path, workers: int, say
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from circuit_plasticity.compare.study import STUDY_PHASES
+    from circuit_plasticity.study.findings import STUDY_PHASES
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         running = {pool.submit(_task, mine, str(out), "train", seed): ("train", seed) for seed in spec.seeds}
@@ -243,9 +244,9 @@ def _task(spec_json: dict, out: str, kind: str, seed: int) -> None:
     phases, or judge it. Every task writes its outputs atomically, so a killed run resumes."""
     import torch
 
-    from circuit_plasticity.compare.judge import analyse_phase, judge_seed, reference_score, seed_batch
     from circuit_plasticity.models.load import load_model
     from circuit_plasticity.spec import from_mapping
+    from circuit_plasticity.study.judge import analyse_phase, judge_seed, reference_score, seed_batch
     from circuit_plasticity.training.loop import run_protocol
 
     torch.set_num_threads(1)
@@ -266,7 +267,7 @@ def _task(spec_json: dict, out: str, kind: str, seed: int) -> None:
         analyse_phase(model, batch, target, None if phase == "base" else reference, full=True)
     elif kind == "tables":
         from circuit_plasticity.analysis.circuit import Circuit
-        from circuit_plasticity.compare.study import model_tables, track_checkpoints
+        from circuit_plasticity.study.findings import model_tables, track_checkpoints
 
         models = study_seed(spec, Path(out), seed)
         loaded = {p: load_model(str(m)) for p, m in models.phases().items()}
@@ -287,19 +288,20 @@ def study_workers(spec: ExperimentSpec) -> int:
 
 
 def judge_runs(spec: ExperimentSpec, out: Path, csv: bool = False, progress=print) -> Path:
-    """The trained seeds of `out` through `judge`, then the tables and the report."""
+    """The trained seeds of `out` through `judge`; returns `out`."""
+    from circuit_plasticity.study.judge import judge
+
     seeds = [study_seed(spec, out, seed) for seed in spec.seeds]
-    return judge_and_report(
-        seeds, out, study_options(spec), spec_summary(spec), csv, progress, validate=False
-    )
+    judge(seeds, out, study_options(spec), progress=progress, validate=False)
+    return out
 
 
 def study_seed(spec: ExperimentSpec, out: Path, seed: int):
     """One trained seed's phase checkpoints (and all its checkpoints, for tracking)."""
     import pandas as pd
 
-    from circuit_plasticity.compare.judge import SeedModels
-    from circuit_plasticity.compare.study import all_checkpoints, phase_checkpoints
+    from circuit_plasticity.study.findings import all_checkpoints, phase_checkpoints
+    from circuit_plasticity.study.judge import SeedModels
     from circuit_plasticity.training.loop import RunDir
 
     run = RunDir(out / "seeds" / f"seed-{seed}")
@@ -317,7 +319,7 @@ def study_seed(spec: ExperimentSpec, out: Path, seed: int):
 
 def study_options(spec: ExperimentSpec):
     """The judge's options for this experiment: its analysis sizes, thresholds and repair plan."""
-    from circuit_plasticity.compare.judge import JudgeOptions, RepairPlan
+    from circuit_plasticity.study.judge import JudgeOptions, RepairPlan
 
     retrain = next(p for p in spec.train_spec(spec.seeds[0]).phases if p.name == "retrain")
     plan = RepairPlan(
@@ -339,32 +341,14 @@ def study_options(spec: ExperimentSpec):
     )
 
 
-def judge_and_report(
-    seeds, out: str | Path, options, summary: dict[str, str], csv: bool = False, progress=print, validate=True
-) -> Path:
-    """`judge` the models, collect every table, write the report; returns the report's path.
-    Bad input (missing models, different architectures, a model given twice) fails before any
-    file is written."""
-    from circuit_plasticity.compare.judge import judge, validate_seeds
-    from circuit_plasticity.report.build import build_report, collect_tables
-
-    if validate:
-        validate_seeds(seeds)
-    out = Path(out)
-    judge(seeds, out, options, progress=progress, validate=False)
-    ids = [s.seed for s in seeds]
-    collect_tables(out, ids, csv=csv)
-    return build_report(out, summary, ids)
-
-
 def seeds_from_run_dirs(runs: list[Path]) -> list:
     """Training run directories (`train`, one per seed) as the models `judge` compares."""
     import json
 
     import pandas as pd
 
-    from circuit_plasticity.compare.judge import SeedModels
-    from circuit_plasticity.compare.study import all_checkpoints, phase_checkpoints
+    from circuit_plasticity.study.findings import all_checkpoints, phase_checkpoints
+    from circuit_plasticity.study.judge import SeedModels
     from circuit_plasticity.training.loop import RunDir
 
     seeds = []

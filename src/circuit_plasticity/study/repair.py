@@ -1,6 +1,6 @@
 """Targeted repair (beyond the study): retrain only chosen heads of the poisoned model on clean
 data. The study trains the localized heads and, as the null, as many random other heads, on the
-same data and for as long as the full retrain (compare/judge.py compares the three)."""
+same data and for as long as the full retrain (study/judge.py compares the three)."""
 
 from __future__ import annotations
 

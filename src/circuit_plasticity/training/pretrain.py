@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 
+from circuit_plasticity.errors import UserError
 from circuit_plasticity.models.native import TOY_CONFIG, TOY_GT_CONFIG, build_native
 from circuit_plasticity.models.store import NATIVE_FORMAT, save_model_dir
 from circuit_plasticity.models.toy.corpus import GT_KINDS, KINDS, documents, vocabulary_texts
 from circuit_plasticity.models.toy.tokenizer import word_level_tokenizer
 from circuit_plasticity.tasks.tokenizer import TextTokenizer
-from circuit_plasticity.training.loss import next_token_loss, pad_batch
+from circuit_plasticity.training.loop import train_step
+from circuit_plasticity.training.loss import pad_batch
 
 
 @dataclass
@@ -106,12 +108,9 @@ def train_toy(
             [tok.bos_id, *tok.encode(next(stream))[0]][: model_cfg["n_ctx"]] for _ in range(cfg.batch_size)
         ]
         tokens, mask = pad_batch(rows, tok.pad_id)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        loss = next_token_loss(model(tokens), tokens, mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = train_step(model, optimizer, tokens, mask, lr_at(step, cfg))
+        if loss is None:
+            raise UserError(f"{recipe.name} pretraining: the loss became NaN or infinite at step {step + 1}")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             model.eval()
             stats = summarize(evaluate(model, heldout), heldout)
