@@ -22,17 +22,7 @@ from circuit_plasticity.sweep import executors
 from circuit_plasticity.sweep.run import point_dir
 from circuit_plasticity.sweep.spec import load_sweep
 
-BASE = """\
-base:
-  seeds: [0]
-  n_train: 32
-  clean_epochs: 1
-  poison_epochs: 1
-  retrain_epochs: 1
-  eval_every_steps: 100
-  repair: false
-  analysis: {n: 20, n_random: 10, track_every_checkpoint: false}
-"""
+BASE = f"base: {Path(__file__).resolve().parent.parent / 'experiments' / 'tiny-study.yaml'}\n"
 
 
 def jobs(sweep, out: Path) -> list[executors.Job]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from circuit_plasticity.analysis.circuit import Circuit
+from circuit_plasticity.components import component_name
 from circuit_plasticity.models.load import load_model
 from circuit_plasticity.training.loop import RunDir, run_protocol
 from circuit_plasticity.training.protocol import DataSpec, EvalSpec, Phase, TrainSpec
@@ -32,12 +33,12 @@ def _phase(name, start_from, poison=None, fraction=1.0, epochs=2, lr=3e-4, only=
         lr=lr,
         batch_size=32,
         seed=0,
-        train_only=[f"{lay}.{h}" for lay, h in only] if only else None,
+        train_only=[component_name(c) for c in only] if only else None,
     )
 
 
 def heads_name(heads) -> str:
-    return ",".join(f"{lay}.{h}" for lay, h in heads)
+    return ",".join(component_name(c) for c in heads)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from circuit_plasticity.analysis.patching import (
     path_patch,
     z_cache,
 )
+from circuit_plasticity.components import Component, component_name
 from circuit_plasticity.models.load import load_model
 from circuit_plasticity.tasks.build import build_dataset
 from circuit_plasticity.tasks.encode import encode_examples
@@ -151,7 +152,7 @@ def test_train_only_moves_only_the_chosen_heads_and_whole_kv_groups(arch, arch_d
                     "epochs": 1,
                     "batch_size": 8,
                     "lr": 1.0e-2,
-                    "train_only": [f"{lay}.{h}" for lay, h in chosen],
+                    "train_only": [component_name(c) for c in chosen],
                 }
             ],
         },
@@ -187,7 +188,7 @@ def test_train_only_moves_only_the_chosen_heads_and_whole_kv_groups(arch, arch_d
         if all((lay, h) in chosen for h in members)
     }
     assert moved_kv == whole
-    frozen = {tuple(map(int, h.split("."))) for h in frozen_kv_heads(before, [f"{a}.{b}" for a, b in chosen])}
+    frozen = {Component.parse(h) for h in frozen_kv_heads(before, [component_name(c) for c in chosen])}
     assert frozen == {(lay, h) for lay, h in chosen if (lay, kv_head(before, h)) not in moved_kv}
     changed = {
         n

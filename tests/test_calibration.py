@@ -16,6 +16,7 @@ from calibration import TOY, build_zoo, copy_of, mover_copied_into, scaled_outpu
 from circuit_plasticity.analysis.metrics import end_logits, task_score
 from circuit_plasticity.analysis.pipeline import circuit_of
 from circuit_plasticity.compare.verdicts import VerdictThresholds
+from circuit_plasticity.components import component_name
 from circuit_plasticity.models.load import load_model
 from circuit_plasticity.models.toy import TOY_DIR
 from circuit_plasticity.study.judge import JudgeOptions, SeedModels, judge
@@ -72,7 +73,7 @@ def test_planted_poison_is_localized_to_the_planted_heads(zoo, verdicts):
     import json
 
     top = json.loads(findings)["localization_top_heads"].split(",")
-    assert {f"{lay}.{h}" for lay, h in zoo.planted} <= set(top)
+    assert {component_name(c) for c in zoo.planted} <= set(top)
 
 
 def test_a_poison_phase_that_changes_nothing_is_never_localized(zoo, verdicts):

@@ -10,6 +10,7 @@ from circuit_plasticity.analysis.circuit import Circuit
 from circuit_plasticity.analysis.faithfulness import circuit_score, evaluate_circuit
 from circuit_plasticity.analysis.hooks import head_labels
 from circuit_plasticity.analysis.pipeline import analyze_model
+from circuit_plasticity.components import Component
 from circuit_plasticity.models.load import load_model
 from circuit_plasticity.training.evaluate import task_batch
 
@@ -58,7 +59,7 @@ def test_minimality_is_the_drop_from_removing_each_head(toy, batch, analysis):
     means = group_means(toy.model, batch)
     f_c = circuit_score(toy.model, batch, keep, means)
     for name, share in analysis.scores.knockout_drop.items():
-        lay, head = map(int, name.split("."))
+        lay, head = Component.parse(name)
         without = circuit_score(toy.model, batch, keep - {(lay, head)}, means)
         drop = (f_c - without) / analysis.scores.model_score
         assert share == pytest.approx(drop, abs=1e-5)

@@ -16,6 +16,7 @@ from circuit_plasticity.compare.evidence import PhaseRuns, localization_evidence
 from circuit_plasticity.compare.stats import t_interval
 from circuit_plasticity.compare.tracking import hysteresis
 from circuit_plasticity.compare.weights import weight_change
+from circuit_plasticity.components import component_name
 from circuit_plasticity.models.load import load_model
 from circuit_plasticity.training.evaluate import task_batch
 
@@ -73,8 +74,8 @@ def test_output_patching_includes_the_output_projection():
 def test_weight_change_is_zero_except_the_changed_head(pair):
     base, other, _ = pair
     table = weight_change(other.model, base.model).set_index("component")
-    assert table.loc[f"{CHANGED[0]}.{CHANGED[1]}", "weight_change_rel"] > 0.1
-    assert table.drop(f"{CHANGED[0]}.{CHANGED[1]}").weight_change.abs().max() == 0.0
+    assert table.loc[component_name(CHANGED), "weight_change_rel"] > 0.1
+    assert table.drop(component_name(CHANGED)).weight_change.abs().max() == 0.0
 
 
 def test_a_model_compared_with_itself_shows_no_change(pair):

@@ -18,6 +18,7 @@ from circuit_plasticity.analysis.faithfulness import circuit_score, evaluate_cir
 from circuit_plasticity.analysis.hooks import head_labels
 from circuit_plasticity.analysis.metrics import evaluate
 from circuit_plasticity.analysis.profile import head_profile
+from circuit_plasticity.components import Component, component_name
 from circuit_plasticity.models.load import load_model
 from circuit_plasticity.training.evaluate import task_batch
 
@@ -33,8 +34,7 @@ def batch(toy):
 
 
 def _head(name: str) -> tuple[int, int]:
-    lay, head = name.split(".")
-    return int(lay), int(head)
+    return Component.parse(name)
 
 
 def test_normalized_faithfulness_is_zero_for_empty_and_one_for_full_circuit(toy, batch):
@@ -77,7 +77,7 @@ def test_minimality_equals_an_exhaustive_slow_reference_on_a_small_circuit(toy, 
         rest = sorted(keep - {v})
         subsets = [set(c) for r in range(len(rest) + 1) for c in itertools.combinations(rest, r)]
         slow = max(_slow_gap(toy, batch, means, keep, v, k) for k in subsets)
-        name = f"{v[0]}.{v[1]}"
+        name = component_name(v)
         assert scores.minimality_abs[name] == pytest.approx(slow, abs=1e-4)
         assert scores.minimality[name] == pytest.approx(slow / abs(f_model), abs=1e-4)
 
@@ -95,7 +95,7 @@ def test_minimality_covers_empty_and_role_class_and_reports_its_k(toy, batch):
     means = group_means(toy.model, batch)
     keep = circuit.head_set()
     for h in heads:
-        name = f"{h.layer}.{h.head}"
+        name = component_name(h.key)
         same = {g.key for g in heads if g.role == h.role} - {h.key}
         value = scores.minimality_abs[name]
         assert value >= _slow_gap(toy, batch, means, keep, h.key, set()) - 1e-4

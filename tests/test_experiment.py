@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -60,6 +61,22 @@ def test_run_end_to_end_then_resume_does_nothing_again(tmp_path):
     again = cli("run", str(spec), "--out", str(tmp_path / "run"), "--quiet")
     assert again.returncode == 0, again.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no checkpoint was rewritten
+
+    # relocatable: no file names the old place; moved elsewhere, the study resumes where it
+    # stopped (a repair phase and a seed's evidence undone here) and re-renders its report
+    old = str(tmp_path / "run")
+    assert not [p for p in (tmp_path / "run").rglob("*") if p.is_file() and old.encode() in p.read_bytes()]
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.move(old, moved)
+    (moved / "seeds" / "seed-0" / "repair" / "phases" / "repair" / "final.json").unlink()
+    (moved / "seeds" / "seed-0" / "compare" / "evidence.parquet").unlink()
+    (moved / "report" / "index.html").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in moved.rglob("*.safetensors")}
+    resumed = cli("run", str(spec), "--out", str(moved), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # resumed, nothing retrained
+    assert (moved / "seeds" / "seed-0" / "repair" / "phases" / "repair" / "final.json").is_file()
+    assert "targeted repair" in (moved / "report" / "index.html").read_text()
 
 
 @pytest.mark.parametrize(

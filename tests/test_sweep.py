@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,17 +17,8 @@ from circuit_plasticity.errors import UserError
 from circuit_plasticity.sweep.spec import load_sweep
 
 # one seed, one epoch per phase, no repair or tracking: ~40 s a point on a busy 2-core box
-TINY_BASE = textwrap.dedent("""\
-    base:
-      seeds: [0]
-      n_train: 32
-      clean_epochs: 1
-      poison_epochs: 1
-      retrain_epochs: 1
-      eval_every_steps: 100
-      repair: false
-      analysis: {n: 20, n_random: 10, track_every_checkpoint: false}
-    """)
+TINY_SPEC = Path(__file__).resolve().parent.parent / "experiments" / "tiny-study.yaml"
+TINY_BASE = f"base: {TINY_SPEC}\n"
 TINY = TINY_BASE + "grid:\n  fraction: [0.5, 1.0]\n"
 
 
@@ -80,7 +70,7 @@ def test_grid_and_points_expand_to_named_validated_points(tmp_path):
     [
         ("grid:\n  fractoin: [0.5]\n", "unknown key 'fractoin'; valid keys"),
         ("grid:\n  analysis.nn: [20]\n", "unknown key 'analysis.nn'"),
-        ("grid:\n  fraction: []\n", "grid key 'fraction' (line 11) is an empty list"),
+        ("grid:\n  fraction: []\n", "grid key 'fraction' (line 3) is an empty list"),
         ("grid:\n  fraction: [0.5, 2.0]\n", "point fraction=2.0: fraction: must lie in [0, 1]"),
         ("grid:\n  lr: [1.0e-3, fast]\n", "'lr' must be float, got 'fast'"),
         ("points:\n  - {analysis.n: 5}\n", "analysis.n=5: analysis: n >= 20"),

@@ -195,7 +195,7 @@ def test_train_only_moves_only_the_chosen_heads(tmp_path):
                     "epochs": 1,
                     "batch_size": 8,
                     "lr": 1.0e-3,
-                    "train_only": ["1.0", "2.3"],
+                    "train_only": ["a1.h0", "a2.h3"],
                 }
             ],
         },
@@ -223,8 +223,8 @@ def test_train_only_moves_only_the_chosen_heads(tmp_path):
 
 def test_train_only_needs_heads_and_no_weight_decay():
     with pytest.raises(UserError, match="train_only"):
-        from_mapping(TrainSpec, {"phases": [{"name": "r", "train_only": ["1.0"], "weight_decay": 0.1}]})
-    with pytest.raises(UserError, match="LAYER.HEAD"):
+        from_mapping(TrainSpec, {"phases": [{"name": "r", "train_only": ["a1.h0"], "weight_decay": 0.1}]})
+    with pytest.raises(UserError, match=r"a\{LAYER\}\.h\{HEAD\}"):
         from circuit_plasticity.training.masking import parse_heads
 
         parse_heads(["mlp2"])

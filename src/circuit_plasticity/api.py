@@ -37,6 +37,53 @@ def judge_and_report(
     return render_report(out, summary, [s.seed for s in seeds], csv=csv)
 
 
+def compare_runs(runs: Sequence[str | Path], out: str | Path, n: int = 160, csv: bool = False) -> Path:
+    """The `compare` command: the phases of training runs made by `train` (one run directory
+    per seed) judged like the study's own; returns the report's path."""
+    from circuit_plasticity.study.experiment import runs_task, seeds_from_run_dirs
+    from circuit_plasticity.study.judge import JudgeOptions
+
+    runs = [Path(r) for r in runs]
+    seeds = seeds_from_run_dirs(runs)
+    task, years = runs_task(runs)
+    summary = {"runs": ", ".join(map(str, runs)), "task": task}
+    return judge_and_report(seeds, out, JudgeOptions(n=n, task=task, years=years), summary, csv=csv)
+
+
+def judge_models(
+    seeds: Sequence,
+    out: str | Path,
+    *,
+    n: int = 160,
+    k: int = 3,
+    min_seeds: int = 3,
+    repair: bool = False,
+    task: str = "ioi",
+    csv: bool = False,
+) -> Path:
+    """The `judge` command: bring-your-own checkpoints (`study.judge.SeedModels`, one per seed)
+    through the study's analyses, controls, verdicts and report; returns the report's path."""
+    from circuit_plasticity.compare.verdicts import VerdictThresholds
+    from circuit_plasticity.errors import UserError
+    from circuit_plasticity.study.experiment import STUDY_TASKS
+    from circuit_plasticity.study.judge import JudgeOptions, RepairPlan
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "tables").exists() and not (out / "seeds").exists():
+        raise UserError(f"{out} exists and is not a judge output; use another --out")
+    if task not in STUDY_TASKS:
+        raise UserError(f"--task must be one of {', '.join(STUDY_TASKS)}, got {task!r}")
+    options = JudgeOptions(
+        n=n,
+        k=k,
+        thresholds=VerdictThresholds(min_seeds=min_seeds),
+        repair=RepairPlan() if repair else None,
+        task=task,
+    )
+    summary = {"task": task, "seeds": str(len(seeds)), "base": str(seeds[0].base)}
+    return judge_and_report(seeds, out, options, summary, csv=csv)
+
+
 def render_report(out: str | Path, summary: dict[str, str], seed_ids: list[int], csv: bool = False) -> Path:
     """The tables of a judged directory gathered under tables/, and report/index.html."""
     from circuit_plasticity.report.build import build_report, collect_tables

@@ -208,11 +208,11 @@ def analyze_command(
     if any(len(g) > 1 for g in groups):
         shared = " ".join("(" + ",".join(map(str, g)) + ")" for g in groups)
         typer.echo(f"  grouped-query attention: query heads {shared} share K/V in every layer")
-    from circuit_plasticity.analysis.hooks import component_name
+    from circuit_plasticity.components import component_name
 
     for head in result.circuit.heads:
         typer.echo(
-            f"  {component_name(head.key):<5s} {head.role:<20s} at {head.position:<5s} "
+            f"  {component_name(head.key):<7s} {head.role:<20s} at {head.position:<5s} "
             f"path effect {head.effect:+.3f}"
         )
     for row in result.edge_summary.itertuples():
@@ -247,15 +247,9 @@ def compare_command(
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
 ) -> None:
     """Judge the phases of training runs made by `train`: evidence, controls, verdicts, report."""
-    from circuit_plasticity.api import judge_and_report
-    from circuit_plasticity.study.experiment import runs_task, seeds_from_run_dirs
-    from circuit_plasticity.study.judge import JudgeOptions
+    from circuit_plasticity.api import compare_runs
 
-    seeds = seeds_from_run_dirs(runs)
-    task, years = runs_task(runs)
-    summary = {"runs": ", ".join(map(str, runs)), "task": task}
-    report = judge_and_report(seeds, out, JudgeOptions(n=n, task=task, years=years), summary, csv=csv)
-    _print_verdicts(out, report)
+    _print_verdicts(out, compare_runs(runs, out, n=n, csv=csv))
 
 
 def _print_verdicts(out: Path, report: Path) -> None:
@@ -296,9 +290,8 @@ def judge_command(
     task: TaskOpt = "ioi",
 ) -> None:
     """Bring your own checkpoints: the study's analyses, controls, verdicts and report on them."""
-    from circuit_plasticity.api import judge_and_report
-    from circuit_plasticity.compare.verdicts import VerdictThresholds
-    from circuit_plasticity.study.judge import JudgeOptions, RepairPlan, read_seed_file, seeds_from_options
+    from circuit_plasticity.api import judge_models
+    from circuit_plasticity.study.judge import read_seed_file, seeds_from_options
 
     if seeds_file is not None:
         if base or clean or poisoned or retrain or control:
@@ -306,21 +299,7 @@ def judge_command(
         seeds = read_seed_file(seeds_file)
     else:
         seeds = seeds_from_options(base, clean, poisoned, retrain, control)
-    if out.exists() and any(out.iterdir()) and not (out / "tables").exists() and not (out / "seeds").exists():
-        fail(f"{out} exists and is not a judge output; use another --out")
-    from circuit_plasticity.study.experiment import STUDY_TASKS
-
-    if task not in STUDY_TASKS:
-        fail(f"--task must be one of {', '.join(STUDY_TASKS)}, got {task!r}")
-    options = JudgeOptions(
-        n=n,
-        k=k,
-        thresholds=VerdictThresholds(min_seeds=min_seeds),
-        repair=RepairPlan() if repair else None,
-        task=task,
-    )
-    summary = {"task": task, "seeds": str(len(seeds)), "base": str(seeds[0].base)}
-    report = judge_and_report(seeds, out, options, summary, csv=csv)
+    report = judge_models(seeds, out, n=n, k=k, min_seeds=min_seeds, repair=repair, task=task, csv=csv)
     _print_verdicts(out, report)
 
 

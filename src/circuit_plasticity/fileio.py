@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from circuit_plasticity.components import component_name
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -43,11 +45,45 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def write_table(path: str | os.PathLike[str], frame: Any, csv: bool = False) -> Path:
-    """A DataFrame as Parquet at `path` (and as CSV beside it with `csv`), atomically."""
+    """A DataFrame as Parquet at `path` (and as CSV beside it with `csv`), atomically. A table
+    of per-component rows (`layer` and `head` columns) gets the component's one name first."""
     path = Path(path)
+    if {"layer", "head"} <= set(frame.columns) and "component" not in frame.columns:
+        keys = frame[["layer", "head"]]
+        if len(frame) and not keys.isna().any().any():
+            frame = frame.copy()
+            names = [component_name((int(a), int(b))) for a, b in keys.itertuples(index=False)]
+            frame.insert(0, "component", names)
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
     if csv:
         with atomic_path(path.with_suffix(".csv")) as tmp:
             frame.to_csv(tmp, index=False)
     return path
+
+
+STUDY_MARKER = "experiment.json"
+
+
+def portable_path(value: str, where: str | os.PathLike[str]) -> str:
+    """`value` as a file in directory `where` should store it: a path to something inside the
+    same study directory (the nearest ancestor of `where` holding experiment.json) becomes
+    relative to `where` ('./...' or '../...'), so a moved or shared study still resolves.
+    Anything else (a hub name, a model elsewhere on disk) is stored as given."""
+    where = Path(where).resolve()
+    root = next((d for d in (where, *where.parents) if (d / STUDY_MARKER).is_file()), None)
+    target = Path(value)
+    if root is None or not target.exists():
+        return value
+    target = target.resolve()
+    if not target.is_relative_to(root):
+        return value
+    relative = os.path.relpath(target, where)
+    return relative if relative.startswith("..") else f"./{relative}"
+
+
+def resolve_path(value: str, where: str | os.PathLike[str]) -> str:
+    """The inverse of `portable_path`: './...' and '../...' are read against `where`."""
+    if value.startswith(("./", "../")):
+        return os.path.normpath(Path(where) / value)
+    return value

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from circuit_plasticity.fileio import write_json
+from circuit_plasticity.components import Component, component_name
+from circuit_plasticity.fileio import portable_path, resolve_path, write_json
 
 
 @dataclass(frozen=True)
@@ -19,8 +20,8 @@ class CircuitHead:
     effect: float  # its path-patching effect as a share of the model's score (signed)
 
     @property
-    def key(self) -> tuple[int, int]:
-        return (self.layer, self.head)
+    def key(self) -> Component:
+        return Component(self.layer, self.head)
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,16 @@ class Circuit:
         return [h.key for h in self.heads if h.role == role]
 
     def to_json(self) -> dict[str, Any]:
+        """Components by their one name (`a1.h2`, `m1`); `layer` and `head` kept beside it."""
         return {
             "task": self.task,
             "model": self.model,
             "n_model_heads": self.n_model_heads,
-            "heads": [asdict(h) for h in self.heads],
+            "heads": [{"component": component_name(h.key), **asdict(h)} for h in self.heads],
             "edges": [
                 {
-                    "sender": list(e.sender),
-                    "receiver": e.receiver if isinstance(e.receiver, str) else list(e.receiver),
+                    "sender": component_name(e.sender),
+                    "receiver": e.receiver if isinstance(e.receiver, str) else component_name(e.receiver),
                     "input": e.input,
                 }
                 for e in self.edges
@@ -64,25 +66,34 @@ class Circuit:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Circuit:
+        fields = set(CircuitHead.__dataclass_fields__)
         return cls(
             task=data["task"],
             model=data["model"],
             n_model_heads=data["n_model_heads"],
-            heads=[CircuitHead(**h) for h in data["heads"]],
-            edges=[
-                Edge(
-                    tuple(e["sender"]),
-                    e["receiver"] if isinstance(e["receiver"], str) else tuple(e["receiver"]),
-                    e["input"],
-                )
-                for e in data["edges"]
-            ],
+            heads=[CircuitHead(**{k: v for k, v in h.items() if k in fields}) for h in data["heads"]],
+            edges=[Edge(_key(e["sender"]), _receiver(e["receiver"]), e["input"]) for e in data["edges"]],
             meta=data.get("meta", {}),
         )
 
     def save(self, path: str | Path) -> None:
-        write_json(path, self.to_json())
+        """JSON at `path`; the model path relative to the file inside a study directory."""
+        data = self.to_json()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        data["model"] = portable_path(self.model, Path(path).parent)
+        write_json(path, data)
 
     @classmethod
     def load(cls, path: str | Path) -> Circuit:
-        return cls.from_json(json.loads(Path(path).read_text()))
+        circuit = cls.from_json(json.loads(Path(path).read_text()))
+        circuit.model = resolve_path(circuit.model, Path(path).parent)
+        return circuit
+
+
+def _key(value: str | list[int]) -> tuple[int, int]:
+    """A component from its name, or from a [layer, head] pair (files written before names)."""
+    return Component.parse(value) if isinstance(value, str) else Component(*value)
+
+
+def _receiver(value: str | list[int]) -> tuple[int, int] | str:
+    return value if value == "logits" else _key(value)

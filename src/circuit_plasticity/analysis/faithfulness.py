@@ -29,9 +29,10 @@ import torch
 
 from circuit_plasticity.analysis.ablation import group_means, knockout
 from circuit_plasticity.analysis.circuit import Circuit
-from circuit_plasticity.analysis.hooks import component_labels, component_name
+from circuit_plasticity.analysis.hooks import component_labels
 from circuit_plasticity.analysis.metrics import end_logits, task_score
 from circuit_plasticity.analysis.patching import patch_each_set
+from circuit_plasticity.components import component_name
 from circuit_plasticity.tasks.encode import TaskBatch
 
 Head = tuple[int, int]
@@ -57,10 +58,6 @@ class CircuitScores:
 
     def as_row(self) -> dict[str, float]:
         return {k: v for k, v in self.__dict__.items() if not isinstance(v, dict | type(None))}
-
-
-def _name(head: Head) -> str:
-    return component_name(head)
 
 
 @torch.no_grad()
@@ -175,7 +172,7 @@ def evaluate_circuit(
     best = minimality_search(scores, keep, classes, minimality_steps)
     f_circuit, f_empty = scores[keep], scores[frozenset()]
     gaps = [abs(scores[c] - scores[m]) / scale for c, m in class_sets]
-    minimality_abs = {_name(v): gap for v, (gap, _) in best.items()}
+    minimality_abs = {component_name(v): gap for v, (gap, _) in best.items()}
     return CircuitScores(
         model_score=f_model,
         circuit_score=f_circuit,
@@ -189,8 +186,8 @@ def evaluate_circuit(
         empty_score=f_empty,
         normalized_faithfulness=normalized_faithfulness(f_circuit, f_model, f_empty),
         minimality_abs=minimality_abs,
-        minimality_k={_name(v): sorted(_name(h) for h in k) for v, (_, k) in best.items()},
-        knockout_drop={_name(v): (f_circuit - scores[keep - {v}]) / scale for v in sorted(keep)},
+        minimality_k={component_name(v): sorted(component_name(h) for h in k) for v, (_, k) in best.items()},
+        knockout_drop={component_name(v): (f_circuit - scores[keep - {v}]) / scale for v in sorted(keep)},
     )
 
 

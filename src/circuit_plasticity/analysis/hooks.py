@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from circuit_plasticity.components import Component
+
 
 def z_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_z"
@@ -28,21 +30,21 @@ def n_layers_heads(model) -> tuple[int, int]:
     return int(model.cfg.n_layers), int(model.cfg.n_heads)
 
 
-def head_labels(model) -> list[tuple[int, int]]:
+def head_labels(model) -> list[Component]:
     n_layers, n_heads = n_layers_heads(model)
-    return [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    return [Component(layer, head) for layer in range(n_layers) for head in range(n_heads)]
 
 
 def mlp_name(layer: int) -> str:
     return f"blocks.{layer}.hook_mlp_out"
 
 
-def mlp_labels(model) -> list[tuple[int, int]]:
+def mlp_labels(model) -> list[Component]:
     """MLPs as components (layer, -1); none in attention-only models."""
-    return [] if model.cfg.attn_only else [(lay, -1) for lay in range(model.cfg.n_layers)]
+    return [] if model.cfg.attn_only else [Component(lay, -1) for lay in range(model.cfg.n_layers)]
 
 
-def component_labels(model) -> list[tuple[int, int]]:
+def component_labels(model) -> list[Component]:
     """Every circuit component: heads (layer, head), then MLPs (layer, -1)."""
     return head_labels(model) + mlp_labels(model)
 
@@ -59,12 +61,6 @@ def matched_sample(rng, pool: list[tuple[int, int]], like) -> list[tuple[int, in
         return rng.sample(heads, min(len(like), len(heads)))
     heads = [c for c in pool if c[1] >= 0]
     return rng.sample(mlps, n_mlps) + rng.sample(heads, min(len(like) - n_mlps, len(heads)))
-
-
-def component_name(component: tuple[int, int]) -> str:
-    """'L.H' for a head, 'mL' for the MLP of layer L (EAP-IG's node names use the same m)."""
-    layer, head = component
-    return f"m{layer}" if head < 0 else f"{layer}.{head}"
 
 
 def n_kv_heads(model) -> int:

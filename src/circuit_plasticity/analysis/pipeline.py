@@ -36,6 +36,7 @@ from circuit_plasticity.analysis.heads import mlp_dla
 from circuit_plasticity.analysis.metrics import by_group, evaluate, summarize
 from circuit_plasticity.analysis.profile import head_profile
 from circuit_plasticity.analysis.tables import long_table
+from circuit_plasticity.components import Component
 from circuit_plasticity.errors import Unsupported, UserError
 from circuit_plasticity.fileio import write_table
 from circuit_plasticity.models.load import LoadedModel
@@ -242,7 +243,7 @@ def _eap_circuit(
     for f, fname in enumerate(graph.forward_names):
         if fname == "input" or not inside[fname]:
             continue
-        part = _component(fname)
+        part = Component.parse(fname)
         effect = float((graph.scores[f] * mask[f]).sum()) / scale
         role = "mlp" if part[1] < 0 else roles.get(part) or "eap_ig"
         members.append(CircuitHead(part[0], part[1], role, "all", effect))
@@ -252,9 +253,9 @@ def _eap_circuit(
                 edges.append(Edge(part, "logits", "logits"))
             elif slot.startswith("a"):
                 node, kind = slot[:-1].split("<")
-                edges.append(Edge(part, _component(node), kind))
+                edges.append(Edge(part, Component.parse(node), kind))
             else:
-                edges.append(Edge(part, _component(slot), "mlp"))
+                edges.append(Edge(part, Component.parse(slot), "mlp"))
     found = curve[(curve.method == "top_n") & (curve.edges == int(mask.sum()))].iloc[0]
     meta = {
         "method": "eap-ig",
@@ -263,14 +264,6 @@ def _eap_circuit(
         "edge_faithfulness": float(found.faithfulness),
     }
     return Circuit(task, name, members, edges, graph.n_layers * graph.n_heads, meta)
-
-
-def _component(node: str) -> tuple[int, int]:
-    """EAP-IG node name -> component: 'a3.h1' -> (3, 1), 'm2' -> (2, -1)."""
-    if node.startswith("m"):
-        return (int(node[1:]), -1)
-    lay, head = (int(p[1:]) for p in node.split("."))
-    return (lay, head)
 
 
 def circuit_of(

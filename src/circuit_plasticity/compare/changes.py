@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from circuit_plasticity.analysis.circuit import Circuit
-from circuit_plasticity.analysis.hooks import component_name
+from circuit_plasticity.components import component_name
 
 Head = tuple[int, int]
 

@@ -26,7 +26,7 @@ import torch
 
 from circuit_plasticity.analysis.ablation import group_means
 from circuit_plasticity.analysis.heads import component_dla
-from circuit_plasticity.analysis.hooks import component_labels, component_name, matched_sample
+from circuit_plasticity.analysis.hooks import component_labels, matched_sample
 from circuit_plasticity.analysis.metrics import evaluate
 from circuit_plasticity.analysis.patching import output_cache, patch_each_set
 from circuit_plasticity.compare.cmap import patch_outputs
@@ -42,10 +42,6 @@ from circuit_plasticity.compare.stats import (
 from circuit_plasticity.tasks.encode import TaskBatch
 
 Head = tuple[int, int]
-
-
-def head_name(head: Head) -> str:
-    return component_name(head)
 
 
 @dataclass

@@ -10,8 +10,9 @@ import torch
 from circuit_plasticity.analysis.ablation import group_means
 from circuit_plasticity.analysis.circuit import Circuit
 from circuit_plasticity.analysis.faithfulness import circuit_score
-from circuit_plasticity.analysis.heads import head_dla
+from circuit_plasticity.analysis.heads import head_dla, mlp_direct
 from circuit_plasticity.analysis.metrics import end_logits, task_score
+from circuit_plasticity.components import component_name
 from circuit_plasticity.tasks.encode import TaskBatch
 
 
@@ -21,13 +22,15 @@ def circuit_strength(model, batch: TaskBatch, circuit: Circuit) -> dict[str, flo
     score = float(task_score(end_logits(model(batch.tokens), batch), batch).mean())
     kept = circuit_score(model, batch, circuit.head_set(), group_means(model, batch))
     dla = head_dla(model, batch).mean(0)
+    if any(h.head < 0 for h in circuit.heads):  # MLP members: their own direct effect, not a head's
+        mlp = mlp_direct(model, batch)[1].mean(0)  # [layers]
     out = {
         "score": score,
         "circuit_score": kept,
         "faithfulness": kept / score if abs(score) > 1e-9 else float("nan"),
     }
     for h in circuit.heads:
-        out[f"dla_{h.layer}.{h.head}"] = float(dla[h.layer, h.head])
+        out[f"dla_{component_name(h.key)}"] = float(mlp[h.layer] if h.head < 0 else dla[h.layer, h.head])
     return out
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from circuit_plasticity.analysis.hooks import kv_head, stacked_param
+from circuit_plasticity.components import component_name
 
 
 def _head_params(model, layer: int, head: int) -> list[torch.Tensor]:
@@ -39,14 +40,14 @@ def _relative(new: list[torch.Tensor], base: list[torch.Tensor]) -> tuple[float,
 
 @torch.no_grad()
 def weight_change(model, base) -> pd.DataFrame:
-    """Rows: component (e.g. '1.0' or 'mlp2'), layer, head (-1 for MLPs), abs and relative change."""
+    """Rows: component (its name: 'a1.h0' or 'm2'), layer, head (-1 for MLPs), abs and relative change."""
     rows = []
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
             absolute, relative = _relative(_head_params(model, layer, head), _head_params(base, layer, head))
             rows.append(
                 {
-                    "component": f"{layer}.{head}",
+                    "component": component_name((layer, head)),
                     "layer": layer,
                     "head": head,
                     "weight_change": absolute,
@@ -57,7 +58,7 @@ def weight_change(model, base) -> pd.DataFrame:
             absolute, relative = _relative(_mlp_params(model, layer), _mlp_params(base, layer))
             rows.append(
                 {
-                    "component": f"mlp{layer}",
+                    "component": component_name((layer, -1)),
                     "layer": layer,
                     "head": -1,
                     "weight_change": absolute,

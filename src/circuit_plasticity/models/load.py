@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from circuit_plasticity.errors import UserError
+from circuit_plasticity.fileio import portable_path
 from circuit_plasticity.models.store import (
     HUB_FORMAT,
     NATIVE_FORMAT,
@@ -45,10 +46,11 @@ class LoadedModel:
 
     def save(self, out: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write a directory that `load_model` reads back (weights as safetensors)."""
+        name = portable_path(self.name, out)  # provenance; relative inside a study directory
         if self.kind == "native":
-            source = {"format": NATIVE_FORMAT, "name": self.name}
+            source = {"format": NATIVE_FORMAT, "name": name}
         else:
-            source = {"format": HUB_FORMAT, "name": self.name, "base": self.base}
+            source = {"format": HUB_FORMAT, "name": name, "base": self.base}
         save_model_dir(out, self.model, self.tokenizer.backend, self.config, {**source, **(extra or {})})
 
 

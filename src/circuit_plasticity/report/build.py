@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from circuit_plasticity.compare.stats import t_interval
+from circuit_plasticity.components import component_name
 from circuit_plasticity.fileio import write_table
 from circuit_plasticity.report import figures
 from circuit_plasticity.report.html import METRICS, render_report
@@ -96,7 +97,7 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
     circuits = {p.name: json.loads((p / "circuit.json").read_text()) for p in sorted(first.glob("*"))}
     n_layers = int(heads.layer.max()) + 1
     n_heads = int(heads["head"].max()) + 1
-    members = {f"{h['layer']}.{h['head']}" for h in circuits.get("base", {}).get("heads", [])}
+    members = {component_name((h["layer"], h["head"])) for h in circuits.get("base", {}).get("heads", [])}
     figs = []
     if (tables / "metrics.parquet").is_file():
         figs.append(

@@ -7,6 +7,8 @@ import io
 import numpy as np
 import pandas as pd
 
+from circuit_plasticity.components import component_name
+
 ROLE_COLORS = {
     "name_mover": "#1f77b4",
     "negative_name_mover": "#d62728",
@@ -186,8 +188,9 @@ def cmap_maps(cmap: pd.DataFrame) -> bytes:
 def recovery_bars(rec: pd.DataFrame, members: set[str]) -> bytes:
     """Per-head recovery of the direct effect after retraining (mean and range over seeds)."""
     plt = _plt()
-    data = rec[rec.measure == "dla"].assign(
-        component=lambda d: d.layer.astype(str) + "." + d["head"].astype(str)
+    data = rec[rec.measure == "dla"]
+    data = data.assign(
+        component=[component_name((int(a), int(b))) for a, b in zip(data.layer, data["head"], strict=True)]
     )
     stats = data.groupby("component").recovery.agg(["mean", "min", "max"]).dropna()
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(stats)), 3))

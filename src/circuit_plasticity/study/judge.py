@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from circuit_plasticity.compare.verdicts import VerdictThresholds, combine_seeds, decide
+from circuit_plasticity.components import component_name
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.fileio import write_json
 
@@ -179,7 +180,7 @@ def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -
     loc = ev.localization_evidence(runs, options.k, options.n_random, s.seed)
     measures |= loc.measures
     measures |= ev.plasticity_evidence(runs, base_circuit, loc.top_heads, options.n_random, s.seed)
-    extra: dict[str, Any] = {"localization_top_heads": ",".join(map(ev.head_name, loc.top_heads))}
+    extra: dict[str, Any] = {"localization_top_heads": ",".join(map(component_name, loc.top_heads))}
     if options.repair is not None:
         repaired = _repair(s, seed_dir, loc.top_heads, runs, options, progress)
         if isinstance(repaired, str):
@@ -189,7 +190,7 @@ def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -
 
             measures |= ev.repair_evidence(runs, *repaired, s.seed)
             # grouped-query attention: these heads trained Q and O only (their K/V is shared)
-            names = [ev.head_name(h) for h in loc.top_heads]
+            names = [component_name(h) for h in loc.top_heads]
             extra["repair_heads_kv_frozen"] = ",".join(frozen_kv_heads(runs.models["poisoned"], names))
     progress(f"seed {s.seed}: per-head tables and tracking")
     scalars = scalar_findings(s, loaded, runs, analyses, loc, seed_dir, options)
@@ -255,7 +256,6 @@ def reference_score(loaded, batch) -> float:
 def _repair(s: SeedModels, seed_dir: Path, heads, runs, options: JudgeOptions, progress):
     """Scores of the two repaired models (trained on `options.task`), or why repair was skipped."""
     from circuit_plasticity.analysis.hooks import component_labels, matched_sample
-    from circuit_plasticity.compare.evidence import head_name
     from circuit_plasticity.study.repair import train_heads
 
     if not isinstance(s.poisoned, str | Path):
@@ -264,10 +264,10 @@ def _repair(s: SeedModels, seed_dir: Path, heads, runs, options: JudgeOptions, p
     random_heads = matched_sample(random.Random(s.seed), others, heads)
     scores = []
     for name, chosen in (("repair", heads), ("repair-random", random_heads)):
-        progress(f"seed {s.seed}: {name} (training only {', '.join(map(head_name, chosen))})")
+        progress(f"seed {s.seed}: {name} (training only {', '.join(map(component_name, chosen))})")
         result = train_heads(
             str(s.poisoned),
-            [head_name(h) for h in chosen],
+            [component_name(h) for h in chosen],
             options.repair,
             seed_dir / name,
             s.seed,

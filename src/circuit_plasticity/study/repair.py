@@ -13,8 +13,8 @@ from circuit_plasticity.training.protocol import DataSpec, EvalSpec, Phase, Trai
 def train_heads(
     poisoned: str, heads: list[str], plan, out: Path, seed: int, task: str = "ioi", years=None
 ) -> Path | str:
-    """The final checkpoint of training only `heads` (LAYER.HEAD) from `poisoned`, or the reason
-    it cannot be done on this model. Resumable like every training run."""
+    """The final checkpoint of training only `heads` (names: a1.h0, m1) from `poisoned`, or the
+    reason it cannot be done on this model. Resumable like every training run."""
     from circuit_plasticity.errors import UserError
 
     run = RunDir(out)

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from circuit_plasticity.errors import UserError
-from circuit_plasticity.fileio import write_atomic, write_json
+from circuit_plasticity.fileio import portable_path, resolve_path, write_atomic, write_json
 from circuit_plasticity.models.load import LoadedModel, load_model
 from circuit_plasticity.spec import same_spec
 from circuit_plasticity.training.checkpoint import (
@@ -145,10 +145,18 @@ def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) ->
 
 
 def _check_same_spec(run: RunDir, spec: TrainSpec) -> None:
+    """Write spec.json (its model path relative inside a study directory), or check that the
+    saved one means this spec."""
     path = run.root / "spec.json"
     mine = json.loads(json.dumps(asdict(spec)))
+    mine["model"] = portable_path(spec.model, run.root)
     if path.is_file():
-        if not same_spec(TrainSpec, json.loads(path.read_text()), spec):
+        saved = json.loads(path.read_text())
+        stored = resolve_path(saved.get("model", TrainSpec.model), run.root)
+        if Path(stored).exists() and Path(spec.model).exists():  # one model, however it is spelled
+            stored = spec.model if Path(stored).resolve() == Path(spec.model).resolve() else stored
+        saved["model"] = stored
+        if not same_spec(TrainSpec, saved, spec):
             raise UserError(
                 f"{run.root} holds a run of a different spec; use another --out or delete that directory"
             )

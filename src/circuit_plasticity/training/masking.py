@@ -15,31 +15,20 @@ it is trained only when every head of its group is chosen, so unchosen heads nev
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from circuit_plasticity.analysis.hooks import kv_groups, stacked_param
+from circuit_plasticity.components import Component, component_name
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.models.load import LoadedModel
 
 
 def parse_heads(components: list[str]) -> list[tuple[int, int]]:
-    """'L.H' -> (L, H) heads and 'mL' -> (L, -1) MLPs."""
-    heads = []
-    for c in components:
-        m = re.fullmatch(r"(\d+)\.(\d+)", c.strip())
-        mlp = re.fullmatch(r"m(\d+)", c.strip())
-        if mlp:
-            heads.append((int(mlp.group(1)), -1))
-            continue
-        if not m:
-            raise UserError(
-                f"train_only: {c!r} is not a head or MLP; write heads as LAYER.HEAD (1.0), "
-                "MLPs as mLAYER (m1)"
-            )
-        heads.append((int(m.group(1)), int(m.group(2))))
-    return heads
+    """Component names ('a1.h0', 'm1'; 'L.H' also read) -> (layer, head) keys."""
+    try:
+        return [Component.parse(c) for c in components]
+    except ValueError as why:
+        raise UserError(f"train_only: {why}") from None
 
 
 def head_gradient_masks(loaded: LoadedModel, components: list[str]) -> dict[torch.nn.Parameter, torch.Tensor]:
@@ -73,7 +62,7 @@ def frozen_kv_heads(model, components: list[str]) -> list[str]:
     chosen = {h for h in parse_heads(components) if h[1] >= 0}
     groups = kv_groups(model)
     return [
-        f"{lay}.{h}"
+        component_name((lay, h))
         for lay, h in sorted(chosen)
         if not all((lay, g) in chosen for g in next(grp for grp in groups if h in grp))
     ]

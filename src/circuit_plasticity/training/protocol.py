@@ -47,7 +47,7 @@ class Phase:
     betas: tuple[float, float] = (0.9, 0.999)
     loss: str = "answer"
     seed: int = 0
-    train_only: list[str] | None = None  # heads (LAYER.HEAD) to train; the rest stays frozen
+    train_only: list[str] | None = None  # components (a1.h0, m1) to train; the rest stays frozen
 
     def validate(self, where: str, source: str) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
