@@ -23,8 +23,9 @@ from circuit_plasticity.analysis.hooks import (
     run_cached,
     z_name,
 )
-from circuit_plasticity.analysis.metrics import end_logits, task_score
-from circuit_plasticity.analysis.patching import patch_each_head, patch_each_set, z_cache
+from circuit_plasticity.analysis.metrics import clean_end_logits, task_score
+from circuit_plasticity.analysis.patching import patch_each_head, patch_each_set
+from circuit_plasticity.analysis.runs import reuse
 from circuit_plasticity.tasks.encode import TaskBatch
 
 Head = tuple[int, int]
@@ -35,11 +36,16 @@ def group_means(model, batch: TaskBatch) -> dict[int | str, torch.Tensor]:
     """Per layer, [n, seq, heads, d_head]: each prompt gets the mean z of its group's
     counterfactual prompts (the mean-ablation reference); with MLPs also, under the key
     `mlp_name(layer)`, the group mean of each MLP's output [n, seq, d_model]."""
+    return reuse("group_means", model, (batch,), lambda: _group_means(model, batch))
+
+
+def _group_means(model, batch: TaskBatch) -> dict[int | str, torch.Tensor]:
     n_layers, _ = n_layers_heads(model)
-    cache: dict[int | str, torch.Tensor] = dict(z_cache(model, batch.corrupted))
     mlps = [mlp_name(lay) for lay, _ in mlp_labels(model)]
-    if mlps:
-        cache |= run_cached(model, batch.corrupted, mlps)[1]
+    zs = [z_name(lay) for lay in range(n_layers)]
+    _, run = run_cached(model, batch.corrupted, zs + mlps)  # one pass: heads' z and MLP outputs
+    cache: dict[int | str, torch.Tensor] = {lay: run[z_name(lay)] for lay in range(n_layers)}
+    cache |= {name: run[name] for name in mlps}
     groups, inverse = torch.unique(batch.group, return_inverse=True)
     counts = torch.bincount(inverse, minlength=len(groups)).to(torch.float32)
     means = {}
@@ -85,7 +91,7 @@ def knockout_each_head(
 ) -> pd.DataFrame:
     """Mean-ablate every head alone; batched: one forward pass per `heads_per_pass` heads."""
     means = group_means(model, batch) if means is None else means
-    base = task_score(end_logits(model(batch.tokens), batch), batch)
+    base = task_score(clean_end_logits(model, batch), batch)
     labels = head_labels(model)
     scores = patch_each_head(model, batch, batch.tokens, means, labels, heads_per_pass=heads_per_pass)
     return pd.DataFrame(

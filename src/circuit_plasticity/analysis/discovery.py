@@ -33,7 +33,7 @@ import torch
 from circuit_plasticity.analysis.circuit import Circuit, CircuitHead, Edge
 from circuit_plasticity.analysis.classes import DEFAULT_THRESHOLDS, direct_role
 from circuit_plasticity.analysis.hooks import component_labels, head_labels
-from circuit_plasticity.analysis.metrics import end_logits, task_score
+from circuit_plasticity.analysis.metrics import clean_end_logits, task_score
 from circuit_plasticity.analysis.patching import Receivers, path_patch, z_cache
 from circuit_plasticity.tasks.encode import TaskBatch
 
@@ -143,7 +143,7 @@ def discover_circuit(
     """The circuit of `model` on `batch` (clean vs its counterfactual: IOI's ABC prompts,
     Greater-Than's "01" prompts)."""
     labels = component_labels(model)
-    clean = task_score(end_logits(model(batch.tokens), batch), batch)
+    clean = task_score(clean_end_logits(model, batch), batch)
     model_score = float(clean.mean())
     own = max(abs(model_score), 1e-6)
     threshold = config.threshold(model_score)

@@ -30,7 +30,7 @@ import torch
 from circuit_plasticity.analysis.ablation import group_means, knockout
 from circuit_plasticity.analysis.circuit import Circuit
 from circuit_plasticity.analysis.hooks import component_labels
-from circuit_plasticity.analysis.metrics import end_logits, task_score
+from circuit_plasticity.analysis.metrics import clean_end_logits, task_score
 from circuit_plasticity.analysis.patching import patch_each_set
 from circuit_plasticity.components import component_name
 from circuit_plasticity.tasks.encode import TaskBatch
@@ -67,7 +67,7 @@ def circuit_score(model, batch: TaskBatch, keep: set[Head], means=None) -> float
     return (
         float(knockout(model, batch, outside, means).mean())
         if outside
-        else float(task_score(end_logits(model(batch.tokens), batch), batch).mean())
+        else float(task_score(clean_end_logits(model, batch), batch).mean())
     )
 
 
@@ -159,7 +159,7 @@ def evaluate_circuit(
     keep: Kept = frozenset(circuit.head_set() if isinstance(circuit, Circuit) else circuit)
     labels = component_labels(model)
     means = group_means(model, batch)
-    f_model = float(task_score(end_logits(model(batch.tokens), batch), batch).mean())
+    f_model = float(task_score(clean_end_logits(model, batch), batch).mean())
     scale = max(abs(f_model), 1e-6)
     scores = _KeptScores(model, batch, means, f_model)
     classes: dict[str, set[Head]] = {}

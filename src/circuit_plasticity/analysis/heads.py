@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from circuit_plasticity.analysis.hooks import head_labels, n_layers_heads, pattern_name, run_cached, z_name
+from circuit_plasticity.analysis.runs import reuse
 from circuit_plasticity.tasks.encode import TaskBatch
 
 
@@ -157,7 +158,14 @@ def head_dla(model, batch: TaskBatch, fwd_hooks: list | None = None) -> torch.Te
     """[n, layers, heads]: each head's direct effect on logit(answer) - logit(wrong) at END,
     through the final norm with its scale frozen from the run (before any final logit
     soft-capping, Gemma-2's, which is not linear) (optionally under `fwd_hooks`,
-    e.g. with the name movers knocked out, to see backups take over)."""
+    e.g. with the name movers knocked out, to see backups take over). Without hooks, shared by
+    the analyses of one batch (analysis.runs)."""
+    if fwd_hooks is None:
+        return reuse("head_dla", model, (batch,), lambda: _head_dla(model, batch, None))
+    return _head_dla(model, batch, fwd_hooks)
+
+
+def _head_dla(model, batch: TaskBatch, fwd_hooks: list | None) -> torch.Tensor:
     n_layers, _ = n_layers_heads(model)
     names = [z_name(lay) for lay in range(n_layers)] + ["ln_final.hook_scale"] + head_output_hooks(model)
     _, cache = run_cached(model, batch.tokens, names, fwd_hooks)

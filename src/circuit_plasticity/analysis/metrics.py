@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from circuit_plasticity.analysis.runs import reuse
 from circuit_plasticity.tasks.encode import TaskBatch
 
 
@@ -61,11 +62,19 @@ def bootstrap(values: torch.Tensor | np.ndarray, n_boot: int = 1000, seed: int =
 
 
 @torch.no_grad()
+def clean_end_logits(model, batch: TaskBatch) -> torch.Tensor:
+    """[n, vocab] END logits of the clean prompts: one forward pass, shared (analysis.runs)."""
+    return reuse("clean_end", model, (batch,), lambda: end_logits(model(batch.tokens), batch))
+
+
+@torch.no_grad()
 def evaluate(
     model, batch: TaskBatch, chunk: int = 256, name_ids: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     """Per-prompt metrics in chunks of prompts: score, accuracy, P(answer), P(wrong), P(target);
     with `name_ids` (IOI) also the mass on names absent from the prompt."""
+    if len(batch) <= chunk:  # one chunk: the clean run every analysis of this batch shares
+        return per_prompt(clean_end_logits(model, batch), batch, name_ids)
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(batch), chunk):
         sub = batch.subset(slice(start, start + chunk))

@@ -31,6 +31,7 @@ from circuit_plasticity.analysis.hooks import (
     z_name,
 )
 from circuit_plasticity.analysis.metrics import end_logits, task_score
+from circuit_plasticity.analysis.runs import reuse
 from circuit_plasticity.tasks.encode import TaskBatch
 
 Head = tuple[int, int]
@@ -81,11 +82,16 @@ def activation_name(layer: int, activation: str) -> str:
 
 
 def activation_cache(model, tokens: torch.Tensor, activation: str = "z") -> dict[int, torch.Tensor]:
-    """Per-layer hook_z ([n, seq, heads, d_head]) or hook_pattern ([n, heads, q, k])."""
-    n_layers, _ = n_layers_heads(model)
-    names = [activation_name(lay, activation) for lay in range(n_layers)]
-    _, cache = run_cached(model, tokens, names)
-    return {lay: cache[name] for lay, name in enumerate(names)}
+    """Per-layer hook_z ([n, seq, heads, d_head]) or hook_pattern ([n, heads, q, k]); one pass,
+    shared by the analyses of one batch (analysis.runs). Read-only: patch copies of it."""
+
+    def run() -> dict[int, torch.Tensor]:
+        n_layers, _ = n_layers_heads(model)
+        names = [activation_name(lay, activation) for lay in range(n_layers)]
+        _, cache = run_cached(model, tokens, names)
+        return {lay: cache[name] for lay, name in enumerate(names)}
+
+    return reuse(f"activations:{activation}", model, (tokens,), run)
 
 
 def _replace_head(
@@ -154,7 +160,9 @@ def patch_each_set(
     if has_mlp and activation != "z":
         raise ValueError("MLP members can only be patched with activation 'z' (their output)")
     if activation == "z" and fastpath.supported(model):
-        patcher = fastpath.FastPatcher(model, tokens, batch.end)
+        patcher = reuse(
+            "fast_patcher", model, (tokens, batch.end), lambda: fastpath.FastPatcher(model, tokens, batch.end)
+        )
 
         def score(end_logits: torch.Tensor, k: int) -> torch.Tensor:
             return task_score(end_logits, repeat_batch(batch, k))

@@ -35,6 +35,7 @@ from circuit_plasticity.analysis.graph import Graph
 from circuit_plasticity.analysis.heads import mlp_dla
 from circuit_plasticity.analysis.metrics import by_group, evaluate, summarize
 from circuit_plasticity.analysis.profile import head_profile
+from circuit_plasticity.analysis.runs import sharing_runs
 from circuit_plasticity.analysis.tables import long_table
 from circuit_plasticity.components import Component
 from circuit_plasticity.errors import Unsupported, UserError
@@ -86,6 +87,7 @@ class ModelAnalysis:
             self.graph.to_json(out / "edge_circuit.json")  # EAP-IG / MIB format
 
 
+@sharing_runs
 def analyze_model(
     loaded: LoadedModel,
     batch: TaskBatch,

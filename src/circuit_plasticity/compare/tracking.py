@@ -11,7 +11,7 @@ from circuit_plasticity.analysis.ablation import group_means
 from circuit_plasticity.analysis.circuit import Circuit
 from circuit_plasticity.analysis.faithfulness import circuit_score
 from circuit_plasticity.analysis.heads import head_dla, mlp_direct
-from circuit_plasticity.analysis.metrics import end_logits, task_score
+from circuit_plasticity.analysis.metrics import clean_end_logits, task_score
 from circuit_plasticity.components import component_name
 from circuit_plasticity.tasks.encode import TaskBatch
 
@@ -19,7 +19,7 @@ from circuit_plasticity.tasks.encode import TaskBatch
 @torch.no_grad()
 def circuit_strength(model, batch: TaskBatch, circuit: Circuit) -> dict[str, float]:
     """The fixed circuit in this model: its faithfulness and each member's direct effect."""
-    score = float(task_score(end_logits(model(batch.tokens), batch), batch).mean())
+    score = float(task_score(clean_end_logits(model, batch), batch).mean())
     kept = circuit_score(model, batch, circuit.head_set(), group_means(model, batch))
     dla = head_dla(model, batch).mean(0)
     if any(h.head < 0 for h in circuit.heads):  # MLP members: their own direct effect, not a head's

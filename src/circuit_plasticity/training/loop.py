@@ -122,6 +122,10 @@ class RunDir:
 
 def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) every phase of `spec`; returns the metrics table."""
+    from circuit_plasticity.analysis.runs import is_sharing
+
+    if is_sharing():  # a shared clean run would go stale as the weights change
+        raise RuntimeError("run_protocol inside analysis.runs.shared_runs: train outside it")
     run = RunDir(Path(run_dir))
     if not run.root.exists():
         load_model(spec.model)  # fail on a missing model before anything is written
