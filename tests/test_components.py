@@ -40,3 +40,24 @@ def test_circuit_files_use_names_and_read_old_pairs(tmp_path):
     for h in data["heads"]:
         del h["component"]
     assert Circuit.from_json(data) == circuit
+
+
+def test_circuit_diagram_draws_every_edge_between_components(monkeypatch):
+    """Edges into heads or MLPs are arrows (logit edges are not), from circuit files with names
+    and from files with [layer, head] pairs alike."""
+    import matplotlib.axes
+
+    from circuit_plasticity.analysis.circuit import Circuit, CircuitHead, Edge
+    from circuit_plasticity.report import figures
+
+    heads = [CircuitHead(1, 2, "name_mover", "end", 0.5), CircuitHead(0, 1, "s_inhibition", "end", 0.1)]
+    edges = [Edge((0, 1), (1, 2), "q"), Edge((0, -1), (1, 2), "v"), Edge((1, 2), "logits", "logits")]
+    named = Circuit("ioi", "toy", heads, edges, 8).to_json()
+    paired = {
+        **named,
+        "edges": [{**e, "sender": list(e_.sender)} for e, e_ in zip(named["edges"], edges, strict=True)],
+    }
+    arrows = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", lambda self, *a, **k: arrows.append(k["xytext"]))
+    figures.circuit_diagram({"base": named, "clean": paired}, n_layers=2, n_heads=4, mlps=True)
+    assert sorted(arrows) == sorted([(1, 0), (4, 0)] * 2)  # x of head 1, x of the MLP column; layer 0

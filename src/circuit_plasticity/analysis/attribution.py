@@ -393,15 +393,7 @@ def _accumulate(model, m: _Model, sub: TaskBatch, delta, x0, scores, total: int)
 
         return hook
 
-    hooks = [("blocks.0.hook_in", set_input)]
-    for lay in range(g.n_layers):
-        hooks.append((f"blocks.{lay}.ln1.hook_in", keep_ln1(lay)))
-        hooks += [(f"blocks.{lay}.attn.hook_{x}", qkv_grad(lay, x)) for x in QKV]
-        if g.has_mlp:
-            hooks.append(
-                (f"blocks.{lay}.ln2.hook_in", branch_grad(g.mlp_slot(lay), g.senders_before(f"m{lay}")))
-            )
-    hooks.append(("ln_final.hook_in", branch_grad(g.n_backward - 1, g.n_forward)))
+    hooks = [("blocks.0.hook_in", set_input), *_receiver_hooks(g, keep_ln1, qkv_grad, branch_grad)]
     with torch.enable_grad():
         logits = model.run_with_hooks(sub.tokens, fwd_hooks=[*hooks, _end_only(sub)])
         metric = _end_score(logits, sub).sum() / total
@@ -491,14 +483,20 @@ def _patch_hooks(m: _Model, corrupt: torch.Tensor, removed: torch.Tensor) -> lis
 
         return hook
 
+    return hooks + _receiver_hooks(g, ln1_hook, qkv_hook, branch_hook)
+
+
+def _receiver_hooks(g: Graph, ln1, qkv, branch) -> list:
+    """Where every receiver of the graph reads the residual stream, one layout for attribution
+    and for edge patching: each layer's attention input (ln1), its q/k/v, its MLP input (a
+    `branch` of the senders before it), and the final norm's input (the logits' branch)."""
+    hooks = []
     for lay in range(g.n_layers):
-        hooks.append((f"blocks.{lay}.ln1.hook_in", ln1_hook(lay)))
-        hooks += [(f"blocks.{lay}.attn.hook_{x}", qkv_hook(lay, x)) for x in QKV]
+        hooks.append((f"blocks.{lay}.ln1.hook_in", ln1(lay)))
+        hooks += [(f"blocks.{lay}.attn.hook_{x}", qkv(lay, x)) for x in QKV]
         if g.has_mlp:
-            hooks.append(
-                (f"blocks.{lay}.ln2.hook_in", branch_hook(g.mlp_slot(lay), g.senders_before(f"m{lay}")))
-            )
-    hooks.append(("ln_final.hook_in", branch_hook(g.n_backward - 1, g.n_forward)))
+            hooks.append((f"blocks.{lay}.ln2.hook_in", branch(g.mlp_slot(lay), g.senders_before(f"m{lay}"))))
+    hooks.append(("ln_final.hook_in", branch(g.n_backward - 1, g.n_forward)))
     return hooks
 
 

@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pandas as pd
 
+from circuit_plasticity.analysis.circuit import Circuit
 from circuit_plasticity.components import component_name
 
 ROLE_COLORS = {
@@ -143,10 +144,10 @@ def circuit_diagram(circuits: dict[str, dict], n_layers: int, n_heads: int, mlps
                     ax.scatter(
                         x_of(head), lay, s=160, facecolors="none", edgecolors="black", linewidths=1, zorder=3
                     )
-        for e in c["edges"]:
-            if isinstance(e["receiver"], str):
+        for e in Circuit.from_json(c).edges:
+            if isinstance(e.receiver, str):  # "logits"
                 continue
-            (sl, sh), (rl, rh) = e["sender"], e["receiver"]
+            (sl, sh), (rl, rh) = e.sender, e.receiver
             ax.annotate(
                 "",
                 xy=(x_of(rh), rl),
