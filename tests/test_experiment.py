@@ -47,6 +47,12 @@ def test_run_end_to_end_then_resume_does_nothing_again(tmp_path):
     assert findings.loc["score_poisoned", "mean"] < findings.loc["score_clean", "mean"]
     for name in ("metrics", "heads", "circuits", "tracking", "cmap", "recovery", "weights"):
         assert (tmp_path / "run" / "tables" / f"{name}.parquet").is_file()
+    for name in ("heads", "tracking", "cmap", "recovery", "weights", "amplification", "localization_heads"):
+        table = pd.read_parquet(tmp_path / "run" / "tables" / f"{name}.parquet")  # one long format
+        assert {"component", "layer", "head", "measure", "value"} <= set(table.columns), name
+        members = table[table.component != "circuit"]
+        assert members.component.str.fullmatch(r"a\d+\.h\d+|m\d+").all(), name
+    assert "localization_weight_share_topk" in findings.index
     assert (tmp_path / "run" / "tables" / "heads.csv").is_file()
     compared = cli(
         "compare",

@@ -17,21 +17,36 @@ from circuit_plasticity.tasks.encode import TaskBatch
 
 
 @torch.no_grad()
-def circuit_strength(model, batch: TaskBatch, circuit: Circuit) -> dict[str, float]:
-    """The fixed circuit in this model: its faithfulness and each member's direct effect."""
+def circuit_strength(model, batch: TaskBatch, circuit: Circuit) -> list[dict]:
+    """The fixed circuit in this model, as long rows (component, layer, head, measure, value):
+    the model's score, the circuit's score and faithfulness (component 'circuit') and each
+    member's direct effect (measure 'dla')."""
     score = float(task_score(clean_end_logits(model, batch), batch).mean())
     kept = circuit_score(model, batch, circuit.head_set(), group_means(model, batch))
     dla = head_dla(model, batch).mean(0)
     if any(h.head < 0 for h in circuit.heads):  # MLP members: their own direct effect, not a head's
         mlp = mlp_direct(model, batch)[1].mean(0)  # [layers]
-    out = {
+    whole = {
         "score": score,
         "circuit_score": kept,
         "faithfulness": kept / score if abs(score) > 1e-9 else float("nan"),
     }
+    rows = [
+        {"component": "circuit", "layer": None, "head": None, "measure": k, "value": v}
+        for k, v in whole.items()
+    ]
     for h in circuit.heads:
-        out[f"dla_{component_name(h.key)}"] = float(mlp[h.layer] if h.head < 0 else dla[h.layer, h.head])
-    return out
+        value = float(mlp[h.layer] if h.head < 0 else dla[h.layer, h.head])
+        rows.append(
+            {
+                "component": component_name(h.key),
+                "layer": h.layer,
+                "head": h.head,
+                "measure": "dla",
+                "value": value,
+            }
+        )
+    return rows
 
 
 def hysteresis(

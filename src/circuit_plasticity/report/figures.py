@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 
 from circuit_plasticity.analysis.circuit import Circuit
-from circuit_plasticity.components import component_name
 
 ROLE_COLORS = {
     "name_mover": "#1f77b4",
@@ -172,12 +171,12 @@ def circuit_diagram(circuits: dict[str, dict], n_layers: int, n_heads: int, mlps
 def cmap_maps(cmap: pd.DataFrame) -> bytes:
     """Share of each source model's gap to the base explained by patching one head into the base."""
     plt = _plt()
-    data = cmap[(cmap.position == "all") & (cmap.activation == "output")]
+    data = cmap[(cmap.position == "all") & (cmap.activation == "output") & (cmap.measure == "share")]
     sources = [p for p in PHASE_ORDER if p in set(data.source)]
     fig, axes = plt.subplots(1, len(sources), figsize=(2.6 * len(sources) + 1, 2.6))
     axes = np.atleast_1d(axes)
     for ax, src in zip(axes, sources, strict=True):
-        grid = data[data.source == src].groupby(["layer", "head"]).share.mean().unstack()
+        grid = data[data.source == src].groupby(["layer", "head"]).value.mean().unstack()
         im = ax.imshow(grid.values, cmap="PuOr", vmin=-1, vmax=1)
         ax.set_title(f"{src} -> base")
         ax.set_xlabel("head")
@@ -189,11 +188,8 @@ def cmap_maps(cmap: pd.DataFrame) -> bytes:
 def recovery_bars(rec: pd.DataFrame, members: set[str]) -> bytes:
     """Per-head recovery of the direct effect after retraining (mean and range over seeds)."""
     plt = _plt()
-    data = rec[rec.measure == "dla"]
-    data = data.assign(
-        component=[component_name((int(a), int(b))) for a, b in zip(data.layer, data["head"], strict=True)]
-    )
-    stats = data.groupby("component").recovery.agg(["mean", "min", "max"]).dropna()
+    data = rec[rec.measure == "dla_recovery"]
+    stats = data.groupby("component").value.agg(["mean", "min", "max"]).dropna()
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(stats)), 3))
     colors = ["#2ca02c" if c in members else "#aaaaaa" for c in stats.index]
     ax.bar(
@@ -222,13 +218,15 @@ def tracking_curves(tracking: pd.DataFrame) -> bytes:
         ends[p] = start
         start += int(rows.step.max()) if len(rows) and p != "base" else 0
     data["x"] = [ends[p] + s for p, s in zip(data.phase, data.step, strict=True)]
-    dla_cols = [c for c in data.columns if c.startswith("dla_")]
+    members = [c for c in dict.fromkeys(data[data.measure == "dla"].component)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     for seed, rows in data.groupby("seed"):
         rows = rows.sort_values("x")
-        axes[0].plot(rows.x, rows.faithfulness, color="#1f77b4", alpha=0.7)
-        for c in dla_cols:
-            axes[1].plot(rows.x, rows[c], alpha=0.7, label=c[4:] if seed == data.seed.min() else None)
+        faith = rows[rows.measure == "faithfulness"]
+        axes[0].plot(faith.x, faith.value, color="#1f77b4", alpha=0.7)
+        for c in members:
+            mine = rows[(rows.measure == "dla") & (rows.component == c)]
+            axes[1].plot(mine.x, mine.value, alpha=0.7, label=c if seed == data.seed.min() else None)
     for ax, title in zip(axes, ["base circuit faithfulness", "members' direct effect (DLA)"], strict=True):
         for p in offsets_order[1:]:
             ax.axvline(ends[p], color="gray", lw=0.6, ls=":")
@@ -236,7 +234,7 @@ def tracking_curves(tracking: pd.DataFrame) -> bytes:
         ax.set_title(title)
         ax.set_xlabel("training step (clean -> poisoned -> retrain)")
         ax.grid(alpha=0.3)
-    if dla_cols:
+    if members:
         axes[1].legend(fontsize=7, ncol=2)
     return _png(fig)
 

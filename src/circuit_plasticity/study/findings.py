@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from circuit_plasticity.analysis.circuit import Circuit
+from circuit_plasticity.analysis.tables import long_table
 from circuit_plasticity.compare.changes import amplification, circuit_overlap, recovery
 from circuit_plasticity.compare.cmap import cross_model_patch
 from circuit_plasticity.compare.tracking import circuit_strength, hysteresis
@@ -68,7 +69,7 @@ def per_head_tables(loaded: dict, runs, loc, out_dir: Path) -> None:
             for i, (lay, h) in enumerate(labels)
         ]
     )
-    write_table(out_dir / "localization_heads.parquet", table)
+    write_table(out_dir / "localization_heads.parquet", long_table(table, ["layer", "head"], of="change"))
 
 
 def model_tables(loaded: dict, batch, out_dir: Path) -> None:
@@ -78,19 +79,25 @@ def model_tables(loaded: dict, batch, out_dir: Path) -> None:
     others = [p for p in loaded if p != "base"]
     _cached(
         out_dir / "cmap.parquet",
-        lambda: pd.concat(
-            [cross_model_patch(loaded[p].model, base, batch, "output").assign(source=p) for p in others]
-            + [
-                cross_model_patch(loaded[p].model, base, batch, "pattern", ("end",)).assign(source=p)
-                for p in others
-            ],
-            ignore_index=True,
+        lambda: long_table(
+            pd.concat(
+                [cross_model_patch(loaded[p].model, base, batch, "output").assign(source=p) for p in others]
+                + [
+                    cross_model_patch(loaded[p].model, base, batch, "pattern", ("end",)).assign(source=p)
+                    for p in others
+                ],
+                ignore_index=True,
+            ),
+            ["layer", "head", "position", "activation", "source"],
         ),
     )
     _cached(
         out_dir / "weights.parquet",
-        lambda: pd.concat(
-            [weight_change(loaded[p].model, base).assign(source=p) for p in others], ignore_index=True
+        lambda: long_table(
+            pd.concat(
+                [weight_change(loaded[p].model, base).assign(source=p) for p in others], ignore_index=True
+            ),
+            ["component", "layer", "head", "source"],
         ),
     )
 
@@ -113,7 +120,11 @@ def scalar_findings(seed_models, loaded, runs, circuits, loc, seed_dir: Path, op
         table, amp = amplification(
             _wide(heads["base"]), _wide(heads["clean"]), circuits["base"], circuits["clean"]
         )
-        write_table(compare / "amplification.parquet", table)
+        table = table.rename(columns={"dla_before": "before", "dla_after": "after"})
+        write_table(
+            compare / "amplification.parquet",
+            long_table(table, ["layer", "head", "in_base_circuit"], of="measure"),
+        )
         out["amplification_members_grown"] = amp["members_grown"] / max(amp["circuit_members"], 1)
         out["amplification_node_jaccard"] = circuit_overlap(circuits["base"], circuits["clean"])[
             "node_jaccard"
@@ -121,13 +132,17 @@ def scalar_findings(seed_models, loaded, runs, circuits, loc, seed_dir: Path, op
     if {"clean", "poisoned", "retrain"} <= set(heads):
         _cached(
             compare / "recovery.parquet",
-            lambda: pd.concat(
-                [
-                    recovery(_wide(heads["clean"]), _wide(heads["poisoned"]), _wide(heads["retrain"]), m)
-                    for m in RECOVERY_MEASURES
-                    if m in _wide(heads["clean"]).columns
-                ],
-                ignore_index=True,
+            lambda: long_table(
+                pd.concat(
+                    [
+                        recovery(_wide(heads["clean"]), _wide(heads["poisoned"]), _wide(heads["retrain"]), m)
+                        for m in RECOVERY_MEASURES
+                        if m in _wide(heads["clean"]).columns
+                    ],
+                    ignore_index=True,
+                ),
+                ["layer", "head"],
+                of="measure",
             ),
         )
     if "retrain" in circuits:
@@ -138,7 +153,7 @@ def scalar_findings(seed_models, loaded, runs, circuits, loc, seed_dir: Path, op
         np.mean([h in circuits["base"].head_set() for h in loc.top_heads])
     )
     weights = weight_change(loaded["poisoned"].model, loaded["clean"].model)
-    w = weights[weights.component.str.match(r"^\d+\.\d+$")].weight_change_rel.sort_values(ascending=False)
+    w = weights[weights["head"] >= 0].weight_change_rel.sort_values(ascending=False)  # heads only
     if w.sum() > 0:
         out["localization_weight_share_topk"] = float(w.head(options.k).sum() / w.sum())
         out["localization_uniform_weight_share"] = options.k / len(w)
@@ -149,13 +164,13 @@ def scalar_findings(seed_models, loaded, runs, circuits, loc, seed_dir: Path, op
 
 
 def _track(checkpoints, base, batch, circuit: Circuit) -> pd.DataFrame:
+    """`circuit_strength`'s long rows at every checkpoint, with its phase and step."""
     from circuit_plasticity.models.load import load_model
 
-    rows = [{"phase": "base", "step": 0, **circuit_strength(base.model, batch, circuit)}]
+    rows = [{"phase": "base", "step": 0, **r} for r in circuit_strength(base.model, batch, circuit)]
     for phase, step, ckpt in checkpoints:
-        rows.append(
-            {"phase": phase, "step": step, **circuit_strength(load_model(str(ckpt)).model, batch, circuit)}
-        )
+        model = load_model(str(ckpt)).model
+        rows += [{"phase": phase, "step": step, **r} for r in circuit_strength(model, batch, circuit)]
     return pd.DataFrame(rows)
 
 
