@@ -169,6 +169,17 @@ def eval_command(
             )
 
 
+@app.command("analyses")
+def analyses_command() -> None:
+    """List the per-component analyses of the registry: what each measures, for which tasks."""
+    from circuit_plasticity.analysis.registry import ANALYSES, PROFILE
+
+    for a in ANALYSES.values():
+        where = "head profile" if a.name in PROFILE else "per MLP"
+        typer.echo(f"{a.name:10s} {', '.join(a.tasks):17s} {where:12s} {', '.join(a.measures)}")
+        typer.echo(f"{'':10s} {a.definition}")
+
+
 @app.command("analyze")
 def analyze_command(
     model: ModelArg,

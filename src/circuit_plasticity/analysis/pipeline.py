@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from circuit_plasticity.analysis import registry
 from circuit_plasticity.analysis.attribution import (
     check_edge_graph,
     edge_attribution,
@@ -32,7 +33,6 @@ from circuit_plasticity.analysis.classes import QUERY_PATH, Thresholds, classify
 from circuit_plasticity.analysis.discovery import DiscoveryConfig, discover_circuit
 from circuit_plasticity.analysis.faithfulness import CircuitScores, evaluate_circuit
 from circuit_plasticity.analysis.graph import Graph
-from circuit_plasticity.analysis.heads import mlp_dla
 from circuit_plasticity.analysis.metrics import by_group, evaluate, summarize
 from circuit_plasticity.analysis.profile import head_profile
 from circuit_plasticity.analysis.runs import sharing_runs
@@ -152,7 +152,9 @@ def analyze_model(
         )
         graph.in_graph = _found_mask(graph, curve)
     del edge_model
-    mlps = _chunked_mean(lambda sub: mlp_dla(model, sub), batch, flat.chunk, ["layer", "head"])
+    mlps = _chunked_mean(
+        lambda sub: registry.run("mlp_dla", model, sub).frame, batch, flat.chunk, ["layer", "head"]
+    )
     if depth == "fast":
         circuit = _eap_circuit(
             graph, heads, loaded.name, float(per_prompt["score"].mean()), curve, batch.task

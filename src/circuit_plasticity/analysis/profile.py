@@ -1,32 +1,19 @@
-"""One table per model: every head's measurements side by side, and its classes."""
+"""One table per model: every head's measurements (the registry's profile analyses) side by
+side, and its classes."""
 
 from __future__ import annotations
 
 import pandas as pd
 import torch
 
-from circuit_plasticity.analysis.ablation import group_means, knockout_each_head, knockout_hooks
+from circuit_plasticity.analysis import registry
+from circuit_plasticity.analysis.ablation import group_means, knockout_hooks
 from circuit_plasticity.analysis.classes import Thresholds, classify_heads
-from circuit_plasticity.analysis.copying import copy_scores
-from circuit_plasticity.analysis.heads import (
-    direct_logit_attribution,
-    head_dla,
-    merge_head_tables,
-    repeated_random_tokens,
-    role_attention,
-    sequence_scores,
-)
+from circuit_plasticity.analysis.heads import head_dla, merge_head_tables
 from circuit_plasticity.analysis.hooks import kv_head
 from circuit_plasticity.analysis.metrics import evaluate
 from circuit_plasticity.tasks.encode import TaskBatch
 from circuit_plasticity.tasks.tokenizer import TextTokenizer
-
-SEQ_LEN = 10
-
-
-def content_token_ids(batch: TaskBatch, tok: TextTokenizer) -> torch.Tensor:
-    ids = torch.unique(batch.tokens)
-    return ids[(ids != tok.pad_id) & (ids != (tok.bos_id if tok.bos_id is not None else -1))]
 
 
 @torch.no_grad()
@@ -35,17 +22,8 @@ def head_profile(
 ) -> tuple[pd.DataFrame, float]:
     """(per-head table with roles, the model's mean score on `batch`)."""
     score = float(evaluate(model, batch)["score"].mean())
-    repeated = repeated_random_tokens(content_token_ids(batch, tok), 64, SEQ_LEN, tok.bos_id)
-    tables = [
-        direct_logit_attribution(model, batch),
-        knockout_each_head(model, batch, group_means(model, batch)),
-        sequence_scores(model, repeated, SEQ_LEN),
-    ]
-    tables.append(role_attention(model, batch))
-    if batch.task == "ioi":
-        names = torch.unique(torch.cat([batch.answer_id, batch.wrong_id]))
-        tables.append(copy_scores(model, names))
-    table = merge_head_tables(*tables)
+    results = registry.run_all(model, batch, registry.PROFILE, registry.Options(tokenizer=tok))
+    table = merge_head_tables(*(r.frame for r in results))
     thresholds = thresholds or Thresholds()
     first = classify_heads(table, score, thresholds)
     movers = [(int(r.layer), int(r.head)) for r in first.itertuples() if "name_mover" in r.roles.split(",")]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from circuit_plasticity.analysis import registry
 from circuit_plasticity.compare.stats import t_interval
 from circuit_plasticity.components import component_name
 from circuit_plasticity.fileio import write_table
@@ -77,14 +78,6 @@ def _scores(out: Path, seeds: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-ATTENTION_FIGURES = {  # per task: (title, caption, measure)
-    "ioi": (
-        ("Attention END -> IO", "Name movers attend here.", "attn_end_io"),
-        ("Attention END -> S2", "S-inhibition / S-suppression heads attend here.", "attn_end_s2"),
-    ),
-    "greater-than": (("Attention END -> YY", "Year readers attend to the start year here.", "attn_end_yy"),),
-}
-DIRECTION = {"ioi": "logit(IO) - logit(S)", "greater-than": "the mean logit of years above YY minus the rest"}
 COUNTERFACTUAL = {"ioi": "ABC", "greater-than": '"01"'}
 
 
@@ -108,19 +101,14 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
                 figures.metric_curves(read("metrics")),
             )
         )
+    figs += [(f.title, f.caption, figures.head_heatmaps(heads, f.measure)) for f in registry.figures(task)]
     figs += [
-        (
-            "Direct logit attribution per head",
-            f"Each head's direct effect on {DIRECTION[task]}, per phase (mean over seeds).",
-            figures.head_heatmaps(heads, "dla"),
-        ),
         (
             "Path patching: direct effect on the logits",
             "Score change (share of the model's score) when only "
             f"the head -> logits path sees the {COUNTERFACTUAL[task]} prompt.",
             figures.head_heatmaps(heads, "path_logits"),
         ),
-        *[(title, text, figures.head_heatmaps(heads, m)) for title, text, m in ATTENTION_FIGURES[task]],
         (
             f"Circuits per phase (seed {seeds[0]})",
             "Colour: role (squares: MLPs). Ringed: in this phase's circuit but "
