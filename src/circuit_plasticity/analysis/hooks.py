@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from circuit_plasticity.components import Component
+from circuit_plasticity.models.ungroup import n_kv_heads
 
 
 def z_name(layer: int) -> str:
@@ -61,11 +62,6 @@ def matched_sample(rng, pool: list[tuple[int, int]], like) -> list[tuple[int, in
         return rng.sample(heads, min(len(like), len(heads)))
     heads = [c for c in pool if c[1] >= 0]
     return rng.sample(mlps, n_mlps) + rng.sample(heads, min(len(like) - n_mlps, len(heads)))
-
-
-def n_kv_heads(model) -> int:
-    """K/V heads per layer: fewer than query heads under grouped-query attention."""
-    return int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
 
 
 def kv_head(model, head: int) -> int:

@@ -152,7 +152,7 @@ def _load_hub(name: str, device: str | None, local_dir: str | None = None) -> Lo
         config, hf_model, hf_tok = _load_local(name, load)
     else:
         config, hf_model, hf_tok = hub_load(name, load, what="model")
-    bridge = _boot(name, config, hf_model, hf_tok, device)
+    bridge = boot_bridge(name, config, hf_model, hf_tok, device)
     bridge.eval()
     return LoadedModel(
         bridge,
@@ -175,7 +175,7 @@ def _load_local(name: str, load) -> tuple[Any, Any, Any]:
         ) from error
 
 
-def _boot(name: str, config: Any, hf_model: Any, hf_tok: Any, device: str | None) -> Any:
+def boot_bridge(name: str, config: Any, hf_model: Any, hf_tok: Any, device: str | None) -> Any:
     """The TransformerBridge, or a UserError naming the architecture TransformerLens lacks."""
     from importlib.metadata import version
 

@@ -16,15 +16,18 @@ import copy
 import torch
 
 from circuit_plasticity.errors import Unsupported
-from circuit_plasticity.models.load import LoadedModel, _boot
+from circuit_plasticity.models.load import LoadedModel, boot_bridge
 
 KV_SUFFIXES = ("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")
 
 
+def n_kv_heads(model) -> int:
+    """K/V heads per layer: fewer than query heads under grouped-query attention."""
+    return int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
+
+
 def is_grouped(model) -> bool:
-    cfg = model.cfg
-    kv = getattr(cfg, "n_key_value_heads", None)
-    return kv is not None and int(kv) < int(cfg.n_heads)
+    return n_kv_heads(model) < int(model.cfg.n_heads)
 
 
 def ungrouped_twin(loaded: LoadedModel) -> LoadedModel:
@@ -61,7 +64,7 @@ def ungrouped_twin(loaded: LoadedModel) -> LoadedModel:
     twin.tie_weights()
     twin.eval()
     device = str(loaded.device)
-    bridge = _boot(loaded.name, twin_config, twin, _hf_tokenizer(loaded), device)
+    bridge = boot_bridge(loaded.name, twin_config, twin, _hf_tokenizer(loaded), device)
     bridge.eval()
     return LoadedModel(bridge, loaded.tokenizer, loaded.name, loaded.kind, loaded.config, loaded.base)
 

@@ -27,7 +27,7 @@ ROLE_COLORS = {
 PHASE_ORDER = ["base", "clean", "poisoned", "retrain", "control"]
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,10 +36,10 @@ def _plt():
     return plt
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -58,7 +58,7 @@ def metric_curves(
     metrics: pd.DataFrame, measures=("clean_score", "clean_accuracy", "poison_success", "lm_loss")
 ) -> bytes:
     """Training curves through all phases, every seed thin, the control branch dashed."""
-    plt = _plt()
+    plt = pyplot()
     measures = [m for m in measures if m in metrics.columns]
     fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.2))
     axes = np.atleast_1d(axes)
@@ -90,12 +90,12 @@ def metric_curves(
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def head_heatmaps(heads: pd.DataFrame, measure: str, phases=PHASE_ORDER) -> bytes:
     """One layer x head heatmap of `measure` per phase (mean over seeds), shared color scale."""
-    plt = _plt()
+    plt = pyplot()
     data = heads[(heads.measure == measure) & (heads["head"] >= 0)]  # heads only: MLPs are head -1
     phases = [p for p in phases if p in set(data.phase)]
     grids = {p: data[data.phase == p].groupby(["layer", "head"]).value.mean().unstack() for p in phases}
@@ -110,14 +110,14 @@ def head_heatmaps(heads: pd.DataFrame, measure: str, phases=PHASE_ORDER) -> byte
         ax.set_xticks(range(grids[p].shape[1]))
         ax.set_yticks(range(grids[p].shape[0]))
     fig.colorbar(im, ax=list(axes), shrink=0.8, label=measure)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def circuit_diagram(circuits: dict[str, dict], n_layers: int, n_heads: int, mlps: bool = False) -> bytes:
     """Each phase's circuit on the layer x head grid (with `mlps`, one more column: each layer's
     MLP): colour = role, arrows = edges; a black ring marks a component that is in this phase's
     circuit but not the base's (or the reverse, hollow)."""
-    plt = _plt()
+    plt = pyplot()
     phases = [p for p in PHASE_ORDER if p in circuits]
     columns = n_heads + int(mlps)
     fig, axes = plt.subplots(1, len(phases), figsize=(2.8 * len(phases) + 0.4 * mlps, 2.2 + 0.5 * n_layers))
@@ -165,12 +165,12 @@ def circuit_diagram(circuits: dict[str, dict], n_layers: int, n_heads: int, mlps
         plt.Line2D([], [], marker="o", ls="", color=c, label=r) for r, c in ROLE_COLORS.items() if r in used
     ]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.12))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def cmap_maps(cmap: pd.DataFrame) -> bytes:
     """Share of each source model's gap to the base explained by patching one head into the base."""
-    plt = _plt()
+    plt = pyplot()
     data = cmap[(cmap.position == "all") & (cmap.activation == "output") & (cmap.measure == "share")]
     sources = [p for p in PHASE_ORDER if p in set(data.source)]
     fig, axes = plt.subplots(1, len(sources), figsize=(2.6 * len(sources) + 1, 2.6))
@@ -182,12 +182,12 @@ def cmap_maps(cmap: pd.DataFrame) -> bytes:
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="share of gap")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def recovery_bars(rec: pd.DataFrame, members: set[str]) -> bytes:
     """Per-head recovery of the direct effect after retraining (mean and range over seeds)."""
-    plt = _plt()
+    plt = pyplot()
     data = rec[rec.measure == "dla_recovery"]
     stats = data.groupby("component").value.agg(["mean", "min", "max"]).dropna()
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(stats)), 3))
@@ -204,12 +204,12 @@ def recovery_bars(rec: pd.DataFrame, members: set[str]) -> bytes:
     ax.set_ylabel("recovery (1 = back to clean)")
     ax.set_title("per-head recovery after clean retraining (green: base-circuit members)")
     ax.tick_params(axis="x", rotation=90)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def tracking_curves(tracking: pd.DataFrame) -> bytes:
     """The base circuit's faithfulness and its members' direct effects at every checkpoint."""
-    plt = _plt()
+    plt = pyplot()
     offsets_order = ["base", "clean", "poisoned", "retrain"]
     data = tracking[tracking.phase.isin(offsets_order)].copy()
     ends, start = {}, 0
@@ -236,12 +236,12 @@ def tracking_curves(tracking: pd.DataFrame) -> bytes:
         ax.grid(alpha=0.3)
     if members:
         axes[1].legend(fontsize=7, ncol=2)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def faithfulness_curves(curves: pd.DataFrame) -> bytes:
     """Faithfulness of edge-attribution circuits against their size, one line per phase."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
     for ax, method in zip(axes, ["top_n", "greedy"], strict=True):
         rows = curves[curves.method == method]
@@ -255,4 +255,4 @@ def faithfulness_curves(curves: pd.DataFrame) -> bytes:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("faithfulness")
     axes[0].legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)

@@ -64,7 +64,7 @@ def _fmt(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
 
 
-def _img(png: bytes, alt: str) -> str:
+def img_tag(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
@@ -153,7 +153,7 @@ def render_report(
         )
     parts.append("</table>")
     for heading, caption, png in figures:
-        parts.append(f"<h2>{e(heading)}</h2><p class='note'>{e(caption)}</p>{_img(png, heading)}")
+        parts.append(f"<h2>{e(heading)}</h2><p class='note'>{e(caption)}</p>{img_tag(png, heading)}")
     parts.append(
         "<h2>Tables</h2><p class='note'>Every number above is in <code>tables/</code> "
         "(Parquet; CSV with <code>--csv</code>): findings, findings_by_seed, verdicts, metrics, "

@@ -14,8 +14,8 @@ import pandas as pd
 
 from circuit_plasticity.compare.verdicts import CRITERIA
 from circuit_plasticity.fileio import atomic_path, write_atomic
-from circuit_plasticity.report.figures import _plt, _png
-from circuit_plasticity.report.html import STYLE, _img
+from circuit_plasticity.report.figures import png_bytes, pyplot
+from circuit_plasticity.report.html import STYLE, img_tag
 from circuit_plasticity.sweep.results import SweepTables
 from circuit_plasticity.sweep.spec import Sweep
 
@@ -51,7 +51,7 @@ def _axis(values: pd.Series) -> tuple[dict, list | None]:
 def dose_response(tables: SweepTables, variable: str, others: list[str], bars: dict[str, float]) -> bytes:
     """Rows: the verdict strip, the task scores, then each finding's measures; one line per
     combination of the other swept variables."""
-    plt = _plt()
+    plt = pyplot()
     rows = verdict_measures()
     ncols = max(len(m) for m in rows.values())
     fig = plt.figure(figsize=(3.3 * ncols, 2.4 * (len(rows) + 1)))
@@ -121,7 +121,7 @@ def dose_response(tables: SweepTables, variable: str, others: list[str], bars: d
             if row == 1 and col == 0 and others:
                 ax.legend(fontsize=7)
         fig.text(0.005, 1 - (row + 0.5) / (len(rows) + 1), finding, rotation=90, va="center", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _fmt_value(value) -> str:
@@ -166,7 +166,7 @@ def build_sweep_report(sweep: Sweep, out, tables: SweepTables):
             "the verdict's bar; top strip: each point's verdicts"
             + (f"; one line per {e(', '.join(others))}" if others else "")
             + ".</p>"
-            + _img(png, f"dose-response against {variable}")
+            + img_tag(png, f"dose-response against {variable}")
         )
     parts.append(
         "<h2>Tables</h2><p class='note'><code>tables/sweep.parquet</code>: one row per point and "
