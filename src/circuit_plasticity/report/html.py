@@ -64,6 +64,13 @@ def _fmt(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
 
 
+def write_page(out: Path, parts: list[str]) -> Path:
+    """The page's parts, one per line, as out/report/index.html (atomically); its path."""
+    path = out / "report" / "index.html"
+    write_atomic(path, lambda h: h.write("\n".join(parts)))
+    return path
+
+
 def img_tag(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
@@ -159,6 +166,4 @@ def render_report(
         "(Parquet; CSV with <code>--csv</code>): findings, findings_by_seed, verdicts, metrics, "
         "heads, circuits, tracking, cmap, recovery, weights.</p></body></html>"
     )
-    path = out / "report" / "index.html"
-    write_atomic(path, lambda h: h.write("\n".join(parts)))
-    return path
+    return write_page(out, parts)

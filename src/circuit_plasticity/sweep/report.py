@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from circuit_plasticity.compare.verdicts import CRITERIA
-from circuit_plasticity.fileio import atomic_path, write_atomic
+from circuit_plasticity.fileio import atomic_path
 from circuit_plasticity.report.figures import png_bytes, pyplot
-from circuit_plasticity.report.html import STYLE, img_tag
+from circuit_plasticity.report.html import STYLE, img_tag, write_page
 from circuit_plasticity.sweep.results import SweepTables
 from circuit_plasticity.sweep.spec import Sweep
 
@@ -173,6 +173,4 @@ def build_sweep_report(sweep: Sweep, out, tables: SweepTables):
         "measure (mean, 95 % CI, seeds); <code>tables/sweep_verdicts.parquet</code>: one row per "
         "point and finding. Each point's own report holds everything else.</p></body></html>"
     )
-    path = out / "report" / "index.html"
-    write_atomic(path, lambda h: h.write("\n".join(parts)))
-    return path
+    return write_page(out, parts)
