@@ -164,6 +164,8 @@ def test_greater_than_study_end_to_end(tmp_path):
     assert circuit["task"] == "greater-than"
     heads = pd.read_parquet(tmp_path / "run" / "tables" / "heads.parquet")
     assert "attn_end_yy" in set(heads.measure) and "attn_end_io" not in set(heads.measure)
+    local = pd.read_parquet(tmp_path / "run" / "tables" / "localization_heads.parquet")
+    assert {"m0", "m1"} <= set(local.component)  # MLPs are localization candidates like heads
     html = (tmp_path / "run" / "report" / "index.html").read_text()
     assert "Attention END -&gt; YY" in html or "Attention END -> YY" in html
 

@@ -66,24 +66,24 @@ STUDY_MARKER = "experiment.json"
 
 
 def portable_path(value: str, where: str | os.PathLike[str]) -> str:
-    """`value` as a file in directory `where` should store it: a path to something inside the
-    same study directory (the nearest ancestor of `where` holding experiment.json) becomes
-    relative to `where` ('./...' or '../...'), so a moved or shared study still resolves.
-    Anything else (a hub name, a model elsewhere on disk) is stored as given."""
-    where = Path(where).resolve()
-    root = next((d for d in (where, *where.parents) if (d / STUDY_MARKER).is_file()), None)
+    """`value` as a file in directory `where` should store it. A local path to something inside
+    the same study directory (the nearest ancestor of `where` holding experiment.json) becomes
+    relative to `where` ('./...' or '../...'), so a moved or shared study still resolves; any
+    other local path becomes absolute (so that only the relative form starts with ./ or ../);
+    a name that is no local path (a hub name, toy-ioi) is stored as given."""
     target = Path(value)
-    if root is None or not target.exists():
+    if not target.exists():
         return value
-    target = target.resolve()
-    if not target.is_relative_to(root):
-        return value
+    target, where = target.resolve(), Path(where).resolve()
+    root = next((d for d in (where, *where.parents) if (d / STUDY_MARKER).is_file()), None)
+    if root is None or not target.is_relative_to(root):
+        return str(target)
     relative = os.path.relpath(target, where)
-    return relative if relative.startswith("..") else f"./{relative}"
+    return relative if relative == ".." or relative.startswith("../") else f"./{relative}"
 
 
 def resolve_path(value: str, where: str | os.PathLike[str]) -> str:
     """The inverse of `portable_path`: './...' and '../...' are read against `where`."""
     if value.startswith(("./", "../")):
-        return os.path.normpath(Path(where) / value)
+        return os.path.normpath(Path(where).resolve() / value)
     return value

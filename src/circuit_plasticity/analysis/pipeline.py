@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from circuit_plasticity.analysis import registry
+from circuit_plasticity.analysis import registry, runs
 from circuit_plasticity.analysis.attribution import (
     check_edge_graph,
     edge_attribution,
@@ -151,6 +151,7 @@ def analyze_model(
             progress=progress,
         )
         graph.in_graph = _found_mask(graph, curve)
+    runs.forget(edge_model)  # the ungrouped twin (a copy of the weights) is done with
     del edge_model
     mlps = _chunked_mean(
         lambda sub: registry.run("mlp_dla", model, sub).frame, batch, flat.chunk, ["layer", "head"]

@@ -5,7 +5,7 @@ fast patching path's cached base run.
 Inside `shared_runs()` each is computed on first use and reused for the same model and the
 same tensors (by identity: a subset or a repeated batch is new data and is computed anew).
 Outside it nothing is kept, so training, which changes the weights between calls, never sees
-a stale value. `analyze_model` and the study's per-seed evidence open one."""
+a stale value. `analyze_model` opens one."""
 
 from __future__ import annotations
 
@@ -46,6 +46,15 @@ def sharing_runs(fn: Callable[..., T]) -> Callable[..., T]:
 def is_sharing() -> bool:
     """True inside `shared_runs`: training must not run here (its weights change)."""
     return _STORE.get() is not None
+
+
+def forget(model: Any) -> None:
+    """Drop what the open block holds for `model` (and with it the model itself): a model
+    finished with inside a long block, such as the ungrouped twin EAP-IG runs on."""
+    store = _STORE.get()
+    if store is not None:
+        for key in [k for k, v in store.items() if v[0] is model]:
+            del store[key]
 
 
 def reuse(kind: str, model: Any, inputs: tuple[Any, ...], make: Callable[[], T]) -> T:

@@ -347,6 +347,7 @@ def seeds_from_run_dirs(runs: list[Path]) -> list:
 
     import pandas as pd
 
+    from circuit_plasticity.fileio import resolve_path
     from circuit_plasticity.study.findings import all_checkpoints, phase_checkpoints
     from circuit_plasticity.study.judge import SeedModels
     from circuit_plasticity.training.loop import RunDir
@@ -361,7 +362,7 @@ def seeds_from_run_dirs(runs: list[Path]) -> list:
             )
         spec = json.loads(spec_path.read_text())
         run = RunDir(Path(root))
-        phases = phase_checkpoints(run, spec["model"])
+        phases = phase_checkpoints(run, resolve_path(spec["model"], run.root))
         missing = {"clean", "poisoned", "retrain"} - set(phases)
         if missing:
             raise UserError(f"{root}: phases {sorted(missing)} have not finished")

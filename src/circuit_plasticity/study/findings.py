@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from circuit_plasticity.analysis.circuit import Circuit
+from circuit_plasticity.analysis.hooks import component_labels
 from circuit_plasticity.analysis.tables import long_table
 from circuit_plasticity.compare.changes import amplification, circuit_overlap, recovery
 from circuit_plasticity.compare.cmap import cross_model_patch
@@ -44,8 +45,11 @@ def all_checkpoints(run: RunDir) -> list[tuple[str, int, Path]]:
 
 
 def _cached(path: Path, make: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """The table at `path`, made and written if absent or in the wide format of older runs."""
     if path.is_file():
-        return pd.read_parquet(path)
+        frame = pd.read_parquet(path)
+        if "value" in frame.columns:
+            return frame
     frame = make()
     write_table(path, frame)
     return frame
@@ -61,7 +65,7 @@ def per_head_tables(loaded: dict, runs, loc, out_dir: Path) -> None:
     """cmap, weights, localization_heads: what the report's per-head figures read."""
     model_tables(loaded, runs.batch, out_dir)
     base = loaded["base"].model
-    labels = [(lay, h) for lay in range(base.cfg.n_layers) for h in range(base.cfg.n_heads)]
+    labels = component_labels(base)  # the order evidence.localization indexes per_head in
     table = pd.DataFrame(
         [
             {"layer": lay, "head": h, "change": change, "delta": float(loc.per_head[change][i])}

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from circuit_plasticity.components import Component, component_name
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.fileio import portable_path, resolve_path, write_atomic, write_json
 from circuit_plasticity.models.load import LoadedModel, load_model
@@ -156,16 +157,26 @@ def _check_same_spec(run: RunDir, spec: TrainSpec) -> None:
     mine["model"] = portable_path(spec.model, run.root)
     if path.is_file():
         saved = json.loads(path.read_text())
-        stored = resolve_path(saved.get("model", TrainSpec.model), run.root)
-        if Path(stored).exists() and Path(spec.model).exists():  # one model, however it is spelled
-            stored = spec.model if Path(stored).resolve() == Path(spec.model).resolve() else stored
-        saved["model"] = stored
+        saved["model"] = _same_model(saved.get("model", TrainSpec.model), spec.model, run.root)
+        for phase in saved.get("phases") or []:  # components by their one name (older: 'L.H')
+            if phase.get("train_only"):
+                phase["train_only"] = [component_name(Component.parse(c)) for c in phase["train_only"]]
         if not same_spec(TrainSpec, saved, spec):
             raise UserError(
                 f"{run.root} holds a run of a different spec; use another --out or delete that directory"
             )
     else:
         write_json(path, mine)
+
+
+def _same_model(stored: str, current: str, root: Path) -> str:
+    """`current` when the saved spec's model is the same one (relative to the run directory,
+    or as given in files written before that), else what was saved."""
+    if Path(current).exists():
+        for candidate in (resolve_path(stored, root), stored):
+            if Path(candidate).exists() and Path(candidate).resolve() == Path(current).resolve():
+                return current
+    return stored
 
 
 def _run_phase(

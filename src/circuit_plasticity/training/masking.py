@@ -38,7 +38,8 @@ def head_gradient_masks(loaded: LoadedModel, components: list[str]) -> dict[torc
     bad = [h for h in heads if not (0 <= h[0] < cfg.n_layers and -1 <= h[1] < cfg.n_heads)]
     bad += [h for h in heads if h[1] < 0 and cfg.attn_only]
     if bad:
-        raise UserError(f"train_only: heads {bad} do not exist in a {cfg.n_layers}x{cfg.n_heads} model")
+        names = ", ".join(component_name(h) for h in bad)
+        raise UserError(f"train_only: {names} do not exist in a {cfg.n_layers}x{cfg.n_heads} model")
     params = dict(model.original_model.named_parameters())
     saved = {name: p.grad for name, p in params.items()}
     for p in params.values():
