@@ -228,3 +228,19 @@ def test_train_only_needs_heads_and_no_weight_decay():
         from circuit_plasticity.training.masking import parse_heads
 
         parse_heads(["mlp2"])
+
+
+def test_train_only_names_are_one_spelling_and_bad_ones_fail_at_load():
+    """A spec with the older 'L.H' spelling means the same as one with names (so a run saved
+    with either resumes under the other); a name that parses to nothing fails with the spec."""
+    import json
+    from dataclasses import asdict
+
+    from circuit_plasticity.spec import same_spec
+
+    old = {"phases": [{"name": "r", "train_only": ["1.0", " m1"]}]}
+    new = from_mapping(TrainSpec, {"phases": [{"name": "r", "train_only": ["a1.h0", "m1"]}]})
+    assert from_mapping(TrainSpec, old).phases[0].train_only == ["a1.h0", "m1"]
+    assert same_spec(TrainSpec, old, new) and same_spec(TrainSpec, json.loads(json.dumps(asdict(new))), new)
+    with pytest.raises(UserError, match=r"phases\[0\]\.train_only.*'mlp2' names no component"):
+        from_mapping(TrainSpec, {"phases": [{"name": "r", "train_only": ["mlp2"]}]})

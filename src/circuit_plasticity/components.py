@@ -22,10 +22,6 @@ class Component(NamedTuple):
     head: int = -1  # -1: the layer's MLP
 
     @property
-    def is_mlp(self) -> bool:
-        return self.head < 0
-
-    @property
     def name(self) -> str:
         return f"m{self.layer}" if self.head < 0 else f"a{self.layer}.h{self.head}"
 
@@ -43,7 +39,3 @@ class Component(NamedTuple):
 def component_name(component: tuple[int, int]) -> str:
     """The canonical name of a (layer, head) key: 'a3.h4', or 'm3' for head -1."""
     return Component(*component).name
-
-
-def parse_component(text: str) -> Component:
-    return Component.parse(text)

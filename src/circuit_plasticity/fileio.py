@@ -48,18 +48,26 @@ def write_table(path: str | os.PathLike[str], frame: Any, csv: bool = False) -> 
     """A DataFrame as Parquet at `path` (and as CSV beside it with `csv`), atomically. A table
     of per-component rows (`layer` and `head` columns) gets the component's one name first."""
     path = Path(path)
-    if {"layer", "head"} <= set(frame.columns) and "component" not in frame.columns:
-        keys = frame[["layer", "head"]]
-        if len(frame) and not keys.isna().any().any():
-            frame = frame.copy()
-            names = [component_name((int(a), int(b))) for a, b in keys.itertuples(index=False)]
-            frame.insert(0, "component", names)
+    frame = with_component_names(frame)
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
     if csv:
         with atomic_path(path.with_suffix(".csv")) as tmp:
             frame.to_csv(tmp, index=False)
     return path
+
+
+def with_component_names(frame: Any) -> Any:
+    """`frame` with a first column `component` (each row's one name) when its rows are
+    components (`layer` and `head` columns, none missing) and it has none yet; else as is."""
+    if not {"layer", "head"} <= set(frame.columns) or "component" in frame.columns or not len(frame):
+        return frame
+    keys = frame[["layer", "head"]]
+    if keys.isna().any().any():
+        return frame
+    frame = frame.copy()
+    frame.insert(0, "component", [component_name((int(a), int(b))) for a, b in keys.itertuples(index=False)])
+    return frame
 
 
 STUDY_MARKER = "experiment.json"

@@ -26,7 +26,7 @@ from circuit_plasticity.analysis.heads import (
     sequence_scores,
 )
 from circuit_plasticity.analysis.tables import long_table
-from circuit_plasticity.components import component_name
+from circuit_plasticity.fileio import with_component_names
 from circuit_plasticity.tasks.encode import TaskBatch
 from circuit_plasticity.tasks.tokenizer import TextTokenizer
 
@@ -60,10 +60,9 @@ class ComponentResult:
 
     def table(self) -> pd.DataFrame:
         """Long rows: component, layer, head, measure, value, ci_low, ci_high (NaN: none)."""
-        long = long_table(self.frame, ["layer", "head"])
-        long.insert(
-            0, "component", [component_name((a, b)) for a, b in zip(long.layer, long["head"], strict=True)]
-        )
+        long = with_component_names(long_table(self.frame, ["layer", "head"]))
+        if "component" not in long.columns:  # no rows (MLPs of an attention-only model)
+            long = long.assign(component=pd.Series(dtype=object))
         return long.assign(ci_low=float("nan"), ci_high=float("nan"))[LONG_COLUMNS]
 
 

@@ -218,7 +218,7 @@ def tracking_curves(tracking: pd.DataFrame) -> bytes:
         ends[p] = start
         start += int(rows.step.max()) if len(rows) and p != "base" else 0
     data["x"] = [ends[p] + s for p, s in zip(data.phase, data.step, strict=True)]
-    members = [c for c in dict.fromkeys(data[data.measure == "dla"].component)]
+    members = list(dict.fromkeys(data[data.measure == "dla"].component))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     for seed, rows in data.groupby("seed"):
         rows = rows.sort_values("x")

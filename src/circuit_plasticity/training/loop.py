@@ -20,7 +20,6 @@ from typing import Any
 import pandas as pd
 import torch
 
-from circuit_plasticity.components import Component, component_name
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.fileio import portable_path, resolve_path, write_atomic, write_json
 from circuit_plasticity.models.load import LoadedModel, load_model
@@ -158,9 +157,6 @@ def _check_same_spec(run: RunDir, spec: TrainSpec) -> None:
     if path.is_file():
         saved = json.loads(path.read_text())
         saved["model"] = _same_model(saved.get("model", TrainSpec.model), spec.model, run.root)
-        for phase in saved.get("phases") or []:  # components by their one name (older: 'L.H')
-            if phase.get("train_only"):
-                phase["train_only"] = [component_name(Component.parse(c)) for c in phase["train_only"]]
         if not same_spec(TrainSpec, saved, spec):
             raise UserError(
                 f"{run.root} holds a run of a different spec; use another --out or delete that directory"

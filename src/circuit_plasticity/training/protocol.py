@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from circuit_plasticity.components import Component
 from circuit_plasticity.spec import bad
 from circuit_plasticity.tasks.build import TASKS
 from circuit_plasticity.tasks.poison import POISONS
@@ -49,6 +50,12 @@ class Phase:
     seed: int = 0
     train_only: list[str] | None = None  # components (a1.h0, m1) to train; the rest stays frozen
 
+    def __post_init__(self) -> None:
+        """train_only in the one spelling (the older 'L.H' too), so a spec and its saved copy
+        compare equal however either wrote the names; what does not parse `validate` reports."""
+        if self.train_only:
+            self.train_only = [_canonical(c) for c in self.train_only]
+
     def validate(self, where: str, source: str) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
             raise bad(source, f"{where}.name", f"use letters, digits, - and _; got {self.name!r}")
@@ -67,8 +74,20 @@ class Phase:
                 f"{where}.train_only",
                 "needs at least one head and weight_decay 0 (decay would move the frozen weights)",
             )
+        for name in self.train_only or []:
+            try:
+                Component.parse(name)
+            except ValueError as why:
+                raise bad(source, f"{where}.train_only", str(why)) from None
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise bad(source, where, "warmup_steps and weight_decay must be >= 0")
+
+
+def _canonical(text: str) -> str:
+    try:
+        return Component.parse(text).name
+    except ValueError:
+        return text
 
 
 @dataclass
