@@ -299,6 +299,9 @@ def judge_command(
     ] = False,
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
     task: TaskOpt = "ioi",
+    redo: Annotated[
+        bool, typer.Option("--redo", help="OUT was judged with other models/options: redo what changed.")
+    ] = False,
 ) -> None:
     """Bring your own checkpoints: the study's analyses, controls, verdicts and report on them."""
     from circuit_plasticity.api import judge_models
@@ -310,7 +313,9 @@ def judge_command(
         seeds = read_seed_file(seeds_file)
     else:
         seeds = seeds_from_options(base, clean, poisoned, retrain, control)
-    report = judge_models(seeds, out, n=n, k=k, min_seeds=min_seeds, repair=repair, task=task, csv=csv)
+    report = judge_models(
+        seeds, out, n=n, k=k, min_seeds=min_seeds, repair=repair, task=task, csv=csv, redo=redo
+    )
     _print_verdicts(out, report)
 
 

@@ -70,8 +70,10 @@ class SeedModels:
         return {p: getattr(self, p) for p in PHASES if getattr(self, p) is not None}
 
 
-def _describe(model: Any) -> str:
-    return model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
+def describe_model(model: Any) -> str:
+    """A model as messages and the report name it: its path or name."""
+    return str(model) if isinstance(model, str | Path) else getattr(model, "name", type(model).__name__)
+
 
 
 def _signature(loaded) -> tuple:
@@ -100,7 +102,7 @@ def validate_seeds(seeds: Sequence[SeedModels]) -> None:
             if key in keys:
                 raise UserError(
                     f"seed {s.seed}: the {keys[key]} and {phase} models are the same model "
-                    f"({_describe(model)}); each phase needs its own checkpoint"
+                    f"({describe_model(model)}); each phase needs its own checkpoint"
                 )
             keys[key] = phase
         for phase, model in given.items():
@@ -108,16 +110,16 @@ def validate_seeds(seeds: Sequence[SeedModels]) -> None:
             vocab = loaded.tokenizer.backend.get_vocab()
             sig = (_signature(loaded), len(vocab), hash(frozenset(vocab.items())))
             if reference is None:
-                reference = (sig, f"seed {s.seed} {phase} ({_describe(model)})")
+                reference = (sig, f"seed {s.seed} {phase} ({describe_model(model)})")
             elif sig[0] != reference[0][0]:
                 raise UserError(
-                    f"seed {s.seed} {phase} ({_describe(model)}) has architecture (layers, heads, "
+                    f"seed {s.seed} {phase} ({describe_model(model)}) has architecture (layers, heads, "
                     f"d_model, vocab) {sig[0]}, but {reference[1]} has {reference[0][0]}; "
                     "all models must be fine-tunes of one architecture"
                 )
             elif sig[1:] != reference[0][1:]:
                 raise UserError(
-                    f"seed {s.seed} {phase} ({_describe(model)}) has a different tokenizer from "
+                    f"seed {s.seed} {phase} ({describe_model(model)}) has a different tokenizer from "
                     f"{reference[1]}; all models must share one tokenizer"
                 )
 
@@ -136,14 +138,19 @@ def judge(
     options: JudgeOptions | None = None,
     progress: Callable[[str], None] = print,
     validate: bool = True,
+    redo: bool = False,
 ) -> Judgement:
-    """Analyses, evidence and verdicts of every seed, aggregated; writes tables/ under `out`."""
+    """Analyses, evidence and verdicts of every seed, aggregated; writes tables/ under `out`.
+    The inputs are recorded in `out`/judge.json: a rerun with other models or options is
+    refused, or with `redo` makes again what depends on them (study/inputs.py)."""
     from circuit_plasticity.fileio import write_table
+    from circuit_plasticity.study.inputs import check_inputs
 
     options = options or JudgeOptions()
     if validate:
         validate_seeds(seeds)
     out = Path(out)
+    check_inputs(seeds, options, out, redo=redo)
     rows = []
     for s in seeds:
         evidence = judge_seed(s, out / "seeds" / f"seed-{s.seed}", options, progress)
