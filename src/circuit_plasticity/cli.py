@@ -227,10 +227,13 @@ def analyze_command(
             f"path effect {head.effect:+.3f}"
         )
     for row in result.edge_summary.itertuples():
-        typer.echo(
-            f"EAP-IG edge circuits ({row.method}, edge patching at MIB sizes): "
-            f"CPR {row.cpr:.3f}, CMD {row.cmd:.3f}; edge_circuit.json in the EAP-IG/MIB format"
-        )
+        how = {
+            "mib_signed": "MIB's evaluation, signed scores (its CPR)",
+            "mib_absolute": "MIB's evaluation, |scores| (its CMD)",
+        }.get(row.method, f"{row.method}, edge patching at our sizes")
+        typer.echo(f"EAP-IG edge circuits ({how}): CPR {row.cpr:.3f}, CMD {row.cmd:.3f}")
+    if result.graph is not None:
+        typer.echo(f"edge_circuit.json in the EAP-IG/MIB format (docs/edge-circuit-format.md) in {out}")
 
 
 @app.command("train")
