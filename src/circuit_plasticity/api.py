@@ -29,8 +29,9 @@ def judge_and_report(
     """`judge` the models, collect every table, write the report; returns the report's path.
     Bad input (missing models, different architectures, a model given twice) fails before any
     file is written."""
-    from circuit_plasticity.study.judge import judge, validate_seeds
+    from circuit_plasticity.study.judge import expand_checkpoints, judge, validate_seeds
 
+    seeds = [expand_checkpoints(s) for s in seeds]
     if validate:
         validate_seeds(seeds)
     out = Path(out)

@@ -70,6 +70,41 @@ class SeedModels:
         return {p: getattr(self, p) for p in PHASES if getattr(self, p) is not None}
 
 
+PARENTS = {"clean": "base", "poisoned": "clean", "retrain": "poisoned", "control": "clean"}
+
+
+def expand_checkpoints(s: SeedModels) -> SeedModels:
+    """A phase given as several checkpoints - a list (in training order) or a Trainer output
+    folder `DIR@all` - becomes its last checkpoint, every one of them tracked like `run`'s."""
+    import dataclasses
+    import re
+
+    from circuit_plasticity.models.layouts import checkpoint_list, resolve
+
+    tracked = list(s.checkpoints)
+    finals: dict[str, Any] = {}
+    for phase, model in s.phases().items():
+        steps: list[tuple[int, Path]] | None = None
+        if isinstance(model, list | tuple):
+            if not model:
+                raise UserError(f"seed {s.seed}: the {phase} phase is an empty list of checkpoints")
+            steps = []
+            for i, m in enumerate(model):
+                hit = re.search(r"checkpoint-(\d+)/?$", str(m))
+                steps.append((int(hit.group(1)) if hit else i + 1, Path(resolve(str(m)))))
+        elif isinstance(model, str) and (found := checkpoint_list(model)) is not None:
+            steps = found
+        if steps is None:
+            continue
+        if phase == "base":
+            raise UserError(f"seed {s.seed}: the base is one model, not a list of checkpoints")
+        finals[phase] = resolve(model) if isinstance(model, str) else str(steps[-1][1])
+        tracked += [(phase, step, path) for step, path in steps]
+    if not finals:
+        return s
+    return dataclasses.replace(s, **finals, checkpoints=tracked)
+
+
 def describe_model(model: Any) -> str:
     """A model as messages and the report name it: its path or name."""
     return str(model) if isinstance(model, str | Path) else getattr(model, "name", type(model).__name__)
@@ -88,6 +123,7 @@ def validate_seeds(seeds: Sequence[SeedModels]) -> None:
 
     if not seeds:
         raise UserError("judge needs at least one set of models (base, clean, poisoned, retrain)")
+    seeds = [expand_checkpoints(s) for s in seeds]
     if len({s.seed for s in seeds}) != len(seeds):
         raise UserError("judge: two model sets share a seed number; give each its own")
     reference = None
@@ -147,6 +183,7 @@ def judge(
     from circuit_plasticity.study.inputs import check_inputs
 
     options = options or JudgeOptions()
+    seeds = [expand_checkpoints(s) for s in seeds]
     if validate:
         validate_seeds(seeds)
     out = Path(out)
@@ -296,7 +333,8 @@ def _scores_of(path: Path, batch) -> np.ndarray:
 
 
 def read_seed_file(path: str | Path) -> list[SeedModels]:
-    """A YAML/JSON list of {seed, base, clean, poisoned, retrain, control} mappings."""
+    """A YAML/JSON list of {seed, base, clean, poisoned, retrain, control} mappings; a phase
+    may be a list of checkpoints in training order (tracked; the last is judged)."""
     from circuit_plasticity.spec import load_yaml
 
     data = load_yaml(path)
