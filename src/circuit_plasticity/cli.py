@@ -67,6 +67,9 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Output JSONL file.")]
 ModelArg = Annotated[
     str, typer.Argument(help="toy-ioi, a hub name, a model dir, a checkpoint, an adapter dir, or DIR@last.")
 ]
+LogOpt = Annotated[
+    str | None, typer.Option("--log", help="Also send curves, findings, verdicts, report to wandb or mlflow.")
+]
 ModelTokOpt = Annotated[
     str | None,
     typer.Option(
@@ -288,21 +291,37 @@ def compare_command(
     n: Annotated[int, typer.Option("--n", help="Held-out prompts per analysis.")] = 160,
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
     tokenizer: ModelTokOpt = None,
+    log: LogOpt = None,
 ) -> None:
     """Judge the phases of training runs made by `train`: evidence, controls, verdicts, report."""
     from circuit_plasticity.api import compare_runs
     from circuit_plasticity.models.layouts import fallback_tokenizer
 
+    _check_log(log)
     with fallback_tokenizer(tokenizer):
-        _print_verdicts(out, compare_runs(runs, out, n=n, csv=csv))
+        _print_verdicts(out, compare_runs(runs, out, n=n, csv=csv), log)
 
 
-def _print_verdicts(out: Path, report: Path) -> None:
+def _print_verdicts(out: Path, report: Path, log: str | None = None) -> None:
     import pandas as pd
 
     for r in pd.read_parquet(out / "tables" / "verdicts.parquet").itertuples():
         typer.echo(f"{r.finding:16s} {r.verdict}: {r.reason}")
     typer.echo(f"report: {report}")
+    _send(out, log)
+
+
+def _send(out: Path, log: str | None) -> None:
+    if log is not None:
+        from circuit_plasticity.study.trackers import log_results
+
+        typer.echo(f"logged to {log}: {log_results(out, log)}")
+
+
+def _check_log(log: str | None) -> None:
+    from circuit_plasticity.study.trackers import check_backend
+
+    check_backend(log)
 
 
 @app.command("judge")
@@ -337,6 +356,7 @@ def judge_command(
         bool, typer.Option("--redo", help="OUT was judged with other models/options: redo what changed.")
     ] = False,
     tokenizer: ModelTokOpt = None,
+    log: LogOpt = None,
 ) -> None:
     """Bring your own checkpoints: the study's analyses, controls, verdicts and report on them."""
     from circuit_plasticity.api import judge_models
@@ -350,11 +370,12 @@ def judge_command(
         seeds = seeds_from_options(base, clean, poisoned, retrain, control)
     from circuit_plasticity.models.layouts import fallback_tokenizer
 
+    _check_log(log)
     with fallback_tokenizer(tokenizer):
         report = judge_models(
             seeds, out, n=n, k=k, min_seeds=min_seeds, repair=repair, task=task, csv=csv, redo=redo
         )
-    _print_verdicts(out, report)
+    _print_verdicts(out, report, log)
 
 
 @app.command("run")
@@ -369,6 +390,7 @@ def run_command(
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     tokenizer: ModelTokOpt = None,
+    log: LogOpt = None,
 ) -> None:
     """Run the whole study: train all seeds, analyse every checkpoint, compare, write the report."""
     import dataclasses
@@ -387,9 +409,11 @@ def run_command(
         typer.echo(cost_warning(spec), err=True)
     from circuit_plasticity.models.layouts import fallback_tokenizer
 
+    _check_log(log)
     with fallback_tokenizer(tokenizer):
         report = run_study(spec, out, csv=csv, progress=not quiet)
     typer.echo(f"report: {report}")
+    _send(out, log)
 
 
 @app.command("sweep")
