@@ -74,3 +74,12 @@ def test_missing_paths_say_does_not_exist_on_every_route(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_data_warns_that_split_all_overlaps_the_held_out_prompts(tmp_path):
+    def data(*extra):
+        args = ["data", "ioi", "--n", "20", "--out", str(tmp_path / "d.jsonl"), *extra]
+        return subprocess.run([sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True)
+
+    assert "--split train" in data().stderr  # the default, all
+    assert "warning" not in data("--split", "train").stderr

@@ -42,6 +42,14 @@ def _data_command(
     from circuit_plasticity.tasks.build import build_dataset
     from circuit_plasticity.tasks.jsonl import save_jsonl, summarize
 
+    if split == "all":
+        held_out = "names and templates" if task == "ioi" else "nouns"
+        typer.secho(
+            f"warning: --split all includes the held-out {held_out} that judge, eval and analyze "
+            "evaluate on (split test); to train a model that will be judged, use --split train",
+            err=True,
+            fg="yellow",
+        )
     tok = load_tokenizer(tokenizer) if tokenizer else None
     examples, pools = build_dataset(task, n, seed, tok, split, split_seed, poison, fraction, years)
     save_jsonl(out, examples)
