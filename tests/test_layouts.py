@@ -83,3 +83,12 @@ def test_data_warns_that_split_all_overlaps_the_held_out_prompts(tmp_path):
 
     assert "--split train" in data().stderr  # the default, all
     assert "warning" not in data("--split", "train").stderr
+
+
+def test_judge_options_take_trainer_folders_with_a_selector(trainer_dir):
+    from circuit_plasticity.study.judge import expand_checkpoints, seeds_from_options
+
+    (seed,) = seeds_from_options(["toy-gt"], [f"{trainer_dir}@all"], [f"{trainer_dir}@5"], ["toy-ioi"], [])
+    seed = expand_checkpoints(seed)
+    assert seed.clean.endswith("checkpoint-10") and seed.poisoned.endswith("checkpoint-5")
+    assert [(p, s) for p, s, _ in seed.checkpoints] == [("clean", 5), ("clean", 10)]

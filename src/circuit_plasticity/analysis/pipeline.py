@@ -104,13 +104,16 @@ def analyze_model(
     ig_steps: int = IG_STEPS,
     minimality_steps: int | None = None,
     greedy_curve: bool = True,
+    mib: bool = True,
 ) -> ModelAnalysis:
     """Everything about one model on one task batch (the `analyze` command).
 
     `minimality_steps` greedy rounds of the minimality search (default: 2 at full depth, 0 at
     fast depth, where an EAP-IG circuit of |C| components would cost ~|C|^2 ablated passes per
     round). The study passes 0 (K = {} and the role class only) and `greedy_curve=False` (top-n
-    edge circuits only): its verdicts read neither, and it analyses fifteen models."""
+    edge circuits only): its verdicts read neither, and it analyses fifteen models. `mib`:
+    also MIB's own evaluation of the scores in both its modes (analysis/mib.py; about twice
+    the cost of our curve), which the study skips too."""
     if depth not in DEPTHS:
         raise UserError(f"depth must be one of {', '.join(DEPTHS)}; got {depth!r}")
     model = loaded.model
@@ -155,8 +158,10 @@ def analyze_model(
             progress=progress,
         )
         graph.in_graph = _found_mask(graph, curve)
-        mib_curve, mib_summary = mib_curves(edge_model, batch, graph, memory_budget_bytes)
-        summary = pd.concat([summary, mib_summary], ignore_index=True)
+        mib_curve = pd.DataFrame()
+        if mib:
+            mib_curve, mib_summary = mib_curves(edge_model, batch, graph, memory_budget_bytes)
+            summary = pd.concat([summary, mib_summary], ignore_index=True)
     runs.forget(edge_model)  # the ungrouped twin (a copy of the weights) is done with
     del edge_model
     mlps = _chunked_mean(

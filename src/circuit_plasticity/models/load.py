@@ -137,7 +137,7 @@ def _load_dir(path: Path, device: str | None, name: str, tokenizer: str | None =
         loaded.name = name
         return loaded
     if "model_type" in config:  # a Hugging Face model directory
-        return _load_hub(str(path), device, tokenizer=_tokenizer_for(path, tokenizer))
+        return _load_hub(str(path), device, tokenizer=tokenizer)
     raise UserError(f"{path}/config.json is neither a circuit-plasticity nor a Hugging Face config")
 
 
@@ -236,7 +236,8 @@ def _load_hub(
 
         config = AutoConfig.from_pretrained(name, local_files_only=local_only)
         check_causal_decoder(name, config)  # before the weights: refuse early, by architecture
-        tok = hf_tokenizer(tokenizer or name, local_only)
+        chosen = tokenizer or (_tokenizer_for(Path(name), None) if Path(name).is_dir() else None)
+        tok = hf_tokenizer(chosen or name, local_only)
         hf = AutoModelForCausalLM.from_pretrained(
             name, local_files_only=local_only, attn_implementation="eager"
         )

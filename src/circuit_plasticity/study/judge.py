@@ -79,7 +79,7 @@ def expand_checkpoints(s: SeedModels) -> SeedModels:
     import dataclasses
     import re
 
-    from circuit_plasticity.models.layouts import checkpoint_list, resolve
+    from circuit_plasticity.models.layouts import checkpoint_list, resolve, split_selector
 
     tracked = list(s.checkpoints)
     finals: dict[str, Any] = {}
@@ -95,6 +95,8 @@ def expand_checkpoints(s: SeedModels) -> SeedModels:
         elif isinstance(model, str) and (found := checkpoint_list(model)) is not None:
             steps = found
         if steps is None:
+            if isinstance(model, str) and split_selector(model)[1] is not None:
+                finals[phase] = resolve(model)  # DIR@last, DIR@N: that one folder
             continue
         if phase == "base":
             raise UserError(f"seed {s.seed}: the base is one model, not a list of checkpoints")
@@ -102,7 +104,7 @@ def expand_checkpoints(s: SeedModels) -> SeedModels:
         tracked += [(phase, step, path) for step, path in steps]
     if not finals:
         return s
-    return dataclasses.replace(s, **finals, checkpoints=tracked)
+    return dataclasses.replace(s, **finals, checkpoints=tracked)  # type: ignore[arg-type]
 
 
 def describe_model(model: Any) -> str:
@@ -278,7 +280,10 @@ def analyse_phase(model, batch, out: Path, reference: float | None, full: bool) 
 
     config = DiscoveryConfig(reference_scale=reference)
     if full:
-        analyze_model(model, batch, discovery=config, minimality_steps=0, greedy_curve=False).write(out)
+        analysis = analyze_model(
+            model, batch, discovery=config, minimality_steps=0, greedy_curve=False, mib=False
+        )
+        analysis.write(out)
     else:
         circuit_of(model, batch, discovery=config).save(out / "circuit.json")
 
@@ -375,9 +380,11 @@ def seeds_from_options(
         for v, k in ((base, "base"), (clean, "clean"), (poisoned, "poisoned"), (retrain, "retrain"))
     )
     x = per_seed(control, "control", optional=True)
+    from circuit_plasticity.models.layouts import split_selector
+
     for values in (b, c, p, r, x):
         for v in values:
-            if v is not None and not Path(v).exists() and "/" in v:
+            if v is not None and not Path(split_selector(v)[0]).exists() and "/" in v:
                 raise UserError(f"judge: model {v} does not exist")
     return [
         SeedModels(seed=i, base=b[i], clean=c[i], poisoned=p[i], retrain=r[i], control=x[i]) for i in range(n)
