@@ -79,7 +79,9 @@ def test_missing_paths_say_does_not_exist_on_every_route(tmp_path):
 def test_data_warns_that_split_all_overlaps_the_held_out_prompts(tmp_path):
     def data(*extra):
         args = ["data", "ioi", "--n", "20", "--out", str(tmp_path / "d.jsonl"), *extra]
-        return subprocess.run([sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True
+        )
 
     assert "--split train" in data().stderr  # the default, all
     assert "warning" not in data("--split", "train").stderr
@@ -92,3 +94,33 @@ def test_judge_options_take_trainer_folders_with_a_selector(trainer_dir):
     seed = expand_checkpoints(seed)
     assert seed.clean.endswith("checkpoint-10") and seed.poisoned.endswith("checkpoint-5")
     assert [(p, s) for p, s, _ in seed.checkpoints] == [("clean", 5), ("clean", 10)]
+
+
+def test_circuit_tracker_at_evaluation_measures_a_copy_of_the_model_in_training(trainer_dir, tmp_path):
+    """`at="evaluate"`: the model in training is copied, measured, and left as it was."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from circuit_plasticity.study.hf_callback import CircuitTracker
+
+    base = trainer_dir.parent / "hf"
+    tracker = CircuitTracker(
+        tmp_path / "t", base=str(base), phase="clean", task="greater-than", n=30, at="evaluate"
+    )
+    model = AutoModelForCausalLM.from_pretrained(trainer_dir / "checkpoint-10")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = SimpleNamespace(global_step=10)
+    tracker.on_train_begin(None, state, None)
+    tracker.on_evaluate(None, state, None, model=model)
+    table = tracker.table
+    assert (
+        sorted(table.phase.unique()) == ["base", "clean"] and (tmp_path / "t" / "tracking.parquet").is_file()
+    )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # the same checkpoint measured from its folder gives the same numbers
+    tracker.measure(str(trainer_dir / "checkpoint-10"), "again", 10)
+    a = tracker.table[tracker.table.phase == "clean"].value.to_numpy()
+    b = tracker.table[tracker.table.phase == "again"].value.to_numpy()
+    assert abs(a - b).max() < 1e-5

@@ -47,6 +47,7 @@ class CircuitTracker(TrainerCallback):
             raise ValueError(f"at must be 'save' or 'evaluate', got {at!r}")
         self.out, self.phase, self.at, self.tokenizer = Path(out), phase, at, tokenizer
         self.base = _load(base, tokenizer)
+        self.base_spec = str(base)
         self.batch = seed_batch(self.base, JudgeOptions(n=n, task=task), seed)  # judge's prompts
         if circuit is not None:
             self.circuit = Circuit.load(circuit)
@@ -65,8 +66,13 @@ class CircuitTracker(TrainerCallback):
     def measure(self, model_spec: str, phase: str, step: int) -> None:
         """Add the circuit's rows for the model at `model_spec` and write the table."""
         from circuit_plasticity.compare.tracking import circuit_strength
+        from circuit_plasticity.models.layouts import ADAPTER, has_tokenizer
 
-        loaded = _load(model_spec, self.tokenizer, self.base.device)
+        folder = Path(model_spec)
+        tokenizer = self.tokenizer
+        if tokenizer is None and not has_tokenizer(folder) and not (folder / ADAPTER).is_file():
+            tokenizer = self.base_spec  # a checkpoint saved without the tokenizer: the base's
+        loaded = _load(model_spec, tokenizer, self.base.device)
         self.rows = [r for r in self.rows if not (r["phase"] == phase and r["step"] == step)]
         self.rows += [
             {"phase": phase, "step": step, **r}
