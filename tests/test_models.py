@@ -50,7 +50,7 @@ def test_unknown_names_and_missing_weights_are_clear_errors(tmp_path, monkeypatc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="not in the local Hugging Face cache"):
         load_model("no-such-org/no-such-model-xyz")
-    with pytest.raises(UserError, match="no model directory"):
+    with pytest.raises(UserError, match="does not exist"):
         load_model(str(tmp_path / "missing") + "/")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no config.json"):

@@ -24,17 +24,29 @@ def judge_and_report(
     csv: bool = False,
     progress=print,
     validate: bool = True,
+    redo: bool = False,
 ) -> Path:
     """`judge` the models, collect every table, write the report; returns the report's path.
     Bad input (missing models, different architectures, a model given twice) fails before any
     file is written."""
-    from circuit_plasticity.study.judge import judge, validate_seeds
+    from circuit_plasticity.study.judge import expand_checkpoints, judge, validate_seeds
 
+    seeds = [expand_checkpoints(s) for s in seeds]
     if validate:
         validate_seeds(seeds)
     out = Path(out)
-    judge(seeds, out, options, progress=progress, validate=False)
-    return render_report(out, summary, [s.seed for s in seeds], csv=csv)
+    judge(seeds, out, options, progress=progress, validate=False, redo=redo)
+    return render_report(out, {**summary, **judged_models(seeds)}, [s.seed for s in seeds], csv=csv)
+
+
+def judged_models(seeds: Sequence) -> dict[str, str]:
+    """Every judged model, one summary line per seed: what the report's header lists."""
+    from circuit_plasticity.study.judge import describe_model
+
+    return {
+        f"seed {s.seed} models": ", ".join(f"{p} {describe_model(m)}" for p, m in s.phases().items())
+        for s in seeds
+    }
 
 
 def compare_runs(runs: Sequence[str | Path], out: str | Path, n: int = 160, csv: bool = False) -> Path:
@@ -60,6 +72,7 @@ def judge_models(
     repair: bool = False,
     task: str = "ioi",
     csv: bool = False,
+    redo: bool = False,
 ) -> Path:
     """The `judge` command: bring-your-own checkpoints (`study.judge.SeedModels`, one per seed)
     through the study's analyses, controls, verdicts and report; returns the report's path."""
@@ -81,7 +94,7 @@ def judge_models(
         task=task,
     )
     summary = {"task": task, "seeds": str(len(seeds)), "base": str(seeds[0].base)}
-    return judge_and_report(seeds, out, options, summary, csv=csv)
+    return judge_and_report(seeds, out, options, summary, csv=csv, redo=redo)
 
 
 def render_report(out: str | Path, summary: dict[str, str], seed_ids: list[int], csv: bool = False) -> Path:

@@ -42,6 +42,14 @@ def _data_command(
     from circuit_plasticity.tasks.build import build_dataset
     from circuit_plasticity.tasks.jsonl import save_jsonl, summarize
 
+    if split == "all":
+        held_out = "names and templates" if task == "ioi" else "nouns"
+        typer.secho(
+            f"warning: --split all includes the held-out {held_out} that judge, eval and analyze "
+            "evaluate on (split test); to train a model that will be judged, use --split train",
+            err=True,
+            fg="yellow",
+        )
     tok = load_tokenizer(tokenizer) if tokenizer else None
     examples, pools = build_dataset(task, n, seed, tok, split, split_seed, poison, fraction, years)
     save_jsonl(out, examples)
@@ -64,7 +72,19 @@ TokOpt = Annotated[
     ),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output JSONL file.")]
-ModelArg = Annotated[str, typer.Argument(help="toy-ioi, a hub name, a model dir or a checkpoint.")]
+ModelArg = Annotated[
+    str, typer.Argument(help="toy-ioi, a hub name, a model dir, a checkpoint, an adapter dir, or DIR@last.")
+]
+LogOpt = Annotated[
+    str | None, typer.Option("--log", help="Also send curves, findings, verdicts, report to wandb or mlflow.")
+]
+ModelTokOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tokenizer",
+        help="Tokenizer for model folders that have none (Trainer checkpoints): a name or folder.",
+    ),
+]
 TaskOpt = Annotated[str, typer.Option(help="ioi or greater-than.")]
 SplitOpt = Annotated[
     str, typer.Option(help="Held-out split (IOI names/templates, Greater-Than nouns): test, train, all.")
@@ -149,12 +169,13 @@ def eval_command(
     data: Annotated[Path | None, typer.Option(help="Evaluate on this JSONL (e.g. poisoned).")] = None,
     split: SplitOpt = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    tokenizer: ModelTokOpt = None,
 ) -> None:
     """Accuracy and mean logit difference (bootstrap 95 % CI), split clean/poisoned."""
     from circuit_plasticity.models.load import load_model
     from circuit_plasticity.training.evaluate import evaluate_model, task_batch
 
-    loaded = load_model(model)
+    loaded = load_model(model, tokenizer=tokenizer)
     result = evaluate_model(loaded, task_batch(loaded, task, n, seed, split, data), seed=seed)
     if as_json:
         typer.echo(json.dumps(result))
@@ -167,6 +188,20 @@ def eval_command(
                 f"[{result[prefix + 'score_ci_low']:+.3f}, {result[prefix + 'score_ci_high']:+.3f}]  "
                 f"accuracy {result[prefix + 'correct']:.3f}  top-1 {result[prefix + 'top1']:.3f}"
             )
+
+
+@app.command("export")
+def export_command(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", help="New folder for the transformers model.")],
+    tokenizer: ModelTokOpt = None,
+) -> None:
+    """Write MODEL as a folder AutoModelForCausalLM.from_pretrained loads (Trainer, PEFT, other tools)."""
+    from circuit_plasticity.models.export import export_model
+    from circuit_plasticity.models.layouts import fallback_tokenizer
+
+    with fallback_tokenizer(tokenizer):
+        typer.echo(f"exported {model} to {export_model(model, out)}")
 
 
 @app.command("analyses")
@@ -196,13 +231,14 @@ def analyze_command(
         float | None,
         typer.Option("--memory-budget", help="GiB per prompt chunk (default: 1/4 of free, <= 1)."),
     ] = None,
+    tokenizer: ModelTokOpt = None,
 ) -> None:
     """Per-head measurements, head classes, path patching, the circuit and its faithfulness."""
     from circuit_plasticity.analysis.pipeline import analyze_model
     from circuit_plasticity.models.load import load_model
     from circuit_plasticity.training.evaluate import task_batch
 
-    loaded = load_model(model)
+    loaded = load_model(model, tokenizer=tokenizer)
     budget = None if memory_budget is None else int(memory_budget * 1024**3)
     batch = task_batch(loaded, task, n, seed, split)
     result = analyze_model(loaded, batch, depth=depth, memory_budget_bytes=budget, progress=True)
@@ -227,10 +263,13 @@ def analyze_command(
             f"path effect {head.effect:+.3f}"
         )
     for row in result.edge_summary.itertuples():
-        typer.echo(
-            f"EAP-IG edge circuits ({row.method}, edge patching at MIB sizes): "
-            f"CPR {row.cpr:.3f}, CMD {row.cmd:.3f}; edge_circuit.json in the EAP-IG/MIB format"
-        )
+        how = {
+            "mib_signed": "MIB's evaluation, signed scores (its CPR)",
+            "mib_absolute": "MIB's evaluation, |scores| (its CMD)",
+        }.get(row.method, f"{row.method}, edge patching at our sizes")
+        typer.echo(f"EAP-IG edge circuits ({how}): CPR {row.cpr:.3f}, CMD {row.cmd:.3f}")
+    if result.graph is not None:
+        typer.echo(f"edge_circuit.json in the EAP-IG/MIB format (docs/edge-circuit-format.md) in {out}")
 
 
 @app.command("train")
@@ -238,15 +277,18 @@ def train_command(
     spec: Annotated[Path, typer.Argument(help="Protocol spec (YAML); see experiments/.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory (created; resumed if it exists).")],
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    tokenizer: ModelTokOpt = None,
 ) -> None:
     """Run the fine-tuning phases of SPEC; the same command again resumes after a kill."""
+    from circuit_plasticity.models.layouts import fallback_tokenizer
     from circuit_plasticity.spec import from_mapping, load_yaml
     from circuit_plasticity.training.loop import run_protocol
     from circuit_plasticity.training.protocol import TrainSpec
     from circuit_plasticity.training.summary import phase_summary
 
     parsed = from_mapping(TrainSpec, load_yaml(spec), source=str(spec))
-    table = run_protocol(parsed, out, progress=not quiet)
+    with fallback_tokenizer(tokenizer):
+        table = run_protocol(parsed, out, progress=not quiet)
     typer.echo(phase_summary(table).to_string(index=False))
 
 
@@ -256,19 +298,38 @@ def compare_command(
     out: Annotated[Path, typer.Option("--out", help="Directory for the tables and the report.")],
     n: Annotated[int, typer.Option("--n", help="Held-out prompts per analysis.")] = 160,
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
+    tokenizer: ModelTokOpt = None,
+    log: LogOpt = None,
 ) -> None:
     """Judge the phases of training runs made by `train`: evidence, controls, verdicts, report."""
     from circuit_plasticity.api import compare_runs
+    from circuit_plasticity.models.layouts import fallback_tokenizer
 
-    _print_verdicts(out, compare_runs(runs, out, n=n, csv=csv))
+    _check_log(log)
+    with fallback_tokenizer(tokenizer):
+        _print_verdicts(out, compare_runs(runs, out, n=n, csv=csv), log)
 
 
-def _print_verdicts(out: Path, report: Path) -> None:
+def _print_verdicts(out: Path, report: Path, log: str | None = None) -> None:
     import pandas as pd
 
     for r in pd.read_parquet(out / "tables" / "verdicts.parquet").itertuples():
         typer.echo(f"{r.finding:16s} {r.verdict}: {r.reason}")
     typer.echo(f"report: {report}")
+    _send(out, log)
+
+
+def _send(out: Path, log: str | None) -> None:
+    if log is not None:
+        from circuit_plasticity.study.trackers import log_results
+
+        typer.echo(f"logged to {log}: {log_results(out, log)}")
+
+
+def _check_log(log: str | None) -> None:
+    from circuit_plasticity.study.trackers import check_backend
+
+    check_backend(log)
 
 
 @app.command("judge")
@@ -299,6 +360,11 @@ def judge_command(
     ] = False,
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
     task: TaskOpt = "ioi",
+    redo: Annotated[
+        bool, typer.Option("--redo", help="OUT was judged with other models/options: redo what changed.")
+    ] = False,
+    tokenizer: ModelTokOpt = None,
+    log: LogOpt = None,
 ) -> None:
     """Bring your own checkpoints: the study's analyses, controls, verdicts and report on them."""
     from circuit_plasticity.api import judge_models
@@ -310,8 +376,14 @@ def judge_command(
         seeds = read_seed_file(seeds_file)
     else:
         seeds = seeds_from_options(base, clean, poisoned, retrain, control)
-    report = judge_models(seeds, out, n=n, k=k, min_seeds=min_seeds, repair=repair, task=task, csv=csv)
-    _print_verdicts(out, report)
+    from circuit_plasticity.models.layouts import fallback_tokenizer
+
+    _check_log(log)
+    with fallback_tokenizer(tokenizer):
+        report = judge_models(
+            seeds, out, n=n, k=k, min_seeds=min_seeds, repair=repair, task=task, csv=csv, redo=redo
+        )
+    _print_verdicts(out, report, log)
 
 
 @app.command("run")
@@ -325,6 +397,8 @@ def run_command(
     model: Annotated[str | None, typer.Option(help="Override the spec's model (e.g. gpt2).")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    tokenizer: ModelTokOpt = None,
+    log: LogOpt = None,
 ) -> None:
     """Run the whole study: train all seeds, analyse every checkpoint, compare, write the report."""
     import dataclasses
@@ -341,8 +415,13 @@ def run_command(
         from circuit_plasticity.study.experiment import cost_warning
 
         typer.echo(cost_warning(spec), err=True)
-    report = run_study(spec, out, csv=csv, progress=not quiet)
+    from circuit_plasticity.models.layouts import fallback_tokenizer
+
+    _check_log(log)
+    with fallback_tokenizer(tokenizer):
+        report = run_study(spec, out, csv=csv, progress=not quiet)
     typer.echo(f"report: {report}")
+    _send(out, log)
 
 
 @app.command("sweep")

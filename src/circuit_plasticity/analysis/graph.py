@@ -9,9 +9,10 @@ own layer unless attention and MLP run in parallel (Pythia), and everything reac
 Edge names: `a3.h4->a9.h9<q>`, `a0.h1->m2`, `m11->logits`, `input->a0.h0<k>`.
 
 `scores` and `in_graph` are [n_forward, n_backward] tensors; `real` marks the slots that are
-edges. `to_json` writes the circuit file EAP-IG's `Graph.from_json` and MIB's evaluator read:
-`cfg`, `nodes` (each with `in_graph`) and `edges` (each with `score` and `in_graph`).
-Attention-only models have no MLP nodes; their files simply list no MLP edges.
+edges. Our scores are (corrupt - clean) . gradient: an important edge scores negative.
+Attention-only models have no MLP nodes here. `to_json` writes the circuit file EAP-IG's
+`Graph.from_json` and MIB's evaluator read, as EAP-IG builds the graph (MLP nodes in every
+model), scores in MIB's sign and `in_graph` after EAP-IG's pruning: docs/edge-circuit-format.md.
 """
 
 from __future__ import annotations
@@ -171,56 +172,121 @@ class Graph:
             return [self._b[node]]
         return [self._b[f"{node}<{x}>"] for x in QKV]
 
+    def pruned(self, in_graph: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(edges, nodes) left by EAP-IG's pruning (`Graph.prune`): repeatedly drop every node
+        without an incoming edge (the input excepted) or without an outgoing one, and every edge
+        whose sender or receiver was dropped, until nothing changes. Every node left lies on a
+        path from the input to the logits. Pruning never changes what the circuit computes: a
+        node with no incoming edge runs on corrupted inputs, so it emits its corrupted output
+        either way, and one with no outgoing edge reaches nothing."""
+        edges = (self.in_graph if in_graph is None else in_graph).bool() & self.real
+        owner = torch.zeros(self.n_forward, self.n_backward, dtype=torch.bool)  # node -> its slots
+        for f, name in enumerate(self.forward_names):
+            owner[f, self.slots_of(name)] = True
+        while True:
+            incoming = (owner & edges.any(0)[None, :]).any(1)
+            incoming[0] = True  # the input has no inputs to need
+            nodes = edges.any(1) & incoming
+            receivers = (owner & nodes[:, None]).any(0)
+            receivers[-1] = True  # the logits are always in the graph
+            kept = edges & nodes[:, None] & receivers[None, :]
+            if torch.equal(kept, edges):
+                return kept, nodes
+            edges = kept
+
     def nodes_in_graph(self, in_graph: torch.Tensor | None = None) -> dict[str, bool]:
-        """A node is in the circuit when one of its outgoing or incoming edges is."""
-        mask = self.in_graph if in_graph is None else in_graph
-        out = {name: bool(mask[i].any()) for i, name in enumerate(self.forward_names)}
-        for name in self.forward_names[1:]:
-            out[name] = out[name] or bool(mask[:, self.slots_of(name)].any())
+        """A node is in the circuit when EAP-IG's pruning keeps it (`pruned`): it has an
+        incoming and an outgoing circuit edge, on a path to the logits."""
+        _, nodes = self.pruned(in_graph)
+        out = {name: bool(nodes[i]) for i, name in enumerate(self.forward_names)}
         out["logits"] = True
         return out
 
+    # --- EAP-IG's layout: MLP nodes in every model ------------------------------------------
+    def eap_ig_layout(self) -> Graph:
+        """This graph as EAP-IG builds it for the model: EAP-IG's graph always has an MLP node
+        per layer, so an attention-only model's gains MLP nodes whose edges score 0 and are never
+        in the circuit (toy-ioi: 262 edges, against 193 here); other models: a copy."""
+        full = Graph(self.n_layers, self.n_heads, self.d_model, self.parallel_attn_mlp, has_mlp=True)
+        f, b = self.layout_index(full)
+        full.scores[:] = 0.0
+        full.in_graph[:] = False
+        full.scores[f[:, None], b[None, :]] = self.scores
+        full.in_graph[f[:, None], b[None, :]] = self.in_graph & self.real
+        return full
+
+    def layout_index(self, full: Graph) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where this graph's forward nodes and backward slots sit in `full` (EAP-IG's layout)."""
+        f = torch.tensor([full.forward_index(n) for n in self.forward_names])
+        b = torch.tensor([full.backward_index(n) for n in self.backward_names])
+        return f, b
+
+    def from_layout(self, full: Graph, mask: torch.Tensor) -> torch.Tensor:
+        """A mask over `full` (EAP-IG's layout) as a mask over this graph's edges."""
+        f, b = self.layout_index(full)
+        return mask[f[:, None], b[None, :]] & self.real
+
     # --- the EAP-IG / MIB circuit file ------------------------------------------------------
     def to_json(self, path: str | Path | None = None) -> dict:
+        """The circuit file (docs/edge-circuit-format.md): EAP-IG's layout, scores in MIB's sign
+        (higher = more important: minus ours), `in_graph` after EAP-IG's pruning."""
+        full = self.eap_ig_layout()
+        edges_in, nodes_in = full.pruned(full.in_graph)
         cfg = {
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "parallel_attn_mlp": self.parallel_attn_mlp,
             "d_model": self.d_model,
         }
-        nodes = {name: {"in_graph": v} for name, v in self.nodes_in_graph().items()}
-        f, b = self.real.nonzero(as_tuple=True)
+        nodes = {name: {"in_graph": bool(nodes_in[i])} for i, name in enumerate(full.forward_names)}
+        nodes["logits"] = {"in_graph": True}
+        f, b = full.real.nonzero(as_tuple=True)
         edges = {
-            self.edge_name(fi, bi): {
-                "score": float(self.scores[fi, bi]),
-                "in_graph": bool(self.in_graph[fi, bi]),
+            full.edge_name(fi, bi): {
+                "score": -float(full.scores[fi, bi]),
+                "in_graph": bool(edges_in[fi, bi]),
             }
             for fi, bi in zip(f.tolist(), b.tolist(), strict=True)
         }
-        data = {"cfg": cfg, "nodes": nodes, "edges": edges}
+        info = {
+            "format_version": FORMAT_VERSION,
+            "score_sign": "mib",
+            "attention_only": not self.has_mlp,
+            "edges_selected": int((self.in_graph & self.real).sum()),
+            "edges_in_graph": int(edges_in.sum()),
+        }
+        data = {"cfg": cfg, "nodes": nodes, "edges": edges, "circuit_plasticity": info}
         if path is not None:
             Path(path).write_text(json.dumps(data))
         return data
 
     @classmethod
     def from_json(cls, source: str | Path | dict) -> Graph:
+        """A circuit file back as a Graph in our sign: ours (the `circuit_plasticity` block says
+        how it was written) or EAP-IG's and MIB's own (MIB's sign, MLP nodes in every model)."""
         data = source if isinstance(source, dict) else json.loads(Path(source).read_text())
         cfg = data["cfg"]
-        has_mlp = any(name.startswith("m") for name in data["nodes"]) or not data["edges"]
+        info = data.get("circuit_plasticity") or {"score_sign": "mib", "attention_only": False}
+        sign = -1.0 if info["score_sign"] == "mib" else 1.0
         graph = cls(
             int(cfg["n_layers"]),
             int(cfg["n_heads"]),
             int(cfg["d_model"]),
             bool(cfg["parallel_attn_mlp"]),
-            has_mlp,
+            not info["attention_only"],
         )
         graph.in_graph[:] = False
-        for name, info in data["edges"].items():
+        for name, edge in data["edges"].items():
             sender, slot = name.split("->")
+            if sender not in graph._f or slot not in graph._b:
+                continue  # an attention-only model's MLP edges (EAP-IG's layout): score 0, never in
             f, b = graph._f[sender], graph._b[slot]
-            graph.scores[f, b] = float(info["score"])
-            graph.in_graph[f, b] = bool(info["in_graph"])
+            graph.scores[f, b] = sign * float(edge["score"])
+            graph.in_graph[f, b] = bool(edge["in_graph"])
         return graph
+
+
+FORMAT_VERSION = 2  # the circuit file's layout (docs/edge-circuit-format.md)
 
 
 def mib_sizes(n_edges: int, percents=MIB_PERCENTS) -> list[int]:

@@ -34,6 +34,7 @@ from circuit_plasticity.analysis.discovery import DiscoveryConfig, discover_circ
 from circuit_plasticity.analysis.faithfulness import CircuitScores, evaluate_circuit
 from circuit_plasticity.analysis.graph import Graph
 from circuit_plasticity.analysis.metrics import by_group, evaluate, summarize
+from circuit_plasticity.analysis.mib import mib_curves
 from circuit_plasticity.analysis.profile import head_profile
 from circuit_plasticity.analysis.runs import sharing_runs
 from circuit_plasticity.analysis.tables import long_table
@@ -64,6 +65,7 @@ class ModelAnalysis:
     mlps: pd.DataFrame  # layer, head=-1, dla: each MLP's direct effect (empty without MLPs)
     graph: Graph | None = None  # EAP-IG scores; in_graph = the EAP-IG circuit (per query head)
     edge_summary: pd.DataFrame = field(default_factory=pd.DataFrame)  # CPR and CMD per method
+    mib_curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # MIB's own evaluation (analysis/mib.py)
     depth: str = "full"
 
     def head_long(self) -> pd.DataFrame:
@@ -82,6 +84,8 @@ class ModelAnalysis:
         write_table(out / "edges.parquet", self.edges, csv=csv)
         write_table(out / "faithfulness_curve.parquet", self.curve, csv=csv)
         write_table(out / "edge_circuit_scores.parquet", self.edge_summary, csv=csv)
+        if len(self.mib_curve):
+            write_table(out / "mib_curve.parquet", self.mib_curve, csv=csv)
         self.circuit.save(out / "circuit.json")
         if self.graph is not None:
             self.graph.to_json(out / "edge_circuit.json")  # EAP-IG / MIB format
@@ -100,13 +104,16 @@ def analyze_model(
     ig_steps: int = IG_STEPS,
     minimality_steps: int | None = None,
     greedy_curve: bool = True,
+    mib: bool = True,
 ) -> ModelAnalysis:
     """Everything about one model on one task batch (the `analyze` command).
 
     `minimality_steps` greedy rounds of the minimality search (default: 2 at full depth, 0 at
     fast depth, where an EAP-IG circuit of |C| components would cost ~|C|^2 ablated passes per
     round). The study passes 0 (K = {} and the role class only) and `greedy_curve=False` (top-n
-    edge circuits only): its verdicts read neither, and it analyses fifteen models."""
+    edge circuits only): its verdicts read neither, and it analyses fifteen models. `mib`:
+    also MIB's own evaluation of the scores in both its modes (analysis/mib.py; about twice
+    the cost of our curve), which the study skips too."""
     if depth not in DEPTHS:
         raise UserError(f"depth must be one of {', '.join(DEPTHS)}; got {depth!r}")
     model = loaded.model
@@ -136,7 +143,7 @@ def analyze_model(
     heads, score = head_profile(model, loaded.tokenizer, first, thresholds)
     if edge_model is None:
         print(f"note: EAP-IG edges and curves skipped: {unsupported}", file=sys.stderr)
-        graph, curve, summary = None, pd.DataFrame(), pd.DataFrame()
+        graph, curve, summary, mib_curve = None, pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
     else:
         graph = edge_attribution(
             edge_model, batch, ig_steps=ig_steps, memory_budget_bytes=memory_budget_bytes, progress=progress
@@ -151,6 +158,10 @@ def analyze_model(
             progress=progress,
         )
         graph.in_graph = _found_mask(graph, curve)
+        mib_curve = pd.DataFrame()
+        if mib:
+            mib_curve, mib_summary = mib_curves(edge_model, batch, graph, memory_budget_bytes)
+            summary = pd.concat([summary, mib_summary], ignore_index=True)
     runs.forget(edge_model)  # the ungrouped twin (a copy of the weights) is done with
     del edge_model
     mlps = _chunked_mean(
@@ -187,6 +198,7 @@ def analyze_model(
         mlps,
         graph,
         summary,
+        mib_curve,
         depth,
     )
 
@@ -238,7 +250,8 @@ def _eap_circuit(
     """Heads, MLPs (layer, -1) and their edges in the EAP-IG circuit; a component's effect is
     the summed score of its outgoing circuit edges over the model's score, a head's role the
     first from the head profile, an MLP's "mlp"."""
-    mask = graph.in_graph
+    selected = graph.in_graph
+    mask, _ = graph.pruned(selected)  # EAP-IG's pruning: members lie on a path to the logits
     roles = {
         (int(r.layer), int(r.head)): (r.roles.split(",")[0] if r.roles else "") for r in heads.itertuples()
     }
@@ -261,10 +274,11 @@ def _eap_circuit(
                 edges.append(Edge(part, Component.parse(node), kind))
             else:
                 edges.append(Edge(part, Component.parse(slot), "mlp"))
-    found = curve[(curve.method == "top_n") & (curve.edges == int(mask.sum()))].iloc[0]
+    found = curve[(curve.method == "top_n") & (curve.edges == int(selected.sum()))].iloc[0]
     meta = {
         "method": "eap-ig",
-        "edges": int(mask.sum()),
+        "edges": int(selected.sum()),
+        "edges_after_pruning": int(mask.sum()),
         "percent": float(found.percent),
         "edge_faithfulness": float(found.faithfulness),
     }

@@ -162,9 +162,25 @@ def scalar_findings(seed_models, loaded, runs, circuits, loc, seed_dir: Path, op
         out["localization_weight_share_topk"] = float(w.head(options.k).sum() / w.sum())
         out["localization_uniform_weight_share"] = options.k / len(w)
     track_checkpoints(seed_models, loaded["base"], runs.batch, circuits["base"], compare)
-    if seed_models.training_metrics is not None and len(seed_models.training_metrics):
-        out |= {f"hysteresis_{k}": v for k, v in hysteresis(seed_models.training_metrics).items()}
+    metrics = seed_models.training_metrics
+    if (metrics is None or not len(metrics)) and (compare / "tracking.parquet").is_file():
+        metrics = tracked_metrics(pd.read_parquet(compare / "tracking.parquet"))
+        if not (seed_dir / "metrics.parquet").is_file():  # the report's training curves
+            write_table(seed_dir / "metrics.parquet", metrics)
+    if metrics is not None and len(metrics):
+        out |= {f"hysteresis_{k}": v for k, v in hysteresis(metrics).items()}
     return out
+
+
+def tracked_metrics(tracking: pd.DataFrame) -> pd.DataFrame:
+    """Training curves of checkpoints trained elsewhere, from the tracking table: the score on
+    the judge's held-out prompts at every checkpoint (what `run` logs as clean_score)."""
+    from circuit_plasticity.study.judge import PARENTS
+
+    rows = tracking[(tracking.component == "circuit") & (tracking.measure == "score")]
+    table = rows[["phase", "step", "value"]].rename(columns={"value": "clean_score"}).copy()
+    table["parent"] = table.phase.map(PARENTS).fillna("")
+    return table.sort_values(["phase", "step"], kind="stable").reset_index(drop=True)
 
 
 def _track(checkpoints, base, batch, circuit: Circuit) -> pd.DataFrame:

@@ -70,8 +70,47 @@ class SeedModels:
         return {p: getattr(self, p) for p in PHASES if getattr(self, p) is not None}
 
 
-def _describe(model: Any) -> str:
-    return model if isinstance(model, str) else getattr(model, "name", type(model).__name__)
+PARENTS = {"clean": "base", "poisoned": "clean", "retrain": "poisoned", "control": "clean"}
+
+
+def expand_checkpoints(s: SeedModels) -> SeedModels:
+    """A phase given as several checkpoints - a list (in training order) or a Trainer output
+    folder `DIR@all` - becomes its last checkpoint, every one of them tracked like `run`'s."""
+    import dataclasses
+    import re
+
+    from circuit_plasticity.models.layouts import checkpoint_list, resolve, split_selector
+
+    tracked = list(s.checkpoints)
+    finals: dict[str, Any] = {}
+    for phase, model in s.phases().items():
+        steps: list[tuple[int, Path]] | None = None
+        if isinstance(model, list | tuple):
+            if not model:
+                raise UserError(f"seed {s.seed}: the {phase} phase is an empty list of checkpoints")
+            steps = []
+            for i, m in enumerate(model):
+                hit = re.search(r"checkpoint-(\d+)/?$", str(m))
+                steps.append((int(hit.group(1)) if hit else i + 1, Path(resolve(str(m)))))
+        elif isinstance(model, str) and (found := checkpoint_list(model)) is not None:
+            steps = found
+        if steps is None:
+            if isinstance(model, str) and split_selector(model)[1] is not None:
+                finals[phase] = resolve(model)  # DIR@last, DIR@N: that one folder
+            continue
+        if phase == "base":
+            raise UserError(f"seed {s.seed}: the base is one model, not a list of checkpoints")
+        finals[phase] = resolve(model) if isinstance(model, str) else str(steps[-1][1])
+        tracked += [(phase, step, path) for step, path in steps]
+    if not finals:
+        return s
+    return dataclasses.replace(s, **finals, checkpoints=tracked)  # type: ignore[arg-type]
+
+
+def describe_model(model: Any) -> str:
+    """A model as messages and the report name it: its path or name."""
+    return str(model) if isinstance(model, str | Path) else getattr(model, "name", type(model).__name__)
+
 
 
 def _signature(loaded) -> tuple:
@@ -86,6 +125,7 @@ def validate_seeds(seeds: Sequence[SeedModels]) -> None:
 
     if not seeds:
         raise UserError("judge needs at least one set of models (base, clean, poisoned, retrain)")
+    seeds = [expand_checkpoints(s) for s in seeds]
     if len({s.seed for s in seeds}) != len(seeds):
         raise UserError("judge: two model sets share a seed number; give each its own")
     reference = None
@@ -100,7 +140,7 @@ def validate_seeds(seeds: Sequence[SeedModels]) -> None:
             if key in keys:
                 raise UserError(
                     f"seed {s.seed}: the {keys[key]} and {phase} models are the same model "
-                    f"({_describe(model)}); each phase needs its own checkpoint"
+                    f"({describe_model(model)}); each phase needs its own checkpoint"
                 )
             keys[key] = phase
         for phase, model in given.items():
@@ -108,16 +148,16 @@ def validate_seeds(seeds: Sequence[SeedModels]) -> None:
             vocab = loaded.tokenizer.backend.get_vocab()
             sig = (_signature(loaded), len(vocab), hash(frozenset(vocab.items())))
             if reference is None:
-                reference = (sig, f"seed {s.seed} {phase} ({_describe(model)})")
+                reference = (sig, f"seed {s.seed} {phase} ({describe_model(model)})")
             elif sig[0] != reference[0][0]:
                 raise UserError(
-                    f"seed {s.seed} {phase} ({_describe(model)}) has architecture (layers, heads, "
+                    f"seed {s.seed} {phase} ({describe_model(model)}) has architecture (layers, heads, "
                     f"d_model, vocab) {sig[0]}, but {reference[1]} has {reference[0][0]}; "
                     "all models must be fine-tunes of one architecture"
                 )
             elif sig[1:] != reference[0][1:]:
                 raise UserError(
-                    f"seed {s.seed} {phase} ({_describe(model)}) has a different tokenizer from "
+                    f"seed {s.seed} {phase} ({describe_model(model)}) has a different tokenizer from "
                     f"{reference[1]}; all models must share one tokenizer"
                 )
 
@@ -136,14 +176,20 @@ def judge(
     options: JudgeOptions | None = None,
     progress: Callable[[str], None] = print,
     validate: bool = True,
+    redo: bool = False,
 ) -> Judgement:
-    """Analyses, evidence and verdicts of every seed, aggregated; writes tables/ under `out`."""
+    """Analyses, evidence and verdicts of every seed, aggregated; writes tables/ under `out`.
+    The inputs are recorded in `out`/judge.json: a rerun with other models or options is
+    refused, or with `redo` makes again what depends on them (study/inputs.py)."""
     from circuit_plasticity.fileio import write_table
+    from circuit_plasticity.study.inputs import check_inputs
 
     options = options or JudgeOptions()
+    seeds = [expand_checkpoints(s) for s in seeds]
     if validate:
         validate_seeds(seeds)
     out = Path(out)
+    check_inputs(seeds, options, out, redo=redo)
     rows = []
     for s in seeds:
         evidence = judge_seed(s, out / "seeds" / f"seed-{s.seed}", options, progress)
@@ -234,7 +280,10 @@ def analyse_phase(model, batch, out: Path, reference: float | None, full: bool) 
 
     config = DiscoveryConfig(reference_scale=reference)
     if full:
-        analyze_model(model, batch, discovery=config, minimality_steps=0, greedy_curve=False).write(out)
+        analysis = analyze_model(
+            model, batch, discovery=config, minimality_steps=0, greedy_curve=False, mib=False
+        )
+        analysis.write(out)
     else:
         circuit_of(model, batch, discovery=config).save(out / "circuit.json")
 
@@ -289,7 +338,8 @@ def _scores_of(path: Path, batch) -> np.ndarray:
 
 
 def read_seed_file(path: str | Path) -> list[SeedModels]:
-    """A YAML/JSON list of {seed, base, clean, poisoned, retrain, control} mappings."""
+    """A YAML/JSON list of {seed, base, clean, poisoned, retrain, control} mappings; a phase
+    may be a list of checkpoints in training order (tracked; the last is judged)."""
     from circuit_plasticity.spec import load_yaml
 
     data = load_yaml(path)
@@ -330,9 +380,11 @@ def seeds_from_options(
         for v, k in ((base, "base"), (clean, "clean"), (poisoned, "poisoned"), (retrain, "retrain"))
     )
     x = per_seed(control, "control", optional=True)
+    from circuit_plasticity.models.layouts import split_selector
+
     for values in (b, c, p, r, x):
         for v in values:
-            if v is not None and not Path(v).exists() and "/" in v:
+            if v is not None and not Path(split_selector(v)[0]).exists() and "/" in v:
                 raise UserError(f"judge: model {v} does not exist")
     return [
         SeedModels(seed=i, base=b[i], clean=c[i], poisoned=p[i], retrain=r[i], control=x[i]) for i in range(n)
