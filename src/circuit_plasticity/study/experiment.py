@@ -394,6 +394,17 @@ def runs_task(runs: list[Path]) -> tuple[str, list[int] | None]:
     return task, list(years) if years else None
 
 
+def spec_record(spec: ExperimentSpec) -> dict:
+    """Every hyperparameter of the study: the spec as given (defaults filled in) and the
+    protocol it expands to (each phase's data, epochs, learning rate, ...; seed 0's seeds)."""
+    import json
+
+    protocol = spec.train_spec(spec.seeds[0])
+    return json.loads(
+        json.dumps({"experiment": dataclasses.asdict(spec), "protocol": dataclasses.asdict(protocol)})
+    )
+
+
 def spec_summary(spec: ExperimentSpec) -> dict[str, str]:
     return {
         "model": spec.model,
