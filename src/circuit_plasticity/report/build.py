@@ -82,9 +82,11 @@ COUNTERFACTUAL = {"ioi": "ABC", "greater-than": '"01"'}
 
 
 def _figure(title: str, caption: str, draw, *tables: pd.DataFrame | None, missing: str = "") -> Figure:
-    """A Figure drawn from `tables`, or, when one is absent or empty, the sentence saying why."""
+    """A Figure drawn from `tables`, or, when one is absent or holds nothing to draw, the
+    sentence saying why there is none."""
+    missing = missing or "No data for this figure: the analyses of this directory did not measure it."
     if any(t is None or t.empty for t in tables):
-        return Figure(title, caption, missing=missing or "No data for this figure in this directory.")
+        return Figure(title, caption, missing=missing)
     png = draw(*tables)
     return Figure(title, caption, png=png) if png else Figure(title, caption, missing=missing)
 

@@ -99,6 +99,8 @@ def machine(processes: int | None = None) -> dict[str, Any]:
     }
     if processes is not None:
         info["processes"] = processes
+        if processes > 1:  # the study's worker processes run one thread each
+            info["torch threads"] = f"1 per worker process ({info['torch threads']} in the main one)"
     return info
 
 
