@@ -59,7 +59,8 @@ class PageCheck:
     sections: list[str]  # ids of the page's <section>s, in order
     overflowing: list[str]  # elements whose right edge lies past the viewport
     page_width: int  # document scroll width (> width: a horizontal scrollbar)
-    first_screen: dict[str, float] = field(default_factory=dict)  # element id -> its bottom (px)
+    first_screen: dict[str, float] = field(default_factory=dict)  # verdict id -> its bottom (px)
+    empty_figures: list[str] = field(default_factory=list)  # figure sections with no image, no why
 
 
 # run in the page: images, sections, anything wider than the viewport, where the verdicts end
@@ -73,11 +74,13 @@ INSPECT = """(() => {
     if (r.width > 0 && (r.right > w + 1 || r.left < -1)) over.push(
       el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + ' right=' + Math.round(r.right));
   }
+  const empty = [...document.querySelectorAll('section.figure')]
+    .filter(s => !s.querySelector('img') && !(s.querySelector('.missing') || {}).textContent).map(s => s.id);
   const first = {};
   for (const el of document.querySelectorAll('.verdict')) first[el.id] = el.getBoundingClientRect().bottom;
   return {images: imgs.length, broken: broken, over: over.slice(0, 20),
           sections: [...document.querySelectorAll('section')].map(s => s.id),
-          pageWidth: document.documentElement.scrollWidth, first: first};
+          pageWidth: document.documentElement.scrollWidth, first: first, empty: empty};
 })()"""
 
 
@@ -238,6 +241,7 @@ def check_page(browser: Chromium, path: Path, width: int, height: int = 900) -> 
         overflowing=seen["over"],
         page_width=seen["pageWidth"],
         first_screen=seen["first"],
+        empty_figures=seen["empty"],
     )
 
 
