@@ -81,3 +81,17 @@ def test_data_ioi_reports_only_the_pools_ioi_uses(tmp_path):
     assert pools.dropped_counts("ioi") == {"names": 1}
     assert pools.dropped_counts("greater-than") == {"years": 2}
     assert pools.dropped_counts() == {"names": 1, "years": 2}
+
+
+def test_loading_a_hugging_face_directory_prints_no_transformers_bars(tiny_gpt2_dir):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "circuit_plasticity", "eval", str(tiny_gpt2_dir), "--n", "8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Loading weights" not in r.stderr and "it/s]" not in r.stderr
