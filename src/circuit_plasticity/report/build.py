@@ -78,6 +78,7 @@ def _scores(out: Path, seeds: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+TASK_NAMES = {"ioi": "IOI", "greater-than": "Greater-Than"}
 COUNTERFACTUAL = {"ioi": "ABC", "greater-than": '"01"'}
 
 
@@ -220,7 +221,7 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
         (m["model"] for m in (provenance or {}).get("models", []) if m.get("phase") == "base"), ""
     )
     page = Page(
-        title=f"circuit-plasticity: {model or 'models judged'} on {task}",
+        title=f"circuit-plasticity: {model or 'models judged'} on {TASK_NAMES.get(task, task)}",
         summary=summary,
         verdicts=verdicts,
         findings=read("findings"),

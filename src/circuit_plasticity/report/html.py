@@ -142,6 +142,19 @@ def _duration(seconds: float) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
 
 
+def _date(iso: str) -> str:
+    """'2026-12-02T12:26:03+00:00' as '2026-12-02 12:26 UTC'."""
+    day, _, clock = iso.partition("T")
+    return f"{day} {clock[:5]} UTC" if clock.endswith("+00:00") else iso.replace("T", " ")
+
+
+def _wall(p: dict) -> str:
+    """The study's wall time: summed over the invocations that made it (a resumed run)."""
+    wall = _duration(float(p.get("wall_seconds", 0)))
+    n = len(p.get("invocations", [])) or 1
+    return wall if n == 1 else f"{wall} over {n} invocations (resumed)"
+
+
 def _meta_line(page: Page) -> str:
     """The study and where it came from, in one line under the title."""
     e = html.escape
@@ -151,19 +164,13 @@ def _meta_line(page: Page) -> str:
         items.append(("version", p.get("version", "")))
         if p.get("commit"):
             items.append(("commit", p["commit"][:10] + (" (+ changes)" if "+" in p["commit"] else "")))
-        items.append(("finished", p.get("finished", "").replace("T", " ")))
+        items.append(("finished", _date(p.get("finished", ""))))
         m = p.get("machine", {})
         where = m.get("device", "")
         if m.get("processes"):
             where += f", {m['processes']} processes"
         items.append(("on", where))
-        wall = _duration(float(p.get("wall_seconds", 0)))
-        items.append(
-            (
-                "wall time",
-                wall + (" (this invocation; it resumed an earlier one)" if p.get("resumed") else ""),
-            )
-        )
+        items.append(("wall time", _wall(p)))
     return "<p class='meta'>" + " &middot; ".join(f"<b>{e(k)}</b>: {e(v)}" for k, v in items if v) + "</p>"
 
 
@@ -275,11 +282,7 @@ def _provenance_section(page: Page) -> list[str]:
         ("git commit", p.get("commit") or "not available (not run from a git checkout)"),
         ("started", p.get("started", "")),
         ("finished", p.get("finished", "")),
-        (
-            "wall time",
-            _duration(float(p.get("wall_seconds", 0)))
-            + (" (this invocation, which resumed an earlier one)" if p.get("resumed") else ""),
-        ),
+        ("wall time", _wall(p)),
         *((f"machine: {k}", str(v)) for k, v in p.get("machine", {}).items()),
     ]
     parts.append(

@@ -134,20 +134,30 @@ def judge(
     seeds: Sequence[SeedModels],
     out: str | Path,
     options: JudgeOptions | None = None,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] | None = print,
     validate: bool = True,
 ) -> Judgement:
-    """Analyses, evidence and verdicts of every seed, aggregated; writes tables/ under `out`."""
+    """Analyses, evidence and verdicts of every seed, aggregated; writes tables/ under `out`.
+    `progress` gets each stage's message under a bar with the time left (None: silent)."""
+    from itertools import accumulate
+
     from circuit_plasticity.fileio import write_table
+    from circuit_plasticity.study.progress import StageBar
 
     options = options or JudgeOptions()
     if validate:
         validate_seeds(seeds)
     out = Path(out)
     rows = []
-    for s in seeds:
-        evidence = judge_seed(s, out / "seeds" / f"seed-{s.seed}", options, progress)
-        rows.append(evidence.assign(seed=s.seed))
+    stages = [stage_count(s, options) for s in seeds]
+    bar = StageBar(sum(stages), "judge", progress)
+    try:
+        for s, done in zip(seeds, accumulate(stages), strict=True):
+            evidence = judge_seed(s, out / "seeds" / f"seed-{s.seed}", options, bar)
+            bar.done_through(done)
+            rows.append(evidence.assign(seed=s.seed))
+    finally:
+        bar.close()
     by_seed = pd.concat(rows, ignore_index=True)[["seed", "measure", "value", "ci_low", "ci_high"]]
     summary = combine_seeds(by_seed, options.thresholds.min_seeds)
     verdicts = decide(summary, options.thresholds, len(seeds))
@@ -155,6 +165,13 @@ def judge(
     write_table(out / "tables" / "findings.parquet", summary)
     write_table(out / "tables" / "verdicts.parquet", verdicts)
     return Judgement(by_seed, summary, verdicts, out)
+
+
+def stage_count(s: SeedModels, options: JudgeOptions) -> int:
+    """The stages `judge_seed` announces: each phase's analysis, evidence, the two repairs,
+    the per-head tables (the progress bar's length)."""
+    analyses = len(s.phases()) if options.full_analysis else 2
+    return analyses + 2 + (2 if options.repair is not None else 0)
 
 
 def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -> pd.DataFrame:

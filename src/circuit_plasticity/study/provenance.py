@@ -131,20 +131,42 @@ def write_provenance(
         for phase, model in s.phases().items():
             shown = portable_path(str(model), out) if isinstance(model, str | os.PathLike) else _name(model)
             models.append({"seed": s.seed, "phase": phase, "model": shown, "sha256": model_hash(model)})
-    record = {
+    this = {
         "command": command,
-        "spec": spec,
-        "models": models,
-        "version": package_version(),
-        "commit": git_commit(),
         "started": started.isoformat(timespec="seconds"),
         "finished": finished.isoformat(timespec="seconds"),
         "wall_seconds": round((finished - started).total_seconds(), 1),
         "resumed": resumed,
+    }
+    earlier = _earlier_invocations(out / FILE) if resumed else []
+    invocations = [*earlier, this]
+    record = {
+        **this,
+        "spec": spec,
+        "models": models,
+        "version": package_version(),
+        "commit": git_commit(),
+        "started": invocations[0]["started"],
+        "wall_seconds": round(sum(i["wall_seconds"] for i in invocations), 1),
+        "invocations": invocations,
         "machine": machine(processes),
     }
     write_json(out / FILE, record)
     return record
+
+
+def _earlier_invocations(path: Path) -> list[dict[str, Any]]:
+    """The invocations an earlier provenance.json recorded (a resumed run adds itself)."""
+    import json
+
+    if not path.is_file():
+        return []
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    keys = ("command", "started", "finished", "wall_seconds", "resumed")
+    return earlier.get("invocations") or [{k: earlier.get(k) for k in keys}]
 
 
 def _name(model: Any) -> str:
