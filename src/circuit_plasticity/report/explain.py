@@ -26,7 +26,7 @@ LABELS = {
     "localization_top_share": "share of the drop carried by the top-k heads",
     "localization_random_share": "share carried by random k-head sets",
     "localization_p_random": "p against random k-head sets (Fisher over seeds)",
-    "localization_concentration_excess": "poison's minus a clean fine-tune's concentration",
+    "localization_concentration_excess": "concentration of the poison's change minus the control's",
     "neuroplasticity_behaviour_recovery": "share of the drop recovered",
     "neuroplasticity_localized_recovery": "localized heads' recovery of their own change",
     "neuroplasticity_faithfulness_gap": "base-circuit faithfulness, retrained minus un-poisoned",
@@ -180,12 +180,32 @@ def criteria(study: Study, verdict: pd.Series) -> list[Criterion]:
 
 
 def _why(study: Study, verdict: pd.Series, used: list[Criterion]) -> str:
-    if str(verdict.verdict) == "yes":
-        return f"Yes: all {len(used)} criteria pass."
+    """Why this verdict, in one sentence: every criterion passed, the one that failed (its
+    reason), or the ones whose interval straddles their bar."""
+    outcome = str(verdict.verdict)
     reason = str(verdict.reason)
+    if outcome == "yes":
+        return f"Yes: all {len(used)} criteria pass."
+    unclear = [c for c in used if c.outcome == "unclear"]
+    if (
+        outcome == "inconclusive"
+        and unclear
+        and "too few seeds" not in reason
+        and "not applicable:" not in reason
+    ):
+        parts = [
+            f"the {c.label} is {c.value}, an interval that straddles its bar"
+            + (f" ({c.bar})" if c.bar else "")
+            if "[" in c.value
+            else f"{c.label} is {c.value}"
+            for c in unclear
+        ]
+        return "Inconclusive: " + "; ".join(parts) + "."
     for m, label in LABELS.items():  # the measure in words where the reason names it
         reason = reason.replace(f"{m}'s interval", f"the interval of the {label}").replace(m, label)
-    return f"{str(verdict.verdict).capitalize()}: {reason}."
+    if reason.lower().startswith(f"{outcome}: "):
+        reason = reason[len(outcome) + 2 :]
+    return f"{outcome.capitalize()}: {reason}."
 
 
 def _direction(study: Study, measure: str) -> int:
