@@ -3,8 +3,8 @@
     python docs/make_pictures.py                       # docs/report.png from runs/default
     python docs/make_pictures.py --run DIR --sweep DIR # and docs/sweep-poison-fraction.png
 
-docs/report.png: `circuit-plasticity run --out DIR` (the default study: trains it, or, when DIR
-holds a finished study, only re-renders its report), then the report's first screen, as
+docs/report.png: `circuit-plasticity run --out DIR` (the default study), or, when DIR holds a
+finished one (its provenance.json), its report re-rendered by today's code; then the report's first screen, as
 headless Chromium shows it in a 1400 x 1000 px window. docs/sweep-poison-fraction.png: with
 --sweep, `circuit-plasticity sweep experiments/sweep-poison-fraction.yaml --out DIR` (finished
 points are skipped; the report is rebuilt from their tables), then its dose-response figure.
@@ -40,7 +40,14 @@ def main() -> None:
 
     from circuit_plasticity.report.browser import screenshot
 
-    cli("run", "--out", str(args.run))
+    if (args.run / "provenance.json").is_file():  # a finished study: its report, re-rendered
+        from circuit_plasticity.api import render_report
+        from circuit_plasticity.study.experiment import load_experiment, spec_summary
+
+        spec = load_experiment(None)
+        render_report(args.run, spec_summary(spec), list(spec.seeds))
+    else:
+        cli("run", "--out", str(args.run))
     shot = screenshot(args.run / "report" / "index.html", DOCS / "report.png", args.width, args.height)
     print(f"{shot}: the first screen of {args.run / 'report' / 'index.html'}")
     if args.sweep is not None:

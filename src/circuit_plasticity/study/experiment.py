@@ -225,8 +225,8 @@ def _run_parallel(spec: ExperimentSpec, mine: dict, out: Path, workers: int, say
             for job in done:
                 kind, seed = running.pop(job)
                 job.result()  # a failure in a worker fails the run here, with its message
+                bar.set_postfix_str(f"seed {seed}: {kind} done", refresh=False)
                 bar.update(1)
-                bar.set_postfix_str(f"seed {seed}: {kind} done")
                 if kind == "train":
                     line(f"seed {seed}: trained")
                     phases = [p for p in STUDY_PHASES if _has_phase(out, seed, p)]
