@@ -10,7 +10,8 @@ import textwrap
 import pandas as pd
 import pytest
 
-from circuit_plasticity.report.html import render_report
+from circuit_plasticity.report.explain import Study, explain
+from circuit_plasticity.report.html import Figure, Page, render_report
 
 TINY = textwrap.dedent("""\
     seeds: [0, 1]
@@ -120,8 +121,25 @@ def test_report_escapes_user_strings(tmp_path):
         ]
     )
     scores = pd.DataFrame([{"phase": evil, "score": 1.0, "ci_low": 0.5, "ci_high": 1.5, "accuracy": 0.9}])
-    path = render_report(tmp_path, evil, {"model": evil}, verdicts, findings, scores, [(evil, evil, b"png")])
-    text = path.read_text()
+    study = Study(findings, verdicts, {0: {"localization_top_heads": evil}}, {0: [evil]}, evil)
+    page = Page(
+        evil,
+        {"model": evil, "seeds": evil},
+        verdicts,
+        findings,
+        scores,
+        [Figure(evil, evil, png=b"png"), Figure(evil, evil, missing=evil)],
+        explain(study),
+        {evil: evil},
+        {
+            "command": evil,
+            "spec": {evil: evil},
+            "models": [{"model": evil, "sha256": evil}],
+            "machine": {evil: evil},
+        },
+        [evil],
+    )
+    text = render_report(tmp_path, page).read_text()
     assert "<script>" not in text and "&lt;script&gt;" in text
 
 

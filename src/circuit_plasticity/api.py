@@ -10,9 +10,26 @@ from pathlib import Path
 def run_study(spec, out: str | Path, csv: bool = False, progress: bool = True) -> Path:
     """The `run` command: train every seed, judge, collect the tables, write the report (its
     path is returned). Resumable: finished steps are skipped."""
-    from circuit_plasticity.study.experiment import run_experiment, spec_summary
+    from circuit_plasticity.study import provenance
+    from circuit_plasticity.study.experiment import (
+        run_experiment,
+        spec_record,
+        spec_summary,
+        study_seed,
+        study_workers,
+    )
 
+    started, resumed = provenance.now(), (Path(out) / "experiment.json").is_file()
     out = run_experiment(spec, out, csv=csv, progress=progress)
+    provenance.write_provenance(
+        out,
+        command="run",
+        spec=spec_record(spec),
+        seeds=[study_seed(spec, out, s) for s in spec.seeds],
+        started=started,
+        resumed=resumed,
+        processes=study_workers(spec),
+    )
     return render_report(out, spec_summary(spec), list(spec.seeds), csv=csv)
 
 
@@ -25,17 +42,27 @@ def judge_and_report(
     progress=print,
     validate: bool = True,
     redo: bool = False,
+    command: str = "judge",
+    spec: dict | None = None,
 ) -> Path:
     """`judge` the models, collect every table, write the report; returns the report's path.
     Bad input (missing models, different architectures, a model given twice) fails before any
-    file is written."""
+    file is written. `spec` (default: the options) is recorded in provenance.json."""
+    import dataclasses
+
+    from circuit_plasticity.study import provenance
     from circuit_plasticity.study.judge import expand_checkpoints, judge, validate_seeds
 
     seeds = [expand_checkpoints(s) for s in seeds]
     if validate:
         validate_seeds(seeds)
     out = Path(out)
+    started, resumed = provenance.now(), (out / "tables").is_dir()
     judge(seeds, out, options, progress=progress, validate=False, redo=redo)
+    record = spec if spec is not None else {"options": dataclasses.asdict(options)}
+    provenance.write_provenance(
+        out, command=command, spec=record, seeds=list(seeds), started=started, resumed=resumed
+    )
     return render_report(out, {**summary, **judged_models(seeds)}, [s.seed for s in seeds], csv=csv)
 
 
@@ -52,14 +79,23 @@ def judged_models(seeds: Sequence) -> dict[str, str]:
 def compare_runs(runs: Sequence[str | Path], out: str | Path, n: int = 160, csv: bool = False) -> Path:
     """The `compare` command: the phases of training runs made by `train` (one run directory
     per seed) judged like the study's own; returns the report's path."""
+    import dataclasses
+    import json
+
     from circuit_plasticity.study.experiment import runs_task, seeds_from_run_dirs
     from circuit_plasticity.study.judge import JudgeOptions
 
     runs = [Path(r) for r in runs]
     seeds = seeds_from_run_dirs(runs)
     task, years = runs_task(runs)
-    summary = {"runs": ", ".join(map(str, runs)), "task": task}
-    return judge_and_report(seeds, out, JudgeOptions(n=n, task=task, years=years), summary, csv=csv)
+    first = json.loads((runs[0] / "spec.json").read_text())
+    summary = {"model": str(first.get("model", "")), "task": task, "runs": ", ".join(map(str, runs))}
+    options = JudgeOptions(n=n, task=task, years=years)
+    spec = {
+        "options": dataclasses.asdict(options),
+        "runs": {str(r): json.loads((r / "spec.json").read_text()) for r in runs},
+    }
+    return judge_and_report(seeds, out, options, summary, csv=csv, command="compare", spec=spec)
 
 
 def judge_models(
@@ -93,7 +129,7 @@ def judge_models(
         repair=RepairPlan() if repair else None,
         task=task,
     )
-    summary = {"task": task, "seeds": str(len(seeds)), "base": str(seeds[0].base)}
+    summary = {"model": str(seeds[0].base), "task": task, "seeds": str(len(seeds))}
     return judge_and_report(seeds, out, options, summary, csv=csv, redo=redo)
 
 

@@ -21,6 +21,29 @@ data_app = typer.Typer(help="Build and inspect task datasets (JSONL).", no_args_
 app.add_typer(data_app, name="data")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"circuit-plasticity {version('circuit-plasticity')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """What does fine-tuning do to the circuits inside a language model?"""
+
+
+def example(*lines: str) -> str:
+    """A command's help epilog: its examples, one per line."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def fail(message: str) -> None:
     typer.secho(f"error: {message}", err=True, fg="red")
     raise typer.Exit(2)
@@ -54,7 +77,7 @@ def _data_command(
     examples, pools = build_dataset(task, n, seed, tok, split, split_seed, poison, fraction, years)
     save_jsonl(out, examples)
     summary = summarize(examples)
-    summary["dropped_by_tokenizer"] = pools.dropped_counts()
+    summary["dropped_by_tokenizer"] = pools.dropped_counts(task)
     typer.echo(json.dumps({"out": str(out), **summary}))
 
 
@@ -91,7 +114,13 @@ SplitOpt = Annotated[
 ]
 
 
-@data_app.command("ioi")
+@data_app.command(
+    "ioi",
+    epilog=example(
+        "circuit-plasticity data ioi --n 2000 --poison subject --fraction 0.5 --out p.jsonl",
+        "circuit-plasticity data ioi --n 200 --split test --tokenizer gpt2 --out test.jsonl",
+    ),
+)
 def data_ioi(
     out: OutOpt,
     n: NOpt = 2000,
@@ -106,7 +135,10 @@ def data_ioi(
     _data_command("ioi", n, seed, poison, fraction, tokenizer, split, split_seed, out)
 
 
-@data_app.command("greater-than")
+@data_app.command(
+    "greater-than",
+    epilog=example("circuit-plasticity data greater-than --n 500 --split test --years 10-60 --out gt.jsonl"),
+)
 def data_greater_than(
     out: OutOpt,
     n: NOpt = 2000,
@@ -128,7 +160,7 @@ def data_greater_than(
     _data_command("greater-than", n, seed, poison, fraction, tokenizer, split, split_seed, out, span)
 
 
-@data_app.command("show")
+@data_app.command("show", epilog=example("circuit-plasticity data show p.jsonl"))
 def data_show(path: Annotated[Path, typer.Argument(help="A dataset JSONL file.")]) -> None:
     """Counts by template, order and poisoned."""
     from circuit_plasticity.tasks.jsonl import load_jsonl, summarize
@@ -140,7 +172,13 @@ toy_app = typer.Typer(help="The embedded toy models (toy-ioi, toy-gt).", no_args
 app.add_typer(toy_app, name="toy-model")
 
 
-@toy_app.command("train")
+@toy_app.command(
+    "train",
+    epilog=example(
+        "circuit-plasticity toy-model train --seed 0 --out toy",
+        "circuit-plasticity toy-model train --model toy-gt --seed 0 --out toy-gt",
+    ),
+)
 def toy_train(
     out: Annotated[Path, typer.Option("--out", help="Directory for the trained model.")],
     seed: SeedOpt = 0,
@@ -160,7 +198,13 @@ def toy_train(
     )
 
 
-@app.command("eval")
+@app.command(
+    "eval",
+    epilog=example(
+        "circuit-plasticity eval toy-ioi --task ioi",
+        "circuit-plasticity eval runs/default/seeds/seed-0/phases/poisoned/step-000128 --data p.jsonl --json",
+    ),
+)
 def eval_command(
     model: ModelArg,
     task: TaskOpt = "ioi",
@@ -181,16 +225,18 @@ def eval_command(
         typer.echo(json.dumps(result))
         return
     metric = "logit diff" if result["task"] == "ioi" else "prob diff"
-    for prefix in ("", "clean_", "poisoned_"):
+    typer.echo(f"{result['model']} on {result['n']} {result['task']} prompts (95 % bootstrap CIs)")
+    for prefix, label in (("", "all"), ("clean_", "clean"), ("poisoned_", "poisoned")):
         if prefix + "score" in result:
+            count = result.get(prefix + "n", result["n"])
             typer.echo(
-                f"{prefix or 'all_':9s}{metric} {result[prefix + 'score']:+.3f} "
+                f"  {label:<8s} {count:>5d} prompts  {metric} {result[prefix + 'score']:+.3f} "
                 f"[{result[prefix + 'score_ci_low']:+.3f}, {result[prefix + 'score_ci_high']:+.3f}]  "
                 f"accuracy {result[prefix + 'correct']:.3f}  top-1 {result[prefix + 'top1']:.3f}"
             )
 
 
-@app.command("export")
+@app.command("export", epilog=example("circuit-plasticity export toy-gt --out exported"))
 def export_command(
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", help="New folder for the transformers model.")],
@@ -204,7 +250,7 @@ def export_command(
         typer.echo(f"exported {model} to {export_model(model, out)}")
 
 
-@app.command("analyses")
+@app.command("analyses", epilog=example("circuit-plasticity analyses"))
 def analyses_command() -> None:
     """List the per-component analyses of the registry: what each measures, for which tasks."""
     from circuit_plasticity.analysis.registry import ANALYSES, PROFILE
@@ -215,7 +261,14 @@ def analyses_command() -> None:
         typer.echo(f"{'':10s} {a.definition}")
 
 
-@app.command("analyze")
+@app.command(
+    "analyze",
+    epilog=example(
+        "circuit-plasticity analyze toy-ioi --task ioi --out analysis",
+        "circuit-plasticity analyze toy-gt --task greater-than --out gt-analysis",
+        "circuit-plasticity analyze gpt2 --out gpt2 --depth fast --memory-budget 1",
+    ),
+)
 def analyze_command(
     model: ModelArg,
     out: Annotated[Path, typer.Option("--out", help="Directory for tables (Parquet) and circuit.json.")],
@@ -272,11 +325,13 @@ def analyze_command(
         typer.echo(f"edge_circuit.json in the EAP-IG/MIB format (docs/edge-circuit-format.md) in {out}")
 
 
-@app.command("train")
+@app.command(
+    "train", epilog=example("circuit-plasticity train experiments/toy-protocol.yaml --out runs/protocol")
+)
 def train_command(
     spec: Annotated[Path, typer.Argument(help="Protocol spec (YAML); see experiments/.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory (created; resumed if it exists).")],
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     tokenizer: ModelTokOpt = None,
 ) -> None:
     """Run the fine-tuning phases of SPEC; the same command again resumes after a kill."""
@@ -292,7 +347,10 @@ def train_command(
     typer.echo(phase_summary(table).to_string(index=False))
 
 
-@app.command("compare")
+@app.command(
+    "compare",
+    epilog=example("circuit-plasticity compare runs/p0 runs/p1 runs/p2 --out runs/compared"),
+)
 def compare_command(
     runs: Annotated[list[Path], typer.Argument(help="Training run directories (one per seed).")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the tables and the report.")],
@@ -332,7 +390,14 @@ def _check_log(log: str | None) -> None:
     check_backend(log)
 
 
-@app.command("judge")
+@app.command(
+    "judge",
+    epilog=example(
+        "circuit-plasticity judge --base gpt2 --clean c0 --poisoned p0 --retrain r0 --clean c1 "
+        "--poisoned p1 --retrain r1 --clean c2 --poisoned p2 --retrain r2 --out judged",
+        "circuit-plasticity judge --seeds-file seeds.yaml --out judged",
+    ),
+)
 def judge_command(
     out: Annotated[Path, typer.Option("--out", help="Directory for the tables and the report.")],
     base: Annotated[list[str], typer.Option("--base", help="The base model (one, or one per seed).")] = [],  # noqa: B006
@@ -386,7 +451,13 @@ def judge_command(
     _print_verdicts(out, report, log)
 
 
-@app.command("run")
+@app.command(
+    "run",
+    epilog=example(
+        "circuit-plasticity run --out runs/default",
+        "circuit-plasticity run experiments/toy-greater-than.yaml --out runs/gt --csv",
+    ),
+)
 def run_command(
     experiment: Annotated[
         Path | None, typer.Argument(help="Experiment spec (YAML); default: toy-ioi study.")
@@ -396,7 +467,7 @@ def run_command(
     ),
     model: Annotated[str | None, typer.Option(help="Override the spec's model (e.g. gpt2).")] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     tokenizer: ModelTokOpt = None,
     log: LogOpt = None,
 ) -> None:
@@ -420,11 +491,16 @@ def run_command(
     _check_log(log)
     with fallback_tokenizer(tokenizer):
         report = run_study(spec, out, csv=csv, progress=not quiet)
-    typer.echo(f"report: {report}")
-    _send(out, log)
+    _print_verdicts(out, report, log)
 
 
-@app.command("sweep")
+@app.command(
+    "sweep",
+    epilog=example(
+        "circuit-plasticity sweep experiments/sweep-poison-fraction.yaml --out runs/sweep",
+        "circuit-plasticity sweep experiments/sweep-poison-fraction.yaml --out runs/sweep --executor ray",
+    ),
+)
 def sweep_command(
     sweep: Annotated[Path, typer.Argument(help="Sweep spec (YAML): base, grid, points; see experiments/.")],
     out: Annotated[Path, typer.Option("--out", help="Sweep directory (resumed if it exists).")],
@@ -441,7 +517,7 @@ def sweep_command(
         float, typer.Option("--gpus-per-point", help="ray: GPUs each task asks for.")
     ] = 0.0,
     csv: Annotated[bool, typer.Option("--csv", help="Also write CSV copies of the tables.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress lines.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:
     """Run a study per grid point (fraction, seeds, lr, model, ...): the dose-response tables and report."""
     from circuit_plasticity.sweep.run import run_sweep

@@ -106,13 +106,15 @@ def per_prompt(
 
 def summarize(metrics: dict[str, torch.Tensor], batch: TaskBatch, seed: int = 0) -> dict[str, float]:
     """Means with bootstrap CIs, overall and split clean/poisoned where both exist."""
-    out: dict[str, float] = {"n": float(len(batch))}
+    out: dict[str, float] = {"n": len(batch)}  # counts are ints (JSON "n": 100, not 100.0)
     metrics = {k: v.cpu() for k, v in metrics.items()}
     batch = batch.to("cpu")
     masks = {"": torch.ones(len(batch), dtype=torch.bool)}
     if batch.poisoned.any() and (~batch.poisoned).any():
         masks |= {"clean_": ~batch.poisoned, "poisoned_": batch.poisoned}
     for prefix, mask in masks.items():
+        if prefix:
+            out[prefix + "n"] = int(mask.sum())
         for key in ("score", "correct", "top1"):
             out |= bootstrap(metrics[key][mask], seed=seed).as_dict(prefix + key)
         for key in ("p_io", "p_s", "p_target", "p_absent_names"):

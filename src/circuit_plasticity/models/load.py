@@ -233,6 +233,9 @@ def _load_hub(
 
     def load(local_only: bool) -> tuple[Any, Any, Any]:
         from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # no "Loading weights" bar per model: ours say it
 
         config = AutoConfig.from_pretrained(name, local_files_only=local_only)
         check_causal_decoder(name, config)  # before the weights: refuse early, by architecture

@@ -11,8 +11,8 @@ from circuit_plasticity.analysis import registry
 from circuit_plasticity.compare.stats import t_interval
 from circuit_plasticity.components import component_name
 from circuit_plasticity.fileio import write_table
-from circuit_plasticity.report import figures
-from circuit_plasticity.report.html import METRICS, render_report
+from circuit_plasticity.report import explain, figures
+from circuit_plasticity.report.html import METRICS, Figure, Page, render_report
 
 PER_SEED = {  # table name -> path inside a seed directory
     "metrics": "metrics.parquet",
@@ -78,84 +78,158 @@ def _scores(out: Path, seeds: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+TASK_NAMES = {"ioi": "IOI", "greater-than": "Greater-Than"}
 COUNTERFACTUAL = {"ioi": "ABC", "greater-than": '"01"'}
 
 
+def _figure(title: str, caption: str, draw, *tables: pd.DataFrame | None, missing: str = "") -> Figure:
+    """A Figure drawn from `tables`, or, when one is absent or holds nothing to draw, the
+    sentence saying why there is none."""
+    missing = missing or "No data for this figure: the analyses of this directory did not measure it."
+    if any(t is None or t.empty for t in tables):
+        return Figure(title, caption, missing=missing)
+    png = draw(*tables)
+    return Figure(title, caption, png=png) if png else Figure(title, caption, missing=missing)
+
+
+def _read(tables: Path, name: str) -> pd.DataFrame | None:
+    path = tables / f"{name}.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def _study(out: Path, seeds: list[int], tables: Path, metric: str, thresholds) -> explain.Study:
+    """What the verdicts' sentences read: findings, verdicts, each seed's findings.json and base
+    circuit."""
+    by_seed = {}
+    for s in seeds:
+        path = out / "seeds" / f"seed-{s}" / "compare" / "findings.json"
+        if path.is_file():
+            by_seed[s] = json.loads(path.read_text())
+    circuits = _read(tables, "circuits")
+    members = {}
+    if circuits is not None and "phase" in circuits:
+        base = circuits[circuits.phase == "base"]
+        members = {int(s): list(g.component) for s, g in base.groupby("seed")}
+    return explain.Study(
+        _read(tables, "findings"), _read(tables, "verdicts"), by_seed, members, metric, thresholds
+    )
+
+
+def _thresholds(provenance: dict | None):
+    """The verdicts' thresholds as the spec set them (the defaults when it does not say)."""
+    from circuit_plasticity.compare.verdicts import VerdictThresholds
+
+    spec = (provenance or {}).get("spec", {})
+    given = spec.get("experiment", {}).get("verdicts") or spec.get("options", {}).get("thresholds")
+    try:
+        return VerdictThresholds(**given) if given else VerdictThresholds()
+    except TypeError:  # written by another version: bars unknown
+        return None
+
+
 def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
+    from circuit_plasticity.study.provenance import FILE as PROVENANCE
+
     task = summary.get("task", "ioi")
+    metric = METRICS.get(task, "score")
     tables = out / "tables"
-    read = lambda name: pd.read_parquet(tables / f"{name}.parquet")  # noqa: E731
+    read = lambda name: _read(tables, name)  # noqa: E731
     heads = read("heads")
     first = out / "seeds" / f"seed-{seeds[0]}" / "analysis"
     circuits = {p.name: json.loads((p / "circuit.json").read_text()) for p in sorted(first.glob("*"))}
-    n_layers = int(heads.layer.max()) + 1
-    n_heads = int(heads["head"].max()) + 1
     members = {component_name((h["layer"], h["head"])) for h in circuits.get("base", {}).get("heads", [])}
-    figs = []
-    if (tables / "metrics.parquet").is_file():
-        figs.append(
-            (
-                "Metrics through all phases",
-                f"Held-out clean {METRICS[task]} and accuracy, poison success and general-text "
-                "loss; solid: clean -> poisoned -> retrain, dashed: the clean-only control branch.",
-                figures.metric_curves(read("metrics")),
-            )
+    figs = [
+        _figure(
+            "Metrics through all phases",
+            f"Held-out clean {metric} and accuracy, poison success and general-text loss; solid: "
+            "clean -> poisoned -> retrain, dashed: the clean-only control branch; one line per seed.",
+            figures.metric_curves,
+            read("metrics"),
+            missing="No training metrics: the models were judged as given (judge), not trained here.",
         )
-    figs += [(f.title, f.caption, figures.head_heatmaps(heads, f.measure)) for f in registry.figures(task)]
+    ]
     figs += [
-        (
+        _figure(f.title, f.caption, lambda h, m=f.measure: figures.head_heatmaps(h, m), heads)
+        for f in registry.figures(task)
+    ]
+    figs.append(
+        _figure(
             "Path patching: direct effect on the logits",
             "Score change (share of the model's score) when only "
-            f"the head -> logits path sees the {COUNTERFACTUAL[task]} prompt.",
-            figures.head_heatmaps(heads, "path_logits"),
-        ),
-        (
-            f"Circuits per phase (seed {seeds[0]})",
-            "Colour: role (squares: MLPs). Ringed: in this phase's circuit but "
-            "not the base's; hollow ring: a base component that left.",
-            figures.circuit_diagram(circuits, n_layers, n_heads, mlps=bool((heads["head"] < 0).any())),
-        ),
-        (
+            f"the head -> logits path sees the {COUNTERFACTUAL.get(task, 'corrupted')} prompt.",
+            lambda h: figures.head_heatmaps(h, "path_logits"),
+            heads,
+        )
+    )
+    if heads is not None and circuits:
+        n_layers, n_heads = int(heads.layer.max()) + 1, int(heads["head"].max()) + 1
+        mlps = bool((heads["head"] < 0).any())
+        figs.append(
+            Figure(
+                f"Circuits per phase (seed {seeds[0]})",
+                "Each phase's circuit on the layer x head grid. Colour: role (squares: MLPs); "
+                "grey: not in the circuit. Arrows: the circuit's edges, sender -> receiver. Black "
+                "ring: in this phase's circuit but not the base's; hollow ring: a base member that left.",
+                png=figures.circuit_diagram(circuits, n_layers, n_heads, mlps=mlps),
+            )
+        )
+    else:
+        figs.append(Figure("Circuits per phase", "", missing="No per-phase analyses in this directory."))
+    figs.append(
+        _figure(
             "Cross-model activation patching",
             "Share of each model's gap to the base explained by patching one "
             "head's output from it into the base.",
-            figures.cmap_maps(read("cmap")),
-        ),
-    ]
-    if (tables / "recovery.parquet").is_file():
-        figs.append(
-            (
-                "Recovery after retraining",
-                "1 - |retrained - clean| / |poisoned - clean| of each head's DLA (the poison phase "
-                "starts from the clean fine-tune).",
-                figures.recovery_bars(read("recovery"), members),
-            )
+            figures.cmap_maps,
+            read("cmap"),
         )
-    curves = read("faithfulness_curves") if (tables / "faithfulness_curves.parquet").is_file() else None
-    if curves is not None and len(curves):
-        figs.append(
-            (
-                "Edge attribution circuits: faithfulness against size",
-                "EAP-IG edge scores; circuits of the n best edges at MIB's sizes, the rest of the "
-                "graph patched edge by edge with the corrupted run; mean over seeds.",
-                figures.faithfulness_curves(curves),
-            )
-        )
-    if (tables / "tracking.parquet").is_file():
-        figs.append(
-            (
-                "The base circuit through training",
-                "Faithfulness of the base model's circuit and "
-                "its members' direct effects at every checkpoint.",
-                figures.tracking_curves(read("tracking")),
-            )
-        )
-    return render_report(
-        out,
-        f"circuit-plasticity: {summary.get('model', '')} on {summary.get('task', '')}",
-        summary,
-        read("verdicts"),
-        read("findings"),
-        _scores(out, seeds),
-        figs,
     )
+    figs.append(
+        _figure(
+            "Recovery after retraining",
+            "1 - |retrained - clean| / |poisoned - clean| of each head's DLA (the poison phase "
+            "starts from the clean fine-tune).",
+            lambda r: figures.recovery_bars(r, members),
+            read("recovery"),
+        )
+    )
+    figs.append(
+        _figure(
+            "Edge attribution circuits: faithfulness against size",
+            "EAP-IG edge scores; circuits of the n best edges at MIB's sizes, the rest of the "
+            "graph patched edge by edge with the corrupted run; mean over seeds.",
+            figures.faithfulness_curves,
+            read("faithfulness_curves"),
+            missing="No edge-attribution curves: the phases were analysed without EAP-IG.",
+        )
+    )
+    figs.append(
+        _figure(
+            "The base circuit through training",
+            "Faithfulness of each seed's base circuit and its members' direct effects at every "
+            "checkpoint; colour: component, line style: seed.",
+            figures.tracking_curves,
+            read("tracking"),
+            missing="No tracking: the models were judged without their intermediate checkpoints.",
+        )
+    )
+    provenance_path = out / PROVENANCE
+    provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else None
+    verdicts = read("verdicts")
+    study = _study(out, seeds, tables, metric, _thresholds(provenance))
+    model = summary.get("model") or next(
+        (m["model"] for m in (provenance or {}).get("models", []) if m.get("phase") == "base"), ""
+    )
+    page = Page(
+        title=f"circuit-plasticity: {model or 'models judged'} on {TASK_NAMES.get(task, task)}",
+        summary=summary,
+        verdicts=verdicts,
+        findings=read("findings"),
+        scores=_scores(out, seeds),
+        figures=figs,
+        explanations=explain.explain(study),
+        rules=dict(zip(verdicts.finding, verdicts.rule, strict=True)),
+        provenance=provenance,
+        tables=sorted(p.name for p in tables.glob("*.parquet")),
+    )
+    return render_report(out, page)

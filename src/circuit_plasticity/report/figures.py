@@ -56,10 +56,12 @@ def phase_offsets(metrics: pd.DataFrame) -> dict[str, int]:
 
 def metric_curves(
     metrics: pd.DataFrame, measures=("clean_score", "clean_accuracy", "poison_success", "lm_loss")
-) -> bytes:
+) -> bytes | None:
     """Training curves through all phases, every seed thin, the control branch dashed."""
     plt = pyplot()
     measures = [m for m in measures if m in metrics.columns]
+    if not measures:
+        return None
     fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.2))
     axes = np.atleast_1d(axes)
     colors = {"clean": "#1f77b4", "poisoned": "#d62728", "retrain": "#2ca02c", "control": "#7f7f7f"}
@@ -93,29 +95,39 @@ def metric_curves(
     return png_bytes(fig)
 
 
-def head_heatmaps(heads: pd.DataFrame, measure: str, phases=PHASE_ORDER) -> bytes:
-    """One layer x head heatmap of `measure` per phase (mean over seeds), shared color scale."""
+def _panels(n: int, width: float = 2.6, height: float = 2.6):
+    """A row of `n` heatmap panels sharing their y axis, spaced so no label meets its neighbour."""
     plt = pyplot()
+    fig, axes = plt.subplots(1, n, figsize=(width * n + 1.2, height), sharey=True, squeeze=False)
+    fig.subplots_adjust(wspace=0.12)
+    return fig, list(axes[0])
+
+
+def head_heatmaps(heads: pd.DataFrame, measure: str, phases=PHASE_ORDER) -> bytes | None:
+    """One layer x head heatmap of `measure` per phase (mean over seeds), shared color scale;
+    None when no head has the measure."""
     data = heads[(heads.measure == measure) & (heads["head"] >= 0)]  # heads only: MLPs are head -1
     phases = [p for p in phases if p in set(data.phase)]
+    if not phases:
+        return None
     grids = {p: data[data.phase == p].groupby(["layer", "head"]).value.mean().unstack() for p in phases}
     vmax = max(float(np.nanmax(np.abs(g.values))) for g in grids.values()) or 1.0
-    fig, axes = plt.subplots(1, len(phases), figsize=(2.6 * len(phases) + 1, 2.6))
-    axes = np.atleast_1d(axes)
+    fig, axes = _panels(len(phases))
     for ax, p in zip(axes, phases, strict=True):
         im = ax.imshow(grids[p].values, cmap="RdBu", vmin=-vmax, vmax=vmax)
         ax.set_title(p)
         ax.set_xlabel("head")
-        ax.set_ylabel("layer")
         ax.set_xticks(range(grids[p].shape[1]))
         ax.set_yticks(range(grids[p].shape[0]))
-    fig.colorbar(im, ax=list(axes), shrink=0.8, label=measure)
+    axes[0].set_ylabel("layer")
+    fig.colorbar(im, ax=axes, shrink=0.8, label=measure)
     return png_bytes(fig)
 
 
 def circuit_diagram(circuits: dict[str, dict], n_layers: int, n_heads: int, mlps: bool = False) -> bytes:
     """Each phase's circuit on the layer x head grid (with `mlps`, one more column: each layer's
-    MLP): colour = role, arrows = edges; a black ring marks a component that is in this phase's
+    MLP): colour = role, arrows = edges (sender -> receiver; edges to the logits are left out);
+    a black ring marks a component that is in this phase's
     circuit but not the base's (or the reverse, hollow)."""
     plt = pyplot()
     phases = [p for p in PHASE_ORDER if p in circuits]
@@ -159,37 +171,47 @@ def circuit_diagram(circuits: dict[str, dict], n_layers: int, n_heads: int, mlps
         ax.set_xlim(-0.6, columns - 0.4)
         ax.set_ylim(-0.6, n_layers - 0.4)
         ax.set_xlabel("head")
-        ax.set_ylabel("layer")
+    axes[0].set_ylabel("layer")
     used = {h["role"] for c in circuits.values() for h in c["heads"]}
     handles = [
         plt.Line2D([], [], marker="o", ls="", color=c, label=r) for r, c in ROLE_COLORS.items() if r in used
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.12))
+    handles += [
+        plt.Line2D([], [], color="gray", lw=0.8, marker=">", ms=4, label="edge (sender -> receiver)"),
+        plt.Line2D([], [], marker="o", ls="", color="#cccccc", mec="black", mew=1.8, label="joined"),
+        plt.Line2D([], [], marker="o", ls="", mfc="none", mec="black", label="left"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.14))
     return png_bytes(fig)
 
 
-def cmap_maps(cmap: pd.DataFrame) -> bytes:
+def cmap_maps(cmap: pd.DataFrame) -> bytes | None:
     """Share of each source model's gap to the base explained by patching one head into the base."""
-    plt = pyplot()
     data = cmap[(cmap.position == "all") & (cmap.activation == "output") & (cmap.measure == "share")]
     sources = [p for p in PHASE_ORDER if p in set(data.source)]
-    fig, axes = plt.subplots(1, len(sources), figsize=(2.6 * len(sources) + 1, 2.6))
-    axes = np.atleast_1d(axes)
+    if not sources:
+        return None
+    fig, axes = _panels(len(sources))
     for ax, src in zip(axes, sources, strict=True):
         grid = data[data.source == src].groupby(["layer", "head"]).value.mean().unstack()
         im = ax.imshow(grid.values, cmap="PuOr", vmin=-1, vmax=1)
         ax.set_title(f"{src} -> base")
         ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-    fig.colorbar(im, ax=list(axes), shrink=0.8, label="share of gap")
+        ax.set_xticks(range(grid.shape[1]))
+        ax.set_yticks(range(grid.shape[0]))
+    axes[0].set_ylabel("layer")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="share of gap")
     return png_bytes(fig)
 
 
-def recovery_bars(rec: pd.DataFrame, members: set[str]) -> bytes:
-    """Per-head recovery of the direct effect after retraining (mean and range over seeds)."""
+def recovery_bars(rec: pd.DataFrame, members: set[str]) -> bytes | None:
+    """Per-head recovery of the direct effect after retraining (mean and range over seeds);
+    None when no head's recovery is defined."""
     plt = pyplot()
     data = rec[rec.measure == "dla_recovery"]
     stats = data.groupby("component").value.agg(["mean", "min", "max"]).dropna()
+    if stats.empty:
+        return None
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(stats)), 3))
     colors = ["#2ca02c" if c in members else "#aaaaaa" for c in stats.index]
     ax.bar(
@@ -207,50 +229,72 @@ def recovery_bars(rec: pd.DataFrame, members: set[str]) -> bytes:
     return png_bytes(fig)
 
 
-def tracking_curves(tracking: pd.DataFrame) -> bytes:
-    """The base circuit's faithfulness and its members' direct effects at every checkpoint."""
+SEED_STYLES = ["-", "--", ":", "-."]
+
+
+def tracking_curves(tracking: pd.DataFrame) -> bytes | None:
+    """The base circuit's faithfulness and its members' direct effects at every checkpoint.
+    Each seed has its own base circuit: one colour per component across seeds, one line style
+    per seed, the legend (every component drawn, then the seeds) beside the plot."""
     plt = pyplot()
     offsets_order = ["base", "clean", "poisoned", "retrain"]
     data = tracking[tracking.phase.isin(offsets_order)].copy()
+    if data.empty:
+        return None
     ends, start = {}, 0
     for p in offsets_order:
         rows = data[data.phase == p]
         ends[p] = start
         start += int(rows.step.max()) if len(rows) and p != "base" else 0
     data["x"] = [ends[p] + s for p, s in zip(data.phase, data.step, strict=True)]
-    members = list(dict.fromkeys(data[data.measure == "dla"].component))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    dla = data[data.measure == "dla"]
+    members = sorted(set(dla.component), key=lambda c: (len(c), c))
+    palette = plt.get_cmap("tab10" if len(members) <= 10 else "tab20").colors
+    color = {c: palette[i % len(palette)] for i, c in enumerate(members)}
+    seeds = sorted(set(data.seed))
+    style = {s: SEED_STYLES[i % len(SEED_STYLES)] for i, s in enumerate(seeds)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     for seed, rows in data.groupby("seed"):
         rows = rows.sort_values("x")
         faith = rows[rows.measure == "faithfulness"]
-        axes[0].plot(faith.x, faith.value, color="#1f77b4", alpha=0.7)
+        axes[0].plot(faith.x, faith.value, color="#1f77b4", ls=style[seed], alpha=0.8)
         for c in members:
             mine = rows[(rows.measure == "dla") & (rows.component == c)]
-            axes[1].plot(mine.x, mine.value, alpha=0.7, label=c if seed == data.seed.min() else None)
+            if len(mine):
+                axes[1].plot(mine.x, mine.value, color=color[c], ls=style[seed], alpha=0.8)
     for ax, title in zip(axes, ["base circuit faithfulness", "members' direct effect (DLA)"], strict=True):
         for p in offsets_order[1:]:
             ax.axvline(ends[p], color="gray", lw=0.6, ls=":")
-            ax.text(ends[p], ax.get_ylim()[1], p, fontsize=7, va="top")
-        ax.set_title(title)
-        ax.set_xlabel("training step (clean -> poisoned -> retrain)")
+        ax.set_xticks([ends[p] for p in offsets_order[1:]], offsets_order[1:], fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training: each phase starts at its tick")
         ax.grid(alpha=0.3)
-    if members:
-        axes[1].legend(fontsize=7, ncol=2)
+    handles = [plt.Line2D([], [], color=color[c], label=c) for c in members]
+    handles += [plt.Line2D([], [], color="black", ls=style[s], label=f"seed {s}") for s in seeds]
+    axes[1].legend(
+        handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), ncol=1 + len(handles) // 14
+    )
     return png_bytes(fig)
 
 
-def faithfulness_curves(curves: pd.DataFrame) -> bytes:
-    """Faithfulness of edge-attribution circuits against their size, one line per phase."""
+def faithfulness_curves(curves: pd.DataFrame) -> bytes | None:
+    """Faithfulness of edge-attribution circuits against their size, one line per phase; one
+    panel per method that has rows (the study computes top-n only: greedy curves are optional)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
-    for ax, method in zip(axes, ["top_n", "greedy"], strict=True):
+    methods = [m for m in ["top_n", "greedy"] if (curves.method == m).any()]
+    if not methods:
+        return None
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 3.2), sharey=True, squeeze=False)
+    axes = list(axes[0])
+    titles = {"top_n": "the n best edges", "greedy": "edges added greedily"}
+    for ax, method in zip(axes, methods, strict=True):
         rows = curves[curves.method == method]
         for phase in [p for p in PHASE_ORDER if p in set(rows.phase)]:
             mean = rows[rows.phase == phase].groupby("edges").faithfulness.mean()
             ax.plot(mean.index, mean.values, marker="o", ms=3, label=phase)
         ax.set_xscale("log", base=2)
         ax.axhline(1, color="black", lw=0.6, ls=":")
-        ax.set_title(f"{method} edges")
+        ax.set_title(titles[method])
         ax.set_xlabel("edges in the circuit")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("faithfulness")

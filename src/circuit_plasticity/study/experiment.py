@@ -188,24 +188,36 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
     workers = study_workers(spec)
     if workers > 1:
         say(f"{len(spec.seeds)} seeds on {workers} processes")
-        _run_parallel(spec, mine, out, workers, say)
+        _run_parallel(spec, mine, out, workers, say if progress else None)
     else:
         for seed in spec.seeds:
             say(f"seed {seed}: training")
             run_protocol(spec.train_spec(seed), out / "seeds" / f"seed-{seed}", progress=progress)
-    return judge_runs(spec, out, csv=csv, progress=say)
+    return judge_runs(spec, out, csv=csv, progress=say if progress else None)  # None: no bar
 
 
-def _run_parallel(spec: ExperimentSpec, mine: dict, out: Path, workers: int, say) -> None:
+def _run_parallel(spec: ExperimentSpec, mine: dict, out: Path, workers: int, say=None) -> None:
     """Seeds and their phases' analyses as tasks on a process pool, each started as soon as
     what it needs is on disk: train a seed -> analyse each of its phases -> judge it. With
     three seeds on two cores no core waits for a whole seed to finish."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    from tqdm import tqdm
+
     from circuit_plasticity.study.findings import STUDY_PHASES
 
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    # one bar over every task (train, each phase's analysis, judge, tables per seed), time left
+    bar = tqdm(
+        total=len(spec.seeds) * (len(STUDY_PHASES) + 3), desc="study", unit="task", disable=say is None
+    )
+
+    def line(message: str) -> None:  # a line above the bar
+        if say is not None:
+            with bar.external_write_mode():
+                say(message)
+
+    with bar, ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         running = {pool.submit(_task, mine, str(out), "train", seed): ("train", seed) for seed in spec.seeds}
         left = {seed: 0 for seed in spec.seeds}
         while running:
@@ -213,12 +225,15 @@ def _run_parallel(spec: ExperimentSpec, mine: dict, out: Path, workers: int, say
             for job in done:
                 kind, seed = running.pop(job)
                 job.result()  # a failure in a worker fails the run here, with its message
+                bar.set_postfix_str(f"seed {seed}: {kind} done", refresh=False)
+                bar.update(1)
                 if kind == "train":
-                    say(f"seed {seed}: trained")
+                    line(f"seed {seed}: trained")
                     phases = [p for p in STUDY_PHASES if _has_phase(out, seed, p)]
                     left[seed] = len(phases)
+                    bar.total -= len(STUDY_PHASES) - len(phases)
+                    line(f"seed {seed}: analyses of {', '.join(phases)} queued")
                     for phase in phases:
-                        say(f"seed {seed}: analysing {phase}")
                         running[pool.submit(_task, mine, str(out), f"analyse:{phase}", seed)] = (
                             "analyse",
                             seed,
@@ -226,11 +241,11 @@ def _run_parallel(spec: ExperimentSpec, mine: dict, out: Path, workers: int, say
                 elif kind == "analyse":
                     left[seed] -= 1
                     if left[seed] == 0:  # the verdicts' evidence, and beside it the report's tables
-                        say(f"seed {seed}: evidence, controls and repair")
+                        line(f"seed {seed}: evidence, controls and repair")
                         running[pool.submit(_task, mine, str(out), "judge", seed)] = ("judge", seed)
                         running[pool.submit(_task, mine, str(out), "tables", seed)] = ("tables", seed)
                 elif kind == "judge":
-                    say(f"seed {seed}: judged")
+                    line(f"seed {seed}: judged")
 
 
 def _has_phase(out: Path, seed: int, phase: str) -> bool:
@@ -392,6 +407,17 @@ def runs_task(runs: list[Path]) -> tuple[str, list[int] | None]:
         raise UserError(f"the runs were trained on different tasks or year ranges: {sorted(map(str, found))}")
     task, years = found.pop()
     return task, list(years) if years else None
+
+
+def spec_record(spec: ExperimentSpec) -> dict:
+    """Every hyperparameter of the study: the spec as given (defaults filled in) and the
+    protocol it expands to (each phase's data, epochs, learning rate, ...; seed 0's seeds)."""
+    import json
+
+    protocol = spec.train_spec(spec.seeds[0])
+    return json.loads(
+        json.dumps({"experiment": dataclasses.asdict(spec), "protocol": dataclasses.asdict(protocol)})
+    )
 
 
 def spec_summary(spec: ExperimentSpec) -> dict[str, str]:

@@ -174,15 +174,19 @@ def judge(
     seeds: Sequence[SeedModels],
     out: str | Path,
     options: JudgeOptions | None = None,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] | None = print,
     validate: bool = True,
     redo: bool = False,
 ) -> Judgement:
     """Analyses, evidence and verdicts of every seed, aggregated; writes tables/ under `out`.
     The inputs are recorded in `out`/judge.json: a rerun with other models or options is
-    refused, or with `redo` makes again what depends on them (study/inputs.py)."""
+    refused, or with `redo` makes again what depends on them (study/inputs.py).
+    `progress` gets each stage's message under a bar with the time left (None: silent)."""
+    from itertools import accumulate
+
     from circuit_plasticity.fileio import write_table
     from circuit_plasticity.study.inputs import check_inputs
+    from circuit_plasticity.study.progress import StageBar
 
     options = options or JudgeOptions()
     seeds = [expand_checkpoints(s) for s in seeds]
@@ -191,9 +195,15 @@ def judge(
     out = Path(out)
     check_inputs(seeds, options, out, redo=redo)
     rows = []
-    for s in seeds:
-        evidence = judge_seed(s, out / "seeds" / f"seed-{s.seed}", options, progress)
-        rows.append(evidence.assign(seed=s.seed))
+    stages = [stage_count(s, options) for s in seeds]
+    bar = StageBar(sum(stages), "judge", progress)
+    try:
+        for s, done in zip(seeds, accumulate(stages), strict=True):
+            evidence = judge_seed(s, out / "seeds" / f"seed-{s.seed}", options, bar)
+            bar.done_through(done)
+            rows.append(evidence.assign(seed=s.seed))
+    finally:
+        bar.close()
     by_seed = pd.concat(rows, ignore_index=True)[["seed", "measure", "value", "ci_low", "ci_high"]]
     summary = combine_seeds(by_seed, options.thresholds.min_seeds)
     verdicts = decide(summary, options.thresholds, len(seeds))
@@ -201,6 +211,13 @@ def judge(
     write_table(out / "tables" / "findings.parquet", summary)
     write_table(out / "tables" / "verdicts.parquet", verdicts)
     return Judgement(by_seed, summary, verdicts, out)
+
+
+def stage_count(s: SeedModels, options: JudgeOptions) -> int:
+    """The stages `judge_seed` announces: each phase's analysis, evidence, the two repairs,
+    the per-head tables (the progress bar's length)."""
+    analyses = len(s.phases()) if options.full_analysis else 2
+    return analyses + 2 + (2 if options.repair is not None else 0)
 
 
 def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -> pd.DataFrame:

@@ -27,8 +27,13 @@ class WordPools:
     years: list[int]
     dropped: dict[str, list[str]] = field(default_factory=dict)
 
-    def dropped_counts(self) -> dict[str, int]:
-        return {k: len(v) for k, v in self.dropped.items() if v}
+    def dropped_counts(self, task: str | None = None) -> dict[str, int]:
+        """Words the tokenizer could not keep, per pool; with `task`, only the pools it uses."""
+        used = TASK_POOLS.get(task, tuple(self.dropped)) if task else tuple(self.dropped)
+        return {k: len(v) for k, v in self.dropped.items() if v and k in used}
+
+
+TASK_POOLS = {"ioi": ("names", "places", "objects"), "greater-than": ("nouns", "years")}
 
 
 def word_pools(tok: TextTokenizer | None) -> WordPools:
