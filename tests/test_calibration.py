@@ -199,38 +199,50 @@ def _mean_score(path: str, batch) -> float:
 
 def test_a_recruited_copy_of_an_existing_role_is_amplification(zoo, judged, tmp_path):
     """Truth: a last-layer head outside the circuit (nothing reads it) rewritten as a copy of a
-    name mover: every member computes what it did, and the gain lives in a head that repeats a
-    member's role (the paper's backup becoming a name mover). Amplification: yes, by recruitment."""
-    mover = zoo.planted[0]
+    member (output scaled by +-1 or +-2), kept where the copy raises the score and measures as a
+    role a member holds: every member computes what it did, and the gain lives in a head that
+    repeats a member's role (the paper's backup becoming a name mover). Amplification: yes, by
+    recruitment; members' share exactly 0."""
     toy = load_model(TOY)
     batch = task_batch(toy, "ioi", n=OPTIONS.n, seed=20_000, split="test")
-    candidates = [head_copied_into(tmp_path / f"copy{h}", mover, (lay, h), 1.0) for lay, h in zoo.outside]
-    clean = max(candidates, key=lambda path: _mean_score(path, batch))
+    base_score = _mean_score(TOY, batch)
+    roles = component_roles(toy.model, batch, abs(base_score))
+    held = {roles[h] for h in zoo.circuit.head_set()} - {None}
+    donors = [h for h in sorted(zoo.circuit.head_set()) if roles[h]]
+    found = []
+    for donor in donors:
+        for target in zoo.outside:
+            for gain in (1.0, -1.0, 2.0, -2.0):
+                path = head_copied_into(
+                    tmp_path / f"copy-{donor}-{target}-{gain}".replace(" ", ""), donor, target, gain
+                )
+                score = _mean_score(path, batch)
+                role = component_roles(load_model(path).model, batch, abs(base_score))[target]
+                if score > base_score and role in held:
+                    found.append((score, path, target))
+    assert found, "no copy of a member raised the score in a member's role"
+    _, clean, target = max(found)
     case = judged("recruited", {"clean": clean})
     assert case.summary.loc["amplification_gain", "ci_low"] > 0  # the construction did raise the score
     assert case.summary.loc["amplification_member_share", "mean"] == pytest.approx(0.0, abs=1e-5)
     for method in BOTH_ABLATIONS:
         assert case.verdict("amplification", method) == "yes", case.reason("amplification", method)
-    assert case.findings[0]["amplification_recruited"], case.findings[0]
+    assert component_name(target) in case.findings[0]["amplification_recruited"].split(",")
 
 
-def test_a_member_rewritten_to_a_new_role_is_a_new_mechanism(zoo, judged, tmp_path):
-    """Truth: the top name mover overwritten by the S2 reader's weights (its output scaled so the
-    score rises): it now reads S2 and writes "not S", a role it did not have. The gain lives in a
-    member that changed role: amplification no, a new mechanism."""
+def test_a_member_that_reverses_its_role_is_a_new_mechanism(zoo, judged, tmp_path):
+    """Truth: the base is the toy with its top name mover's output negated (a negative name
+    mover there), the fine-tune is the toy itself: the whole gain lives in that one member, and
+    it changed role (negative name mover -> name mover) rather than doing more of what it did.
+    Amplification: no, a new mechanism."""
     mover = max((h for h in zoo.circuit.heads if h.role == "name_mover"), key=lambda h: abs(h.effect)).key
+    base = scaled_outputs(tmp_path / "negated", [mover], -1.0)
     toy = load_model(TOY)
     batch = task_batch(toy, "ioi", n=OPTIONS.n, seed=20_000, split="test")
-    base_score = _mean_score(TOY, batch)
-    candidates = [
-        head_copied_into(tmp_path / f"rewritten{g}", zoo.s2_reader, mover, g) for g in (2.0, 4.0, 8.0)
-    ]
-    clean = max(candidates, key=lambda path: _mean_score(path, batch))
-    assert _mean_score(clean, batch) > base_score
-    scale = abs(base_score)
+    scale = abs(_mean_score(base, batch))
+    assert component_roles(load_model(base).model, batch, scale)[mover] == "negative_name_mover"
     assert component_roles(toy.model, batch, scale)[mover] == "name_mover"
-    assert component_roles(load_model(clean).model, batch, scale)[mover] == "s_suppressor"
-    case = judged("rewritten", {"clean": clean})
+    case = judged("reversed", {"base": base, "clean": copy_of(str(TOY_DIR), tmp_path / "toy-as-clean")})
     assert case.summary.loc["amplification_gain", "ci_low"] > 0
     for method in BOTH_ABLATIONS:
         assert case.verdict("amplification", method) == "no", case.reason("amplification", method)
