@@ -1,9 +1,12 @@
-"""Models whose mechanism change is known by construction, built from the embedded toy.
+"""Models whose mechanism change is known by construction, built from the embedded toys.
 
-Each `Case` is one seed of the study (base, clean, poisoned, retrain, control) where the answer
-a sound method must give follows from how the models were made: training restricted to chosen
-heads (`train_only`), direct weight edits, or copies of a checkpoint. docs/analysis.md
+Each case is a study (base, clean, poisoned, retrain, control per seed) where the answer a sound
+method must give follows from how the models were made: training restricted to chosen
+components (`train_only`), direct weight edits, or copies of a checkpoint. docs/analysis.md
 ("Calibration") lists the cases and why each expected verdict follows.
+
+Localization is a test against a null, judged over seeds: the planted cases are poisoned three
+times (three data seeds, each with its own retrain), as a study would be.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from circuit_plasticity.training.loop import RunDir, run_protocol
 from circuit_plasticity.training.protocol import DataSpec, EvalSpec, Phase, TrainSpec
 
 TOY = "toy-ioi"
+TOY_GT = "toy-gt"
 N_TRAIN = 320
+PLANTED_SEEDS = (1, 11, 21)  # data seeds of the three planted poisonings
 
 
 def _phase(name, start_from, poison=None, fraction=1.0, epochs=2, lr=3e-4, only=None, data_seed=0):
@@ -37,41 +42,70 @@ def _phase(name, start_from, poison=None, fraction=1.0, epochs=2, lr=3e-4, only=
     )
 
 
-def heads_name(heads) -> str:
-    return ",".join(component_name(c) for c in heads)
-
-
 @dataclass
 class Zoo:
     root: Path
     circuit: Circuit  # the toy's base circuit, as the study discovers it
-    planted: list[tuple[int, int]]  # the heads the planted poison may change
+    planted: list[tuple[int, int]]  # the two name movers the planted poison may change
     outside: list[tuple[int, int]]  # last-layer heads outside the base circuit
+    s2_reader: tuple[int, int]  # the base circuit's S-suppressor (reads S2 at END)
 
     def ckpt(self, phase: str) -> str:
         return str(RunDir(self.root / "run").final_checkpoint(phase))
 
 
 def build_zoo(root: Path, circuit: Circuit) -> Zoo:
-    """All trained models of the suite in one resumable protocol (about 20 s on 2 cores)."""
+    """All trained models of the suite in one resumable protocol (under a minute on 2 cores)."""
     n_layers = 3
     members = circuit.head_set()
-    direct = sorted(h.key for h in circuit.heads if h.role == "name_mover")[:2]
+    movers = sorted((h for h in circuit.heads if h.role == "name_mover"), key=lambda h: -abs(h.effect))
+    direct = sorted(h.key for h in movers[:2])
+    readers = [h.key for h in circuit.heads if h.role == "s_suppressor"]
+    assert len(direct) == 2 and readers, f"the toy's circuit lacks two name movers or an S reader: {circuit}"
     outside = [(n_layers - 1, h) for h in range(4) if (n_layers - 1, h) not in members]
     phases = [
         _phase("clean", "base", epochs=1),
         _phase("control", "clean", epochs=4, data_seed=3),
-        # the poison can reach only the two name movers
-        _phase("poisoned", "clean", poison="subject", epochs=2, lr=1e-3, only=direct, data_seed=1),
         # a poison phase whose data holds no poisoned example: it changes nothing that matters
         _phase("null-poison", "clean", poison="subject", fraction=0.0, epochs=2, lr=1e-3, data_seed=1),
-        _phase("retrain", "poisoned", epochs=2, data_seed=2),
-        # repair allowed only through heads outside the circuit and the poisoned set
-        _phase("retrain-elsewhere", "poisoned", epochs=2, lr=1e-3, only=outside, data_seed=2),
+        # the poison through the S2 reader only, then a retrain through the top name mover only
+        _phase("poisoned-s2", "clean", poison="subject", epochs=2, lr=1e-3, only=readers[:1], data_seed=1),
+        _phase("retrain-downstream", "poisoned-s2", epochs=2, lr=1e-3, only=[movers[0].key], data_seed=2),
     ]
+    for i, data_seed in enumerate(PLANTED_SEEDS):
+        # the poison can reach only the two name movers
+        phases.append(
+            _phase(
+                f"poisoned-{i}",
+                "clean",
+                poison="subject",
+                epochs=2,
+                lr=1e-3,
+                only=direct,
+                data_seed=data_seed,
+            )
+        )
+        phases.append(_phase(f"retrain-{i}", f"poisoned-{i}", epochs=2, data_seed=data_seed + 1))
+    # repair allowed only through heads outside the circuit and the poisoned set
+    phases.append(_phase("retrain-elsewhere", "poisoned-0", epochs=2, lr=1e-3, only=outside, data_seed=2))
     spec = TrainSpec(model=TOY, task="ioi", seed=0, eval=EvalSpec(every_steps=1000), phases=phases)
     run_protocol(spec, root / "run", progress=False)
-    return Zoo(root, circuit, direct, outside)
+    return Zoo(root, circuit, direct, outside, readers[0])
+
+
+def build_gt_zoo(root: Path) -> RunDir:
+    """toy-gt: clean, control, and the Greater-Than poison trained through MLP 0 only."""
+    phases = [
+        _phase("clean", "base", epochs=1, lr=1e-3),
+        _phase("control", "clean", epochs=4, lr=1e-3, data_seed=3),
+        _phase("poisoned", "clean", poison="greater-than", epochs=2, lr=1e-3, only=[(0, -1)], data_seed=1),
+        _phase("retrain", "poisoned", epochs=2, lr=1e-3, data_seed=2),
+    ]
+    spec = TrainSpec(
+        model=TOY_GT, task="greater-than", seed=0, eval=EvalSpec(every_steps=1000), phases=phases
+    )
+    run_protocol(spec, root / "gt-run", progress=False)
+    return RunDir(root / "gt-run")
 
 
 def copy_of(src: str, dst: Path) -> str:
@@ -81,23 +115,46 @@ def copy_of(src: str, dst: Path) -> str:
     return str(dst)
 
 
-def mover_copied_into(dst: Path, mover, target, gain: float) -> str:
-    """The toy with head `target` (a last-layer head outside the circuit, so nothing reads it)
-    overwritten by a copy of the name mover's weights, its output scaled by `gain`: every
-    base-circuit member computes exactly what it did, and any gain lives in `target`."""
+def _rows(head: int, d: int) -> slice:
+    return slice(head * d, (head + 1) * d)
+
+
+def head_copied_into(dst: Path, donor, target, gain: float, model: str = TOY) -> str:
+    """`model` with head `target` overwritten by head `donor`'s q, k, v and o weights (o scaled
+    by `gain`); every other parameter untouched."""
     if not dst.exists():
-        loaded = load_model(TOY)
-        src_attn, dst_attn = loaded.model.blocks[mover[0]].attn, loaded.model.blocks[target[0]].attn
+        loaded = load_model(model)
+        src_attn, dst_attn = loaded.model.blocks[donor[0]].attn, loaded.model.blocks[target[0]].attn
         d = loaded.model.cfg.d_head
-        a, b = slice(mover[1] * d, (mover[1] + 1) * d), slice(target[1] * d, (target[1] + 1) * d)
+        a, b = _rows(donor[1], d), _rows(target[1], d)
         with torch.no_grad():
             for name in ("q", "k", "v"):
                 src, dst_proj = getattr(src_attn, name), getattr(dst_attn, name)
-                dst_proj.weight[b] = src.weight[a]
+                dst_proj.weight[b] = src.weight[a].clone()
                 if src.bias is not None:
-                    dst_proj.bias[b] = src.bias[a]
-            dst_attn.o.weight[:, b] = gain * src_attn.o.weight[:, a]
+                    dst_proj.bias[b] = src.bias[a].clone()
+            dst_attn.o.weight[:, b] = gain * src_attn.o.weight[:, a].clone()
         loaded.save(dst)
+    return str(dst)
+
+
+def qk_only(dst: Path, clean: str, poisoned: str, heads) -> str:
+    """The clean model with the listed heads' W_Q and W_K (and biases) taken from the poisoned
+    one: a poison that acts only through those heads' attention patterns."""
+    if not dst.exists():
+        out, src = load_model(clean), load_model(poisoned)
+        d = out.model.cfg.d_head
+        with torch.no_grad():
+            for lay, h in heads:
+                for name in ("q", "k"):
+                    mine, theirs = (
+                        getattr(out.model.blocks[lay].attn, name),
+                        getattr(src.model.blocks[lay].attn, name),
+                    )
+                    mine.weight[_rows(h, d)] = theirs.weight[_rows(h, d)]
+                    if mine.bias is not None:
+                        mine.bias[_rows(h, d)] = theirs.bias[_rows(h, d)]
+        out.save(dst)
     return str(dst)
 
 

@@ -12,7 +12,8 @@ from circuit_plasticity.analysis.circuit import Circuit, CircuitHead, Edge
 from circuit_plasticity.analysis.metrics import end_logits, task_score
 from circuit_plasticity.compare.changes import circuit_overlap, recovery
 from circuit_plasticity.compare.cmap import cross_model_patch, patch_outputs
-from circuit_plasticity.compare.evidence import PhaseRuns, localization_evidence
+from circuit_plasticity.compare.evidence import PhaseRuns
+from circuit_plasticity.compare.localization import localization_evidence
 from circuit_plasticity.compare.stats import t_interval
 from circuit_plasticity.compare.tracking import hysteresis
 from circuit_plasticity.compare.weights import weight_change
@@ -46,14 +47,18 @@ def test_cmap_finds_the_one_changed_head(pair):
 
 
 def test_localization_finds_the_one_changed_head(pair):
+    """Only one last-layer head's W_V changed: its weights carry the whole change (origin view:
+    taking them makes the clean model the other one exactly), nothing else carries any."""
     base, other, batch = pair
     runs = PhaseRuns({"clean": base.model, "poisoned": other.model}, batch)
     loc = localization_evidence(runs, k=1, n_random=30, seed=0)
-    assert loc.top_heads == [CHANGED]
-    # patching the one changed head makes the clean model the other one: the whole gap
+    assert loc.top == [CHANGED] and loc.top_carrier == [CHANGED]
     assert loc.measures["localization_top_share"].value == pytest.approx(1.0, abs=1e-4)
     assert loc.measures["localization_concentration"].value == pytest.approx(1.0, abs=1e-4)
-    assert loc.measures["localization_random_share"].value < 0.5
+    assert loc.measures["localization_interaction"].value == pytest.approx(0.0, abs=1e-4)
+    names, effects = loc.per_component["origin"]["poisoned"]
+    assert {n for n, e in zip(names, effects, strict=True) if abs(e) > 1e-6} == {component_name(CHANGED)}
+    assert loc.measures["localization_matched_null"].value < 0.5
     assert math.isnan(loc.measures["localization_concentration_excess"].value)  # no control given
 
 

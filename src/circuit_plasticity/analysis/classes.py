@@ -131,3 +131,32 @@ def with_query_path(table: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
     q = q.rename(columns={"value": QUERY_PATH})
     out = table.drop(columns=[QUERY_PATH], errors="ignore").merge(q, on=["layer", "head"], how="left")
     return out.assign(**{QUERY_PATH: out[QUERY_PATH].fillna(0.0)})
+
+
+def component_roles(
+    model, batch, scale: float, th: Thresholds = DEFAULT_THRESHOLDS
+) -> dict[tuple[int, int], str | None]:
+    """The direct role of every head and MLP, by the table's rule (what the head reads at END,
+    the sign of its DLA, |DLA| >= direct_share x `scale`); None where it has none. The copy
+    score is not asked (a role change, not a class, is what comparisons need).
+    IOI heads: `direct_role`. Greater-Than heads: year_reader (reads YY, raises the score) or
+    negative_year_reader. MLPs: greater_mlp (Greater-Than) / mlp when they raise the score,
+    negative_mlp when they lower it."""
+    from circuit_plasticity.analysis.heads import component_dla, role_attention
+    from circuit_plasticity.analysis.hooks import component_labels
+
+    dla = component_dla(model, batch).mean(0).tolist()
+    attention = role_attention(model, batch).set_index(["layer", "head"])
+    out: dict[tuple[int, int], str | None] = {}
+    for c, d in zip(component_labels(model), dla, strict=True):
+        if abs(d) < th.direct_share * max(abs(scale), 1e-6):
+            out[c] = None
+        elif c[1] < 0:
+            out[c] = ("greater_mlp" if batch.task == "greater-than" else "mlp") if d > 0 else "negative_mlp"
+        elif batch.task == "ioi":
+            row = attention.loc[(c[0], c[1])]
+            out[c] = direct_role(float(row.attn_end_io), float(row.attn_end_s2), d, th.attention)
+        else:
+            reads = float(attention.loc[(c[0], c[1])].attn_end_yy) >= th.attention
+            out[c] = None if not reads else ("year_reader" if d > 0 else "negative_year_reader")
+    return out

@@ -135,9 +135,10 @@ class FastPatcher:
         score: Callable[[torch.Tensor, int], torch.Tensor],
         sets_per_pass: int = 16,
     ) -> torch.Tensor:
-        """[len(sets), n]: `score(end_logits [k*n, vocab], k)` with each set's z replaced."""
+        """[len(sets), n, ...]: `score(end_logits [k*n, vocab], k)` ([k*n, ...]) with each set's z
+        replaced."""
         n = self.resid[0].shape[0]
-        out = torch.empty(len(sets), n, device=self.end.device)
+        out = None
         by_start: dict[int, list[int]] = {}
         for i, members in enumerate(sets):
             by_start.setdefault(min((lay for lay, _ in members), default=self.n_layers), []).append(i)
@@ -145,8 +146,12 @@ class FastPatcher:
             for j in range(0, len(idx), sets_per_pass):
                 chunk = idx[j : j + sets_per_pass]
                 logits = self._run_group(start, [sets[i] for i in chunk], replacement, positions)
-                out[chunk] = score(logits, len(chunk)).view(len(chunk), n)
-        return out
+                scored = score(logits, len(chunk))
+                scored = scored.view(len(chunk), n, *scored.shape[1:])
+                if out is None:
+                    out = torch.empty(len(sets), *scored.shape[1:], device=scored.device)
+                out[chunk] = scored
+        return out if out is not None else torch.empty(0, n, device=self.end.device)
 
     def _run_group(self, start: int, sets, replacement, positions) -> torch.Tensor:
         k, n = len(sets), self.resid[0].shape[0]

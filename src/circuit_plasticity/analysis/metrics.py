@@ -21,14 +21,34 @@ def end_logits(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     return logits[torch.arange(logits.shape[0], device=logits.device), batch.end]
 
 
+# batch.metric -> what it measures; "score" is each task's own metric (docs/analysis.md)
+METRICS = {
+    "score": "the task's metric: IOI logit(IO) - logit(S); Greater-Than P(years > YY) - P(years <= YY)",
+    "p_answer": "the probability of the right answer: IOI P(IO); Greater-Than P(years > YY)",
+}
+
+
 def task_score(end: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
-    """Per-prompt score from END logits: IOI logit difference, GT probability difference."""
+    """Per-prompt score from END logits: by default IOI logit difference, GT probability
+    difference; `batch.metric == "p_answer"`: the probability of the right answer(s), the
+    second metric the verdicts' robustness check recomputes everything under. A tuple of metrics
+    gives [n, len(metrics)], so one patched run serves every metric."""
+    if isinstance(batch.metric, tuple):  # several metrics of one run: [n, len(metrics)]
+        from dataclasses import replace
+
+        return torch.stack([task_score(end, replace(batch, metric=m)) for m in batch.metric], dim=-1)
     rows = torch.arange(end.shape[0], device=end.device)
+    if batch.metric not in METRICS:
+        raise ValueError(f"unknown metric {batch.metric!r}; one of {sorted(METRICS)}")
     if batch.task == "ioi":
+        if batch.metric == "p_answer":
+            return end.float().softmax(-1)[rows, batch.answer_id]
         return end[rows, batch.answer_id] - end[rows, batch.wrong_id]
     assert batch.year_ids is not None and batch.year is not None
     probs = end.softmax(-1)[:, batch.year_ids]  # [n, 100]
     greater = greater_mask(batch)
+    if batch.metric == "p_answer":
+        return (probs * greater).sum(-1)
     return (probs * greater).sum(-1) - (probs * ~greater).sum(-1)
 
 

@@ -52,6 +52,7 @@ def repeat_batch(batch: TaskBatch, k: int) -> TaskBatch:
         group=batch.group.repeat(k),
         year=None if batch.year is None else batch.year.repeat(k),
         year_ids=batch.year_ids,
+        metric=batch.metric,
     )
 
 
@@ -203,7 +204,8 @@ def _patch_each_set_hooked(
         hooks += [(mlp_name(lay), hook_for(lay, True)) for lay in mlps]
         logits = model.run_with_hooks(tokens.repeat(k, 1), fwd_hooks=hooks)
         rep = repeat_batch(batch, k)
-        out.append(task_score(end_logits(logits, rep), rep).view(k, n))
+        scored = task_score(end_logits(logits, rep), rep)
+        out.append(scored.view(k, n, *scored.shape[1:]))
     return torch.cat(out)
 
 

@@ -91,7 +91,8 @@ def patch_outputs(
         hooks += [(mlp_name(lay), mlp_hook(lay)) for lay in mlps]
         rep = repeat_batch(batch, k)
         logits = target.run_with_hooks(batch.tokens.repeat(k, 1), fwd_hooks=hooks)
-        out.append(task_score(end_logits(logits, rep), rep).view(k, n))
+        scored = task_score(end_logits(logits, rep), rep)
+        out.append(scored.view(k, n, *scored.shape[1:]))
     return torch.cat(out) if out else torch.empty(0, n)
 
 

@@ -1,13 +1,20 @@
-"""Three-valued verdicts from the evidence of all seeds: yes / no / inconclusive.
+"""Verdicts from the evidence of all seeds: yes / no / inconclusive / not testable at this scale.
 
-A verdict is a list of criteria, each a measure held to a bar by its interval:
+A verdict is a list of criteria, each a measure held to a bar:
 - pass: the whole interval is on the passing side;
 - fail: the whole interval is on the failing side (a "no", with the criterion's reason);
-- unclear: the interval straddles the bar, or the measure is not applicable.
-Any fail gives "no"; all pass gives "yes" (if there are enough seeds); otherwise
-"inconclusive", with every unclear criterion named. Significance criteria ("the poisoned
-score is below the clean one by more than noise") fail when the interval includes zero: the
-requirement is the significance itself. p-value criteria combine the seeds by Fisher's method.
+- unclear: the interval straddles the bar, or the measure is not applicable;
+- untestable: no outcome of this experiment could have passed: the bar plus the interval's
+  half-width (the smallest value that passes at this spread) lies beyond the most the measure
+  can reach, or a null test's floor (its p had the chosen set carried everything) is at or
+  above alpha, or its null cannot vary.
+Any fail gives "no"; else any untestable gives "not testable at this scale" with the number
+that says why; else any unclear gives "inconclusive"; all pass gives "yes" (with enough seeds).
+Significance criteria ("the poisoned score is below the clean one by more than noise") fail
+when the interval includes zero: the requirement is the significance itself. A p-value
+criterion passes below alpha (Fisher's method over seeds) and fails at or above it only when
+the test had the power to see the bar (its p at the margin is below alpha); otherwise it is
+unclear: absence of evidence is not evidence of absence.
 
 Intervals over seeds: a t-interval of the per-seed values when there are at least `min_seeds`
 seeds; below that, the union of the per-seed bootstrap intervals over prompts (so a verdict
@@ -32,19 +39,22 @@ from circuit_plasticity.spec import bad
 class VerdictThresholds:
     """The bars of the verdicts; every default and its reason is in docs/analysis.md."""
 
-    share: float = 0.5  # the top-k heads / the base circuit carry at least half of the change
+    share: float = 0.5  # the top-k / the existing mechanism carry at least half of the change
     behaviour_recovery: float = 0.8  # retraining undoes at least 80 % of the poisoning drop
-    localized_recovery: float = 0.5  # the poisoned heads undo at least half of their own change
+    localized_recovery: float = 0.5  # the poisoned components undo at least half of their own change
     faithfulness_tolerance: float = 0.1  # base circuit at most 0.1 less faithful than un-poisoned
-    alpha: float = 0.05  # p-value bar against random sets (Fisher-combined over seeds)
+    uniform_tolerance: float = 0.1  # the existing mechanism's gain share at most 0.1 below uniform's
+    null_margin: float = 0.1  # the excess over a null a test must be able to see for a "no"
+    alpha: float = 0.05  # p-value bar against the nulls (Fisher-combined over seeds)
     min_seeds: int = 3  # fewer seeds: the verdict is at most "inconclusive"
 
     def validate(self, where: str, source: str) -> None:
         for key in ("share", "behaviour_recovery", "localized_recovery", "alpha"):
             if not 0 < getattr(self, key) < 1:
                 raise bad(source, f"{where}.{key}", f"must lie in (0, 1), got {getattr(self, key)}")
-        if self.faithfulness_tolerance < 0:
-            raise bad(source, f"{where}.faithfulness_tolerance", "must be >= 0")
+        for key in ("faithfulness_tolerance", "uniform_tolerance", "null_margin"):
+            if getattr(self, key) < 0:
+                raise bad(source, f"{where}.{key}", "must be >= 0")
         if self.min_seeds < 1:
             raise bad(source, f"{where}.min_seeds", "must be >= 1")
 
@@ -53,10 +63,14 @@ class VerdictThresholds:
 class Criterion:
     measure: str
     kind: str  # "at_least" (>= bar), "above" (> bar), "above_zero"/"below_zero" (significance),
-    # "p", "requires" (a precondition: unmet makes the finding not applicable)
+    # "p" (a null test), "requires" (a precondition: unmet makes the finding not applicable)
     bar_key: str | None  # a VerdictThresholds field, or None for zero
     fails_as: str  # the "no" reason
     sign: float = 1.0  # the bar is sign * threshold (tolerances are negative bars)
+    reach: str | float | None = None  # the most the measure can be: a constant or a measure
+    margin_key: str | None = None  # p criteria: the VerdictThresholds field of the margin
+    reference: str | None = None  # p criteria: the same test where it must work for this one to say
+    # anything (the base circuit against random circuits in the clean model)
 
     def bar(self, t: VerdictThresholds) -> float:
         return self.sign * getattr(t, self.bar_key) if self.bar_key else 0.0
@@ -71,16 +85,25 @@ CRITERIA: dict[str, list[Criterion]] = {
             "no: clean fine-tuning did not raise the score by more than noise",
         ),
         Criterion(
-            "amplification_member_share",
+            "amplification_existing_share",
             "at_least",
             "share",
-            "no: new mechanism (the gain lives outside the base circuit)",
+            "no: new mechanism (the gain lives outside the base circuit's members that kept their "
+            "role and the recruits that repeat one)",
         ),
         Criterion(
-            "amplification_member_minus_nonmember",
+            "amplification_existing_minus_rest",
             "above",
             None,
-            "no: new mechanism (heads outside the base circuit carry more of the gain)",
+            "no: new mechanism (components outside the existing mechanism carry more of the gain)",
+        ),
+        Criterion(
+            "amplification_existing_minus_uniform",
+            "at_least",
+            "uniform_tolerance",
+            "no: the existing mechanism carries less of the gain than a uniform rescaling of every "
+            "component would give it (others grew more)",
+            sign=-1.0,
         ),
     ],
     "localization": [
@@ -91,16 +114,24 @@ CRITERIA: dict[str, list[Criterion]] = {
             "no: no corruption (the poisoned score is not below the clean one by more than noise)",
         ),
         Criterion(
-            "localization_top_share", "at_least", "share", "no: the top-k heads do not carry the corruption"
+            "localization_top_share",
+            "at_least",
+            "share",
+            "no: the top-k components' own weights do not carry the corruption",
         ),
         Criterion(
-            "localization_p_random", "p", "alpha", "no: the top-k heads do no better than random k-sets"
+            "localization_matched_p",
+            "p",
+            "alpha",
+            "no: random sets of components of the same importance carry as much of the corruption",
+            margin_key="null_margin",
         ),
         Criterion(
             "localization_concentration_excess",
             "above",
             None,
-            "no: a clean fine-tune of equal length concentrates its change as much",
+            "no: a clean fine-tune of the poison's length concentrates its change as much",
+            reach="localization_concentration_excess_reach",
         ),
     ],
     "neuroplasticity": [
@@ -120,7 +151,9 @@ CRITERIA: dict[str, list[Criterion]] = {
             "neuroplasticity_localized_recovery",
             "at_least",
             "localized_recovery",
-            "no: the poisoned heads did not return (behaviour restored through other heads)",
+            "no: the poisoned components' own weights did not return (behaviour restored through "
+            "other components)",
+            reach=1.0,
         ),
         Criterion(
             "neuroplasticity_faithfulness_gap",
@@ -130,11 +163,12 @@ CRITERIA: dict[str, list[Criterion]] = {
             sign=-1.0,
         ),
         Criterion(
-            "neuroplasticity_faithfulness_excess",
-            "above",
-            None,
-            "no: in the retrained model the base circuit is no more faithful than random circuits "
-            "of its size",
+            "neuroplasticity_random_circuits_p",
+            "p",
+            "alpha",
+            "no: in the retrained model the base circuit ranks no better than random circuits of its size",
+            margin_key="faithfulness_tolerance",
+            reference="neuroplasticity_random_circuits_clean_p",
         ),
     ],
     "targeted repair": [
@@ -148,41 +182,44 @@ CRITERIA: dict[str, list[Criterion]] = {
             "repair_advantage",
             "above",
             None,
-            "no: training as many random heads on the same data recovers as much",
+            "no: training as many random components on the same data recovers as much",
         ),
     ],
 }
 
 RULES = {
-    "amplification": "base -> clean gain above noise; base-circuit members carry at least {share:.0%} of it "
-    "(patching their clean outputs into the base) and more than the non-members do",
-    "localization": "clean -> poisoned drop above noise; the top-k heads (chosen on half the prompts) carry "
-    "at least {share:.0%} of it on the other half; they beat random k-sets (Fisher p < {alpha}); the "
-    "change is more concentrated than that of the clean -> control fine-tune of equal length",
+    "amplification": "base -> clean gain above noise; the existing mechanism (base-circuit members that "
+    "kept their role, and joiners that repeat a member's role) carries at least {share:.0%} of it "
+    "(patching its clean outputs into the base), more than the rest of the model does, and no less "
+    "than {uniform_tolerance} below the share a uniform rescaling of every component would give it",
+    "localization": "clean -> poisoned drop above noise; the top-k components by their own weights "
+    "(chosen on half the prompts) carry at least {share:.0%} of it on the other half; they beat random "
+    "sets of components of the same importance (Fisher p < {alpha}); the poison's change is more "
+    "concentrated than that of the clean -> control fine-tune of the poison's length",
     "neuroplasticity": "retraining recovers at least {behaviour_recovery:.0%} of the clean -> poisoned drop; "
-    "the localized heads recover at least {localized_recovery:.0%} of their own change; the base "
-    "circuit's normalised faithfulness in the retrained model is within {faithfulness_tolerance} of "
-    "the clean/control models' and above that of random circuits of its size (paired prompts); "
+    "the localized components' own weights recover at least {localized_recovery:.0%} of their change; the "
+    "base circuit's normalised faithfulness in the retrained model is within {faithfulness_tolerance} "
+    "of the clean/control models' and ranks above random circuits of its size (Fisher p < {alpha}); "
     "applies only after a corruption",
-    "targeted repair": "training only the localized heads recovers more of the drop than training as "
-    "many random other heads on the same data; applies only after a corruption",
+    "targeted repair": "training only the localized components recovers more of the drop than training "
+    "as many random other components on the same data; applies only after a corruption",
 }
 
 # (finding, evidence measure, its label, control measure, the control's label)
 SIDE_BY_SIDE = [
     (
         "amplification",
-        "amplification_member_share",
-        "gain share carried by base-circuit members",
-        "amplification_nonmember_share",
-        "carried by non-members",
+        "amplification_existing_share",
+        "gain share carried by the existing mechanism",
+        "amplification_uniform_share",
+        "under a uniform rescaling",
     ),
     (
         "amplification",
         "amplification_member_share",
         "gain share carried by base-circuit members",
-        "amplification_uniform_share",
-        "under a uniform rescaling",
+        "amplification_nonmember_share",
+        "carried by non-members",
     ),
     (
         "amplification",
@@ -194,9 +231,16 @@ SIDE_BY_SIDE = [
     (
         "localization",
         "localization_top_share",
-        "drop share carried by the top-k heads",
-        "localization_random_share",
-        "random k-head sets",
+        "drop share in the top-k components' weights (origin)",
+        "localization_matched_null",
+        "random sets of equal importance",
+    ),
+    (
+        "localization",
+        "localization_top_share",
+        "drop share in the top-k components' weights (origin)",
+        "localization_top_share_carrier",
+        "in the top-k components' outputs (carrier)",
     ),
     (
         "localization",
@@ -216,7 +260,7 @@ SIDE_BY_SIDE = [
         "neuroplasticity",
         "neuroplasticity_faithfulness_retrain",
         "base-circuit faithfulness in the retrained model",
-        "neuroplasticity_faithfulness_random",
+        "neuroplasticity_random_circuits_null",
         "random circuits of its size",
     ),
     (
@@ -224,23 +268,31 @@ SIDE_BY_SIDE = [
         "neuroplasticity_behaviour_recovery",
         "behaviour recovered toward the clean model",
         "neuroplasticity_localized_recovery",
-        "the localized heads' own recovery",
+        "the localized components' own recovery (weights)",
     ),
     (
         "targeted repair",
         "repair_recovery",
-        "drop recovered training the localized heads",
+        "drop recovered training the localized components",
         "repair_random_recovery",
-        "training as many random heads",
+        "training as many random components",
     ),
 ]
+
+P_SUFFIXES = ("_p", "_p_floor", "_p_at_margin", "_p_random")
+
+
+def is_p_value(measure: str) -> bool:
+    return measure.endswith(P_SUFFIXES)
 
 
 def _bounded(measure: str) -> bool:
     return measure.startswith("accuracy_") or measure.endswith(
         (
             "_concentration",
+            "_concentration_carrier",
             "_concentration_control",
+            "_concentration_carrier_control",
             "_uniform_concentration",
             "_jaccard",
             "_members_grown",
@@ -251,14 +303,18 @@ def _bounded(measure: str) -> bool:
 
 
 def combine_seeds(by_seed: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
-    """One row per measure: mean over seeds and the interval the verdicts use (see module doc)."""
+    """One row per measure: mean over seeds and the interval the verdicts use (see module doc).
+    p-values combine by Fisher's method and carry no interval; a null's count of fixed kinds
+    is the largest over seeds."""
     rows = []
     for measure, group in by_seed.groupby("measure", sort=False):
         values = [v for v in group.value if v is not None and math.isfinite(v)]
         n = len(values)
-        if measure.endswith("_p_random"):
-            combined = fisher_combine(values)
-            rows.append(_row(measure, combined, combined, combined, n, "Fisher's method over seeds"))
+        if is_p_value(measure):
+            rows.append(_row(measure, fisher_combine(values), math.nan, math.nan, n, "Fisher's method"))
+            continue
+        if measure.endswith("_null_fixed"):
+            rows.append(_row(measure, max(values) if values else math.nan, math.nan, math.nan, n, "max"))
             continue
         has_ci = bool(np.isfinite(group.ci_low.astype(float)).any())
         if n >= max(min_seeds, 2):
@@ -296,56 +352,166 @@ def _row(measure, mean, low, high, n, method, clipped: bool = False) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One criterion judged: its outcome, why, and what the experiment could have shown."""
+
+    outcome: str  # pass, fail, unclear, untestable
+    why: str = ""
+    detectable: float = math.nan  # the smallest value that passes at this spread (or p at margin)
+    reach: float = math.nan  # the most the measure can be (or a null test's floor)
+    power: str = ""  # the same in words
+
+
+def _value(s: pd.DataFrame, measure: str) -> float:
+    return float(s.loc[measure, "mean"]) if measure in s.index else math.nan
+
+
+def _reach(c: Criterion, s: pd.DataFrame) -> float:
+    if c.reach is None:
+        return math.nan
+    return float(c.reach) if isinstance(c.reach, int | float) else _value(s, c.reach)
+
+
+def _judge_p(c: Criterion, row: pd.Series, s: pd.DataFrame, t: VerdictThresholds) -> Outcome:
+    bar, p = c.bar(t), float(row["mean"])
+    floor, at_margin = _value(s, f"{c.measure}_floor"), _value(s, f"{c.measure}_at_margin")
+    fixed = _value(s, c.measure.removesuffix("_p") + "_null_fixed")
+    margin = getattr(t, c.margin_key) if c.margin_key else math.nan
+    power = f"p = {p:.3g}; floor {floor:.3g}; p at an excess of {margin:g} over the null: {at_margin:.3g}"
+    if math.isfinite(fixed) and fixed > 0:
+        return Outcome(
+            "untestable",
+            f"not testable at this scale: {c.measure}'s null cannot vary in {int(fixed)} kind(s) of "
+            "component (the set holds every component of that kind its matched draws could hold)",
+            at_margin,
+            floor,
+            power,
+        )
+    reference = _value(s, c.reference) if c.reference else math.nan
+    if math.isfinite(reference) and reference >= bar:
+        return Outcome(
+            "untestable",
+            f"not testable at this scale: the same test fails where it must work "
+            f"({c.reference} = {reference:.3g} >= {bar:g})",
+            at_margin,
+            floor,
+            power,
+        )
+    if p < bar:
+        return Outcome("pass", "", at_margin, floor, power)
+    if math.isfinite(floor) and floor >= bar:
+        return Outcome(
+            "untestable",
+            f"not testable at this scale: even a set carrying all of the change would get "
+            f"{c.measure} = {floor:.3g} >= {bar:g} against this null",
+            at_margin,
+            floor,
+            power,
+        )
+    if math.isfinite(at_margin) and at_margin < bar:
+        return Outcome("fail", c.fails_as, at_margin, floor, power)
+    return Outcome(
+        "unclear",
+        f"{c.measure} = {p:.3g} >= {bar:g}, but the test could not have seen an excess of {margin:g} "
+        f"(p at that excess {at_margin:.3g})",
+        at_margin,
+        floor,
+        power,
+    )
+
+
 def judge_criterion(
-    c: Criterion, row: pd.Series | None, t: VerdictThresholds, n_seeds: int = 1
-) -> tuple[str, str]:
-    """('pass' | 'fail' | 'unclear', why)."""
+    c: Criterion, row: pd.Series | None, t: VerdictThresholds, n_seeds: int = 1, s: pd.DataFrame | None = None
+) -> Outcome:
+    """The outcome of one criterion on the combined summary `s` (indexed by measure)."""
+    s = s if s is not None else pd.DataFrame(columns=["mean"])
     if row is None or not math.isfinite(row["mean"]):
-        return "unclear", f"{c.measure} not applicable"
+        return Outcome("unclear", f"{c.measure} not applicable")
     if row["n_seeds"] < min(t.min_seeds, n_seeds):  # not applicable in some seeds: too few left
-        return "unclear", f"{c.measure} applicable in only {int(row['n_seeds'])} seeds"
-    bar, low, high = c.bar(t), row["ci_low"], row["ci_high"]
+        return Outcome("unclear", f"{c.measure} applicable in only {int(row['n_seeds'])} seeds")
     if c.kind == "p":
-        return ("pass", "") if row["mean"] < bar else ("fail", c.fails_as)
+        return _judge_p(c, row, s, t)
+    bar, low, high = c.bar(t), row["ci_low"], row["ci_high"]
     if not (math.isfinite(low) and math.isfinite(high)):
-        return "unclear", f"{c.measure} has no interval"
+        return Outcome("unclear", f"{c.measure} has no interval")
+    half = (high - low) / 2
     if c.kind in ("below_zero", "requires"):
-        return ("pass", "") if high < 0 else ("fail", c.fails_as)
+        detectable = -half
+        outcome = "pass" if high < 0 else "fail"
+        power = f"passes below {detectable:.3g} at this spread"
+        return Outcome(outcome, "" if outcome == "pass" else c.fails_as, detectable, math.nan, power)
+    detectable = bar + half
+    reach = _reach(c, s)
+    power = f"passes above {detectable:.3g} at this spread" + (
+        f"; the most it can reach is {reach:.3g}" if math.isfinite(reach) else ""
+    )
     if c.kind == "above_zero":
-        return ("pass", "") if low > 0 else ("fail", c.fails_as)
+        outcome = "pass" if low > 0 else "fail"
+        return Outcome(outcome, "" if outcome == "pass" else c.fails_as, detectable, reach, power)
     passing = low >= bar if c.kind == "at_least" else low > bar
     failing = high < bar if c.kind == "at_least" else high <= bar
     if passing:
-        return "pass", ""
+        return Outcome("pass", "", detectable, reach, power)
     if failing:
-        return "fail", c.fails_as
-    return "unclear", f"{c.measure}'s interval [{low:.3g}, {high:.3g}] straddles {bar:.3g}"
+        return Outcome("fail", c.fails_as, detectable, reach, power)
+    if math.isfinite(reach) and detectable > reach:
+        return Outcome(
+            "untestable",
+            f"not testable at this scale: {c.measure} would have to exceed {detectable:.3g} to pass "
+            f"at this spread, but cannot exceed {reach:.3g}",
+            detectable,
+            reach,
+            power,
+        )
+    return Outcome(
+        "unclear",
+        f"{c.measure}'s interval [{low:.3g}, {high:.3g}] straddles {bar:.3g}",
+        detectable,
+        reach,
+        power,
+    )
 
 
-def decide(summary: pd.DataFrame, thresholds: VerdictThresholds, n_seeds: int) -> pd.DataFrame:
-    """One row per finding: verdict, reason, and each criterion's outcome."""
+NOT_TESTABLE = "not testable at this scale"
+
+
+def decide(
+    summary: pd.DataFrame, thresholds: VerdictThresholds, n_seeds: int, criteria_out: list | None = None
+) -> pd.DataFrame:
+    """One row per finding: verdict, reason, power and each criterion's outcome; with
+    `criteria_out`, one row per criterion is appended to it (verdict_criteria.parquet)."""
     s = summary.set_index("measure")
     rows = []
     for finding, criteria in CRITERIA.items():
         if not any(c.measure in s.index for c in criteria if c.kind != "requires"):
             continue  # not measured in this study (e.g. no targeted repair)
-        outcomes = [
-            (c, *judge_criterion(c, s.loc[c.measure] if c.measure in s.index else None, thresholds, n_seeds))
+        judged = [
+            (
+                c,
+                judge_criterion(
+                    c, s.loc[c.measure] if c.measure in s.index else None, thresholds, n_seeds, s
+                ),
+            )
             for c in criteria
         ]
-        unmet = [why for c, o, why in outcomes if o == "fail" and c.kind == "requires"]
-        outcomes = [t for t in outcomes if t[0].kind != "requires"] if unmet else outcomes
-        fails = [why for _, o, why in outcomes if o == "fail"]
-        unclear = [why for _, o, why in outcomes if o == "unclear"]
+        unmet = [o.why for c, o in judged if o.outcome == "fail" and c.kind == "requires"]
+        judged = [(c, o) for c, o in judged if c.kind != "requires"] if unmet else judged
+        by = {
+            kind: [o.why for _, o in judged if o.outcome == kind]
+            for kind in ("fail", "untestable", "unclear")
+        }
         if unmet:
             verdict, reason = "inconclusive", unmet[0]
-        elif fails:
-            verdict, reason = "no", fails[0]
-        elif unclear:
-            verdict, reason = "inconclusive", "; ".join(unclear)
+        elif by["fail"]:
+            verdict, reason = "no", by["fail"][0]
+        elif by["untestable"]:
+            verdict, reason = NOT_TESTABLE, "; ".join(by["untestable"])
+        elif by["unclear"]:
+            verdict, reason = "inconclusive", "; ".join(by["unclear"])
         else:
             verdict, reason = "yes", "every criterion passes"
-        if verdict != "inconclusive" and n_seeds < thresholds.min_seeds:
+        if verdict in ("yes", "no") and n_seeds < thresholds.min_seeds:
             reason = (
                 f"too few seeds ({n_seeds} < min_seeds {thresholds.min_seeds}); "
                 f"the prompts alone say {verdict}"
@@ -356,8 +522,41 @@ def decide(summary: pd.DataFrame, thresholds: VerdictThresholds, n_seeds: int) -
                 "finding": finding,
                 "verdict": verdict,
                 "reason": reason,
-                "criteria": "; ".join(f"{c.measure}: {o}" for c, o, _ in outcomes),
+                "criteria": "; ".join(f"{c.measure}: {o.outcome}" for c, o in judged),
+                "power": "; ".join(f"{c.measure}: {o.power}" for c, o in judged if o.power),
                 "rule": RULES[finding].format(**thresholds.__dict__),
             }
         )
+        if criteria_out is not None:
+            for c, o in judged:
+                row = s.loc[c.measure] if c.measure in s.index else None
+                criteria_out.append(
+                    {
+                        "finding": finding,
+                        "measure": c.measure,
+                        "outcome": o.outcome,
+                        "why": o.why,
+                        "bar": c.bar(thresholds),
+                        "value": float(row["mean"]) if row is not None else math.nan,
+                        "ci_low": float(row["ci_low"]) if row is not None else math.nan,
+                        "ci_high": float(row["ci_high"]) if row is not None else math.nan,
+                        "detectable": o.detectable,
+                        "reach": o.reach,
+                        "power": o.power,
+                    }
+                )
     return pd.DataFrame(rows)
+
+
+def robustness(main: pd.DataFrame, others: dict[str, pd.DataFrame]) -> list[str]:
+    """Per finding of `main`: "robust", or "fragile: <method> says <verdict>" for every method
+    whose verdict differs."""
+    out = []
+    for row in main.itertuples():
+        flips = []
+        for method, table in others.items():
+            theirs = table[table.finding == row.finding]
+            if len(theirs) and theirs.verdict.iloc[0] != row.verdict:
+                flips.append(f"{method} says {theirs.verdict.iloc[0]}")
+        out.append("fragile: " + "; ".join(flips) if flips else "robust")
+    return out

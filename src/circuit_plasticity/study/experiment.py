@@ -31,11 +31,14 @@ class AnalysisSpec:
     n: int = 160  # held-out prompts per analysis
     track_every_checkpoint: bool = True
     localization_k: int = 3
-    n_random: int = 100  # random head sets / circuits per null: p resolves down to 1/101
+    n_random: int = 100  # random sets / circuits per null: p resolves down to 1/101
+    null_window: int = 4  # matched null: each member drawn from this many of similar importance
 
     def validate(self, where: str, source: str) -> None:
-        if self.n < 20 or self.localization_k <= 0 or self.n_random < 10:
-            raise bad(source, where, "n >= 20, localization_k >= 1 and n_random >= 10 are needed")
+        if self.n < 20 or self.localization_k <= 0 or self.n_random < 10 or self.null_window < 2:
+            raise bad(
+                source, where, "n >= 20, localization_k >= 1, n_random >= 10 and null_window >= 2 are needed"
+            )
 
 
 @dataclass
@@ -315,7 +318,7 @@ def study_seed(spec: ExperimentSpec, out: Path, seed: int):
     """One trained seed's phase checkpoints (and all its checkpoints, for tracking)."""
     import pandas as pd
 
-    from circuit_plasticity.study.findings import all_checkpoints, phase_checkpoints
+    from circuit_plasticity.study.findings import all_checkpoints, matched_control, phase_checkpoints
     from circuit_plasticity.study.judge import SeedModels
     from circuit_plasticity.training.loop import RunDir
 
@@ -327,6 +330,7 @@ def study_seed(spec: ExperimentSpec, out: Path, seed: int):
     return SeedModels(
         seed=seed,
         **phases,
+        control_matched=matched_control(run),
         checkpoints=all_checkpoints(run) if spec.analysis.track_every_checkpoint else [],
         training_metrics=pd.DataFrame(run.read_metrics()),
     )
@@ -336,10 +340,14 @@ def study_options(spec: ExperimentSpec):
     """The judge's options for this experiment: its analysis sizes, thresholds and repair plan."""
     from circuit_plasticity.study.judge import JudgeOptions, RepairPlan
 
-    retrain = next(p for p in spec.train_spec(spec.seeds[0]).phases if p.name == "retrain")
+    def retrain_of(seed: int):
+        return next(p for p in spec.train_spec(seed).phases if p.name == "retrain")
+
+    retrain = retrain_of(spec.seeds[0])
     plan = RepairPlan(
         n_train=retrain.data.n,
         data_seed=retrain.data.seed,
+        data_seeds={seed: retrain_of(seed).data.seed for seed in spec.seeds},
         epochs=retrain.epochs,
         lr=retrain.lr,
         batch_size=retrain.batch_size,
@@ -349,6 +357,7 @@ def study_options(spec: ExperimentSpec):
         n=spec.analysis.n,
         k=spec.analysis.localization_k,
         n_random=spec.analysis.n_random,
+        null_window=spec.analysis.null_window,
         thresholds=spec.verdicts,
         repair=plan if spec.repair else None,
         task=spec.task,
@@ -363,7 +372,7 @@ def seeds_from_run_dirs(runs: list[Path]) -> list:
     import pandas as pd
 
     from circuit_plasticity.fileio import resolve_path
-    from circuit_plasticity.study.findings import all_checkpoints, phase_checkpoints
+    from circuit_plasticity.study.findings import all_checkpoints, matched_control, phase_checkpoints
     from circuit_plasticity.study.judge import SeedModels
     from circuit_plasticity.training.loop import RunDir
 
@@ -385,6 +394,7 @@ def seeds_from_run_dirs(runs: list[Path]) -> list:
             SeedModels(
                 seed=int(spec["seed"]),
                 **phases,
+                control_matched=matched_control(run),
                 checkpoints=all_checkpoints(run),
                 training_metrics=pd.DataFrame(run.read_metrics()),
             )

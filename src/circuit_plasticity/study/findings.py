@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 
 from circuit_plasticity.analysis.circuit import Circuit
-from circuit_plasticity.analysis.hooks import component_labels
 from circuit_plasticity.analysis.tables import long_table
 from circuit_plasticity.compare.changes import amplification, circuit_overlap, recovery
 from circuit_plasticity.compare.cmap import cross_model_patch
 from circuit_plasticity.compare.tracking import circuit_strength, hysteresis
 from circuit_plasticity.compare.weights import weight_change
+from circuit_plasticity.components import Component
 from circuit_plasticity.fileio import write_table
 from circuit_plasticity.training.loop import RunDir
 
@@ -34,6 +34,19 @@ def phase_checkpoints(run: RunDir, base_model: str) -> dict[str, str]:
         if final is not None:
             out[phase] = str(final)
     return out
+
+
+def matched_control(run: RunDir) -> str | None:
+    """The control branch's checkpoint at the poison phase's number of steps (the control the
+    localization verdict holds the poison against), when the run kept one and it is not the
+    control's final checkpoint; else None (the final control stands in, and the tables say so)."""
+    poisoned, control = run.final_checkpoint("poisoned"), run.final_checkpoint("control")
+    if poisoned is None or control is None:
+        return None
+    candidate = run.phase_dir("control") / poisoned.name
+    if candidate == control or not (candidate / "config.json").is_file():
+        return None
+    return str(candidate)
 
 
 def all_checkpoints(run: RunDir) -> list[tuple[str, int, Path]]:
@@ -61,19 +74,43 @@ def _wide(heads: pd.DataFrame) -> pd.DataFrame:
     return rows.pivot_table(index=["layer", "head"], columns="measure", values="value").reset_index()
 
 
-def per_head_tables(loaded: dict, runs, loc, out_dir: Path) -> None:
-    """cmap, weights, localization_heads: what the report's per-head figures read."""
+def _place(name: str) -> tuple[int, int]:
+    """(layer, head) of a component name; (-1, -2) for parts that are no circuit component
+    (embed, norms, ...; analysis/parameters.py)."""
+    try:
+        return tuple(Component.parse(name))
+    except ValueError:
+        return (-1, -2)
+
+
+def per_head_tables(loaded: dict, runs, evidence, out_dir: Path) -> None:
+    """cmap, weights, localization_heads: what the report's per-component figures read.
+
+    localization_heads: per component and change (poisoned, control), the mean single-component
+    effect on the measuring half of the prompts in each view: origin (its weights taken from
+    the changed model), carrier (its output); and the paper's pattern view (the head's attention
+    pattern from the poisoned model, every prompt)."""
+    from circuit_plasticity.compare.localization import pattern_effects
+
     model_tables(loaded, runs.batch, out_dir)
-    base = loaded["base"].model
-    labels = component_labels(base)  # the order evidence.localization indexes per_head in
-    table = pd.DataFrame(
-        [
-            {"layer": lay, "head": h, "change": change, "delta": float(loc.per_head[change][i])}
-            for change in loc.per_head
-            for i, (lay, h) in enumerate(labels)
-        ]
-    )
-    write_table(out_dir / "localization_heads.parquet", long_table(table, ["layer", "head"], of="change"))
+    views = {v: dict(changes) for v, changes in evidence.localization.per_component.items()}
+    names, pattern = pattern_effects(runs)
+    views["pattern"] = {"poisoned": (names, pattern.mean(1))}
+    rows = [
+        {
+            "component": name,
+            "layer": _place(name)[0],
+            "head": _place(name)[1],
+            "change": change,
+            "view": view,
+            "measure": "effect",
+            "value": float(value),
+        }
+        for view, changes in views.items()
+        for change, (names, values) in changes.items()
+        for name, value in zip(names, values, strict=True)
+    ]
+    write_table(out_dir / "localization_heads.parquet", pd.DataFrame(rows))
 
 
 def model_tables(loaded: dict, batch, out_dir: Path) -> None:
@@ -154,7 +191,7 @@ def scalar_findings(seed_models, loaded, runs, circuits, loc, seed_dir: Path, op
         out["neuroplasticity_node_jaccard"] = overlap["node_jaccard"]
         out["neuroplasticity_edge_jaccard"] = overlap["edge_jaccard"]
     out["localization_top_in_base_circuit"] = float(
-        np.mean([h in circuits["base"].head_set() for h in loc.top_heads])
+        np.mean([h in circuits["base"].head_set() for h in loc.top])
     )
     weights = weight_change(loaded["poisoned"].model, loaded["clean"].model)
     w = weights[weights["head"] >= 0].weight_change_rel.sort_values(ascending=False)  # heads only

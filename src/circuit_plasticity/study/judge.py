@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from circuit_plasticity.compare.verdicts import VerdictThresholds, combine_seeds, decide
+from circuit_plasticity.compare.verdicts import VerdictThresholds, combine_seeds, decide, robustness
 from circuit_plasticity.components import component_name
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.fileio import write_json
 
-PHASES = ("base", "clean", "poisoned", "retrain", "control")
+PHASES = ("base", "clean", "poisoned", "retrain", "control", "control_matched")
 REQUIRED = ("base", "clean", "poisoned", "retrain")
+ANALYSED = ("base", "clean", "poisoned", "retrain", "control")  # control_matched: evidence only
 
 
 @dataclass
@@ -35,6 +36,7 @@ class RepairPlan:
 
     n_train: int = 1000
     data_seed: int = 2
+    data_seeds: dict[int, int] = field(default_factory=dict)  # seed -> its own retrain data seed
     epochs: int = 4
     lr: float = 3e-4
     batch_size: int = 32
@@ -44,8 +46,9 @@ class RepairPlan:
 @dataclass
 class JudgeOptions:
     n: int = 160  # held-out prompts per analysis
-    k: int = 3  # heads in the localized set
-    n_random: int = 100  # random head sets / circuits per null distribution
+    k: int = 3  # components in the localized set
+    n_random: int = 100  # random sets / circuits per null distribution
+    null_window: int = 4  # the matched null draws each member from this many of similar importance
     thresholds: VerdictThresholds = field(default_factory=VerdictThresholds)
     repair: RepairPlan | None = None
     full_analysis: bool = True  # every phase's single-model analysis (the report's figures)
@@ -63,6 +66,7 @@ class SeedModels:
     poisoned: Any
     retrain: Any
     control: Any = None
+    control_matched: Any = None  # the control branch at the poison phase's number of steps
     checkpoints: list[tuple[str, int, Path]] = field(default_factory=list)  # for tracking
     training_metrics: pd.DataFrame | None = None  # for hysteresis
 
@@ -166,8 +170,9 @@ def validate_seeds(seeds: Sequence[SeedModels]) -> None:
 class Judgement:
     by_seed: pd.DataFrame  # seed, measure, value, ci_low, ci_high (bootstrap over prompts)
     summary: pd.DataFrame  # measure, mean, ci_low, ci_high, n_seeds, interval, clipped
-    verdicts: pd.DataFrame  # finding, verdict, reason, criteria, rule
+    verdicts: pd.DataFrame  # finding, verdict, reason, criteria, power, rule, robustness
     out: Path
+    methods: pd.DataFrame | None = None  # the same verdicts under every other method (`method`)
 
 
 def judge(
@@ -204,68 +209,186 @@ def judge(
             rows.append(evidence.assign(seed=s.seed))
     finally:
         bar.close()
-    by_seed = pd.concat(rows, ignore_index=True)[["seed", "measure", "value", "ci_low", "ci_high"]]
-    summary = combine_seeds(by_seed, options.thresholds.min_seeds)
-    verdicts = decide(summary, options.thresholds, len(seeds))
+    every = pd.concat(rows, ignore_index=True)[["seed", "method", "measure", "value", "ci_low", "ci_high"]]
+    t = options.thresholds
+    by_method, criteria = {}, []
+    summaries = []
+    for method, group in every.groupby("method", sort=False):
+        summary = combine_seeds(group.drop(columns="method"), t.min_seeds)
+        by_method[method] = decide(summary, t, len(seeds), criteria if method == "main" else None)
+        summaries.append(summary.assign(method=method))
+    by_seed = every[every.method == "main"].drop(columns="method").reset_index(drop=True)
+    summary = summaries[0].drop(columns="method")
+    verdicts = by_method.pop("main")
+    verdicts["robustness"] = robustness(verdicts, by_method)
     write_table(out / "tables" / "findings_by_seed.parquet", by_seed)
     write_table(out / "tables" / "findings.parquet", summary)
+    write_table(out / "tables" / "findings_methods.parquet", pd.concat(summaries, ignore_index=True))
     write_table(out / "tables" / "verdicts.parquet", verdicts)
-    return Judgement(by_seed, summary, verdicts, out)
+    write_table(out / "tables" / "verdict_criteria.parquet", pd.DataFrame(criteria))
+    methods = pd.concat([v.assign(method=m) for m, v in by_method.items()], ignore_index=True)
+    write_table(out / "tables" / "verdicts_methods.parquet", methods)
+    return Judgement(by_seed, summary, verdicts, out, methods)
 
 
 def stage_count(s: SeedModels, options: JudgeOptions) -> int:
-    """The stages `judge_seed` announces: each phase's analysis, evidence, the two repairs,
-    the per-head tables (the progress bar's length)."""
-    analyses = len(s.phases()) if options.full_analysis else 2
-    return analyses + 2 + (2 if options.repair is not None else 0)
+    """The stages `judge_seed` announces: each analysed phase's analysis, the evidence under
+    each of the three methods, the two repairs, the per-head tables (the progress bar's length)."""
+    analyses = len([p for p in s.phases() if p in ANALYSED]) if options.full_analysis else 2
+    return analyses + 3 + 1 + (2 if options.repair is not None else 0)
 
 
 def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -> pd.DataFrame:
-    """All evidence of one seed as rows (measure, value, ci_low, ci_high); cached on disk."""
+    """All evidence of one seed as rows (method, measure, value, ci_low, ci_high); cached."""
     path = seed_dir / "compare" / "evidence.parquet"
     if path.is_file():
-        return pd.read_parquet(path)
-    from circuit_plasticity.compare import evidence as ev
+        cached = pd.read_parquet(path)
+        if "method" in cached.columns:
+            return cached
+    from circuit_plasticity.compare.evidence import METHODS, PhaseRuns
     from circuit_plasticity.fileio import write_table
     from circuit_plasticity.models.load import LoadedModel, load_model
     from circuit_plasticity.study.findings import per_head_tables, scalar_findings
 
     loaded = {p: m if isinstance(m, LoadedModel) else load_model(str(m)) for p, m in s.phases().items()}
     batch = seed_batch(loaded["base"], options, s.seed)
-    runs = ev.PhaseRuns({p: m.model for p, m in loaded.items()}, batch)
-    reference = float(runs.scores["base"].mean())
+    runs = PhaseRuns({p: m.model for p, m in loaded.items()}, batch)
+    extra_controls = size_matched_control(s, runs)
+    reference = float(runs.s("base").mean())
+    analysed = {p: m for p, m in loaded.items() if p in ANALYSED}
     analyses = analyse_phases(
-        loaded, batch, seed_dir / "analysis", options.full_analysis, s.seed, progress, reference
+        analysed, batch, seed_dir / "analysis", options.full_analysis, s.seed, progress, reference
     )
-    base_circuit = analyses["base"].head_set()
-    progress(f"seed {s.seed}: evidence and controls")
-    measures = ev.amplification_evidence(runs, base_circuit, analyses["clean"].head_set(), s.seed)
-    loc = ev.localization_evidence(runs, options.k, options.n_random, s.seed)
-    measures |= loc.measures
-    measures |= ev.plasticity_evidence(runs, base_circuit, loc.top_heads, options.n_random, s.seed)
-    extra: dict[str, Any] = {"localization_top_heads": ",".join(map(component_name, loc.top_heads))}
-    if options.repair is not None:
-        repaired = _repair(s, seed_dir, loc.top_heads, runs, options, progress)
-        if isinstance(repaired, str):
-            extra["repair_skipped"] = repaired
-        else:
-            from circuit_plasticity.training.masking import frozen_kv_heads
+    rows, extra, main = [], {}, None
+    repaired = None
+    for method in METHODS:
+        progress(f"seed {s.seed}: evidence and controls ({method.name})")
+        found = method_evidence(runs, analyses, options, s.seed, method)
+        if main is None:
+            main = found
+            extra = found.names() | extra_controls
+            if options.repair is not None:
+                repaired = _repair(s, seed_dir, found.localization.top, runs, options, progress)
+                if isinstance(repaired, str):
+                    extra["repair_skipped"] = repaired
+                else:
+                    from circuit_plasticity.training.masking import frozen_kv_heads
 
-            measures |= ev.repair_evidence(runs, *repaired, s.seed)
-            # grouped-query attention: these heads trained Q and O only (their K/V is shared)
-            names = [component_name(h) for h in loc.top_heads]
-            extra["repair_heads_kv_frozen"] = ",".join(frozen_kv_heads(runs.models["poisoned"], names))
+                    # grouped-query attention: these heads trained Q and O only (their K/V is shared)
+                    names = [component_name(h) for h in found.localization.top]
+                    extra["repair_heads_kv_frozen"] = ",".join(
+                        frozen_kv_heads(runs.models["poisoned"], names)
+                    )
+        measures = found.measures
+        if repaired is not None and not isinstance(repaired, str):
+            from circuit_plasticity.compare.evidence import repair_evidence
+
+            measures |= repair_evidence(runs, *repaired, s.seed, method)
+        rows += [
+            {"method": method.name, "measure": k, "value": v.value, "ci_low": v.low, "ci_high": v.high}
+            for k, v in measures.items()
+        ]
     progress(f"seed {s.seed}: per-head tables and tracking")
-    scalars = scalar_findings(s, loaded, runs, analyses, loc, seed_dir, options)
-    if options.full_analysis:  # the report's per-head figures
-        per_head_tables(loaded, runs, loc, seed_dir / "compare")
-    rows = [
-        {"measure": k, "value": v.value, "ci_low": v.low, "ci_high": v.high} for k, v in measures.items()
-    ] + [{"measure": k, "value": float(v), "ci_low": np.nan, "ci_high": np.nan} for k, v in scalars.items()]
+    scalars = scalar_findings(s, analysed, runs, analyses, main.localization, seed_dir, options)
+    if options.full_analysis:  # the report's per-component figures
+        per_head_tables(analysed, runs, main, seed_dir / "compare")
+    rows += [
+        {"method": "main", "measure": k, "value": float(v), "ci_low": np.nan, "ci_high": np.nan}
+        for k, v in scalars.items()
+    ]
     table = pd.DataFrame(rows)
-    write_json(seed_dir / "compare" / "findings.json", {**extra, **{r["measure"]: r["value"] for r in rows}})
+    main_rows = table[table.method == "main"]
+    write_json(
+        seed_dir / "compare" / "findings.json",
+        {**extra, **{r.measure: r.value for r in main_rows.itertuples()}},
+    )
     write_table(path, table)
     return table
+
+
+def _step(path) -> int | None:
+    name = Path(str(path)).name
+    return int(name.split("-")[1]) if name.startswith("step-") and name[5:].isdigit() else None
+
+
+def size_matched_control(s: SeedModels, runs) -> dict[str, str]:
+    """Which control the poison is held against, in words; and, where the control branch kept
+    a checkpoint whose |score change| from clean is at least half the poison's, that checkpoint
+    as `control_sized` in `runs` (a benign change matched in size, reported beside)."""
+    from circuit_plasticity.analysis.metrics import evaluate
+    from circuit_plasticity.models.load import load_model
+
+    poison_steps = _step(s.poisoned)
+    matched = s.control_matched or s.control
+    out = {
+        "localization_control": (
+            f"control at step {_step(matched)} (the poison's {poison_steps} steps)"
+            if s.control_matched is not None
+            else f"the final control ({_step(matched) or '?'} steps; the poison: {poison_steps or '?'})"
+        )
+        if matched is not None
+        else "no control given"
+    }
+    drop = abs(float((runs.s("poisoned") - runs.s("clean")).mean()))
+    best, best_ratio = None, 0.0
+    for phase, _, path in s.checkpoints:
+        if phase != "control":
+            continue
+        model = load_model(str(path)).model
+        change = abs(float(evaluate(model, runs.batch)["score"].mean() - runs.s("clean").mean()))
+        if change / max(drop, 1e-12) > best_ratio:
+            best, best_ratio = (path, model), change / max(drop, 1e-12)
+    out["localization_size_matched_control"] = (
+        f"control at step {_step(best[0])}: its change is {best_ratio:.0%} of the poison's"
+        if best is not None and best_ratio >= 0.5
+        else f"none: the largest benign change the control branch made is {best_ratio:.0%} of the poison's"
+    )
+    if best is not None and best_ratio >= 0.5:
+        runs.models["control_sized"] = best[1]
+    return out
+
+
+@dataclass
+class MethodEvidence:
+    """One method's evidence of one seed, and the component sets it chose."""
+
+    measures: dict
+    localization: Any  # compare.localization.LocalizationResult
+    mechanism: dict  # compare.amplification.mechanism_sets of base -> clean
+    recovered: dict  # localized component -> its own recovery by weights
+
+    def names(self) -> dict[str, str]:
+        """The components a person reads about: localized, carriers, the mechanism's sets."""
+        join = lambda cs: ",".join(map(component_name, cs))  # noqa: E731
+        out = {
+            "localization_top_heads": join(self.localization.top),
+            "localization_top_carrier": join(self.localization.top_carrier),
+        }
+        out |= {f"amplification_{k}": join(v) for k, v in self.mechanism.items()}
+        out["neuroplasticity_recovery_by_component"] = ",".join(
+            f"{name}={value:.3g}" for name, value in self.recovered.items()
+        )
+        return out
+
+
+def method_evidence(runs, analyses: dict, options: JudgeOptions, seed: int, method) -> MethodEvidence:
+    """Amplification, localization and neuroplasticity evidence of one seed under `method`."""
+    from circuit_plasticity.compare.amplification import amplification_evidence
+    from circuit_plasticity.compare.localization import localization_evidence
+    from circuit_plasticity.compare.plasticity import plasticity_evidence
+
+    t = options.thresholds
+    measures, mechanism = amplification_evidence(runs, analyses["base"], analyses, seed, method)
+    loc = localization_evidence(
+        runs, options.k, options.n_random, seed, method, options.null_window, t.null_margin
+    )
+    measures |= loc.measures
+    base_circuit = analyses["base"].head_set()
+    plastic, recovered = plasticity_evidence(
+        runs, base_circuit, loc.top, options.n_random, seed, method, t.faithfulness_tolerance
+    )
+    measures |= plastic
+    return MethodEvidence(measures, loc, mechanism, recovered)
 
 
 def analyse_phases(
@@ -320,14 +443,20 @@ def reference_score(loaded, batch) -> float:
 
 
 def _repair(s: SeedModels, seed_dir: Path, heads, runs, options: JudgeOptions, progress):
-    """Scores of the two repaired models (trained on `options.task`), or why repair was skipped."""
-    from circuit_plasticity.analysis.hooks import component_labels, matched_sample
+    """Scores of the two repaired models (trained on `options.task`), or why repair was skipped.
+    The null trains as many other components, each drawn among those of its kind nearest in
+    importance to a localized one (the localization's matched null, without the localized set)."""
+    from circuit_plasticity.analysis.hooks import component_labels
+    from circuit_plasticity.compare.evidence import MAIN
+    from circuit_plasticity.compare.localization import importance
+    from circuit_plasticity.compare.nulls import matched_draws
     from circuit_plasticity.study.repair import train_heads
 
     if not isinstance(s.poisoned, str | Path):
         return "targeted repair needs the poisoned model as a path"
     others = [h for h in component_labels(runs.models["poisoned"]) if h not in heads]
-    random_heads = matched_sample(random.Random(s.seed), others, heads)
+    weights = importance(runs, MAIN)
+    random_heads = matched_draws(random.Random(s.seed), others, weights, heads, 1, options.null_window)[0]
     scores = []
     for name, chosen in (("repair", heads), ("repair-random", random_heads)):
         progress(f"seed {s.seed}: {name} (training only {', '.join(map(component_name, chosen))})")
@@ -346,12 +475,14 @@ def _repair(s: SeedModels, seed_dir: Path, heads, runs, options: JudgeOptions, p
     return tuple(scores)
 
 
-def _scores_of(path: Path, batch) -> np.ndarray:
-    from circuit_plasticity.analysis.metrics import evaluate
+def _scores_of(path: Path, batch) -> dict[str, np.ndarray]:
+    """The repaired model's per-prompt scores under every metric the methods use."""
+    from circuit_plasticity.analysis.metrics import METRICS, evaluate
     from circuit_plasticity.compare.stats import as_numpy
     from circuit_plasticity.models.load import load_model
 
-    return as_numpy(evaluate(load_model(str(path)).model, batch)["score"])
+    model = load_model(str(path)).model
+    return {m: as_numpy(evaluate(model, batch.with_metric(m))["score"]) for m in METRICS}
 
 
 def read_seed_file(path: str | Path) -> list[SeedModels]:

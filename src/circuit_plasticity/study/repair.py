@@ -30,7 +30,7 @@ def train_heads(
         phases=[
             Phase(
                 "repair",
-                DataSpec(plan.n_train, None, 1.0, seed=plan.data_seed),
+                DataSpec(plan.n_train, None, 1.0, seed=plan.data_seeds.get(seed, plan.data_seed)),
                 epochs=plan.epochs,
                 lr=plan.lr,
                 batch_size=plan.batch_size,

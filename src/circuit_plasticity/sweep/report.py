@@ -20,7 +20,12 @@ from circuit_plasticity.sweep.results import SweepTables
 from circuit_plasticity.sweep.spec import Sweep
 
 SCORES = ("score_clean", "score_poisoned", "score_retrain", "score_control")
-VERDICT_COLORS = {"yes": "#1a7f37", "no": "#b42318", "inconclusive": "#d4a72c"}
+VERDICT_COLORS = {
+    "yes": "#1a7f37",
+    "no": "#b42318",
+    "inconclusive": "#d4a72c",
+    "not testable at this scale": "#8c8c8c",
+}
 
 
 def verdict_measures() -> dict[str, list[str]]:
@@ -75,7 +80,7 @@ def dose_response(tables: SweepTables, variable: str, others: list[str], bars: d
     strip.set_yticks(range(len(findings)), findings)
     strip.set_xlim(*limits)
     strip.set_ylim(len(findings) - 0.5, -0.5)
-    strip.set_title("verdicts (green yes, red no, amber inconclusive)", fontsize=10)
+    strip.set_title("verdicts (green yes, red no, amber inconclusive, grey not testable)", fontsize=10)
     if labels:
         strip.set_xticks(list(xs.values()), labels)
 

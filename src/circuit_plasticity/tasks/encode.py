@@ -40,6 +40,7 @@ class TaskBatch:
     variants: dict[str, torch.Tensor] = field(default_factory=dict)  # other flips, same shape
     year: torch.Tensor | None = None  # GT: the start year YY per prompt
     year_ids: torch.Tensor | None = None  # GT: token ids of "00".."99"
+    metric: str | tuple[str, ...] = "score"  # what `task_score` reads (analysis.metrics.METRICS)
 
     @property
     def end(self) -> torch.Tensor:
@@ -71,6 +72,7 @@ class TaskBatch:
             variants={k: move(v) for k, v in self.variants.items()},
             year=move(self.year),
             year_ids=move(self.year_ids),
+            metric=self.metric,
         )
 
     def subset(self, index: torch.Tensor | slice) -> TaskBatch:
@@ -90,7 +92,14 @@ class TaskBatch:
             variants={k: v[index] for k, v in self.variants.items()},
             year=take(self.year),
             year_ids=self.year_ids,
+            metric=self.metric,
         )
+
+    def with_metric(self, metric: str | tuple[str, ...]) -> TaskBatch:
+        """The same prompts scored by another metric (`analysis.metrics.METRICS`)."""
+        from dataclasses import replace
+
+        return replace(self, metric=metric)
 
 
 def encode_examples(
