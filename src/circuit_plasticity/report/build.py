@@ -111,7 +111,13 @@ def _study(out: Path, seeds: list[int], tables: Path, metric: str, thresholds) -
         base = circuits[circuits.phase == "base"]
         members = {int(s): list(g.component) for s, g in base.groupby("seed")}
     return explain.Study(
-        _read(tables, "findings"), _read(tables, "verdicts"), by_seed, members, metric, thresholds
+        _read(tables, "findings"),
+        _read(tables, "verdicts"),
+        by_seed,
+        members,
+        metric,
+        thresholds,
+        _read(tables, "verdict_criteria"),
     )
 
 
@@ -182,6 +188,19 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
             "head's output from it into the base.",
             figures.cmap_maps,
             read("cmap"),
+        )
+    )
+    figs.append(
+        _figure(
+            "Where the poison lives, and what carries it",
+            "Per component, the clean model's score change (mean over seeds, the held-out half) with "
+            "one component taken from the poisoned model: its weights (origin: where the change "
+            "lives; embeddings and norms are components too), its output (carrier: every upstream "
+            "change that flows into it) and, for heads, its attention pattern (the paper's evidence). "
+            "Grey: the same for the control fine-tune of the poison's length.",
+            figures.localization_views,
+            read("localization_heads"),
+            missing="No per-component localization table: the phases were judged without the full analysis.",
         )
     )
     figs.append(

@@ -19,22 +19,26 @@ import pandas as pd
 # what each measure is, in words: for the criteria table and the "decided by" line
 LABELS = {
     "amplification_gain": "clean - base score",
+    "amplification_existing_share": "share of the gain carried by the existing mechanism",
+    "amplification_existing_minus_rest": "existing mechanism's minus the rest's share",
+    "amplification_existing_minus_uniform": "existing mechanism's share minus a uniform rescaling's",
     "amplification_member_share": "share of the gain carried by base-circuit members",
     "amplification_nonmember_share": "share of the gain carried by non-members",
-    "amplification_member_minus_nonmember": "members' minus non-members' share",
+    "amplification_uniform_share": "share a uniform rescaling would give the existing mechanism",
     "localization_drop": "poisoned - clean score",
-    "localization_top_share": "share of the drop carried by the top-k heads",
-    "localization_random_share": "share carried by random k-head sets",
-    "localization_p_random": "p against random k-head sets (Fisher over seeds)",
+    "localization_top_share": "share of the drop in the top-k components' weights",
+    "localization_top_share_carrier": "share of the drop carried by the top-k components' outputs",
+    "localization_matched_null": "share in the weights of components of the same importance",
+    "localization_matched_p": "p against components of the same importance (Fisher over seeds)",
     "localization_concentration_excess": "concentration of the poison's change minus the control's",
     "neuroplasticity_behaviour_recovery": "share of the drop recovered",
-    "neuroplasticity_localized_recovery": "localized heads' recovery of their own change",
+    "neuroplasticity_localized_recovery": "localized components' own recovery by weights",
     "neuroplasticity_faithfulness_gap": "base-circuit faithfulness, retrained minus un-poisoned",
-    "neuroplasticity_faithfulness_excess": "base-circuit faithfulness above random circuits",
-    "neuroplasticity_p_random": "p against random circuits (Fisher over seeds)",
-    "repair_recovery": "drop recovered training only the localized heads",
-    "repair_random_recovery": "drop recovered training as many random heads",
-    "repair_advantage": "localized minus random repair",
+    "neuroplasticity_random_circuits_p": "rank p of the base circuit among random circuits (Fisher)",
+    "neuroplasticity_random_circuits_clean_p": "the same rank p in the clean model",
+    "repair_recovery": "drop recovered training only the localized components",
+    "repair_random_recovery": "drop recovered training as many other components",
+    "repair_advantage": "localized minus other-component repair",
 }
 
 PERCENT = re.compile(r"(_share|_recovery|_recovery_to_base)$")
@@ -51,6 +55,7 @@ class Study:
     members: dict[int, list[str]] = field(default_factory=dict)  # seed -> base-circuit components
     metric: str = "score"
     thresholds: object | None = None  # compare.verdicts.VerdictThresholds the verdicts used
+    criteria: pd.DataFrame | None = None  # verdict_criteria.parquet: outcome, power per criterion
 
     def row(self, measure: str) -> pd.Series | None:
         s = self.findings[self.findings.measure == measure]
@@ -66,7 +71,9 @@ class Study:
         r = self.row(measure)
         if r is None:
             return "n/a"
-        if measure.endswith("_p_random"):
+        from circuit_plasticity.compare.verdicts import is_p_value
+
+        if is_p_value(measure):
             return f"p = {fmt(r['mean'])}"
         percent = bool(PERCENT.search(measure)) if percent is None else percent
         scale = 100.0 if percent else 1.0
@@ -79,11 +86,16 @@ class Study:
 
     @property
     def localized(self) -> dict[int, list[str]]:
-        """Each seed's localized (top-k) heads, from its findings.json."""
-        return {
-            s: [c for c in str(f.get("localization_top_heads", "")).split(",") if c]
-            for s, f in self.by_seed.items()
-        }
+        """Each seed's localized (top-k) components, from its findings.json."""
+        return self.named("localization_top_heads")
+
+    def named(self, key: str) -> dict[int, list[str]]:
+        """Each seed's components listed under `key` in its findings.json."""
+        return {s: [c for c in str(f.get(key, "")).split(",") if c] for s, f in self.by_seed.items()}
+
+    def said(self, key: str) -> str:
+        """A text each seed's findings.json holds under `key` (one seed's; the first)."""
+        return next((str(f[key]) for f in self.by_seed.values() if f.get(key)), "")
 
 
 def fmt(x: float, percent: bool = False) -> str:
@@ -132,7 +144,8 @@ class Criterion:
     label: str
     value: str
     bar: str  # "at least 50 %", "below 0", ...; "" when the verdict's thresholds are unknown
-    outcome: str  # pass, fail, unclear (as the verdict code recorded it)
+    outcome: str  # pass, fail, unclear, untestable (as the verdict code recorded it)
+    power: str = ""  # what the experiment could have shown (verdict_criteria.parquet)
 
 
 @dataclass
@@ -142,6 +155,7 @@ class Explanation:
     sentences: list[str]  # what was measured, in words, with the components and the control
     why: str  # why this verdict, in one sentence
     criteria: list[Criterion]  # the measures the verdict used, with their bars and outcomes
+    robustness: str = ""  # "robust", or which other method says otherwise
 
 
 def _outcomes(verdict: pd.Series) -> list[tuple[str, str]]:
@@ -172,9 +186,24 @@ def _bar(study: Study, finding: str, measure: str) -> str:
     }.get(c.kind, "")
 
 
+def _power(study: Study, finding: str, measure: str) -> str:
+    c = study.criteria
+    if c is None or "power" not in c:
+        return ""
+    row = c[(c.finding == finding) & (c.measure == measure)]
+    return str(row.power.iloc[0]) if len(row) else ""
+
+
 def criteria(study: Study, verdict: pd.Series) -> list[Criterion]:
     return [
-        Criterion(m, LABELS.get(m, m.replace("_", " ")), study.value(m), _bar(study, verdict.finding, m), o)
+        Criterion(
+            m,
+            LABELS.get(m, m.replace("_", " ")),
+            study.value(m),
+            _bar(study, verdict.finding, m),
+            o,
+            _power(study, verdict.finding, m),
+        )
         for m, o in _outcomes(verdict)
     ]
 
@@ -216,52 +245,79 @@ def _direction(study: Study, measure: str) -> int:
     return 1 if r.ci_low > 0 else -1 if r.ci_high < 0 else 0
 
 
+def _who(study: Study, key: str) -> str:
+    return components_over_seeds(study.named(key))
+
+
 def amplification(study: Study) -> list[str]:
     out = []
     if study.has("amplification_gain"):
         out.append(f"Clean fine-tuning raised the {study.metric} by {study.value('amplification_gain')}.")
-    if study.has("amplification_member_share"):
-        members = components_over_seeds(study.members)
-        who = f" ({members})" if members else ""
+    if study.has("amplification_existing_share"):
+        kept, recruited = _who(study, "amplification_kept"), _who(study, "amplification_recruited")
+        who = f"the base circuit's members that kept their role ({kept})" if kept else "the base circuit"
+        who += f" and the recruits that repeat a member's role ({recruited})" if recruited else ""
         clause = (
-            f"Patching the base circuit's members{who} from the fine-tuned model into the base "
-            f"carries {study.value('amplification_member_share')} of that gain"
+            f"The existing mechanism, {who}, carries {study.value('amplification_existing_share')} of that "
+            "gain (its fine-tuned outputs patched into the base)"
         )
-        if study.has("amplification_nonmember_share"):
-            clause += f"; the other components carry {study.value('amplification_nonmember_share')}"
+        if study.has("amplification_uniform_share"):
+            clause += (
+                f", where a uniform rescaling of every component's direct effect would give it "
+                f"{study.value('amplification_uniform_share', ci=False)}"
+            )
         out.append(clause + ".")
+    changed, new = _who(study, "amplification_changed"), _who(study, "amplification_new")
+    if changed:
+        out.append(f"Members that changed role (a new mechanism): {changed}.")
+    if new:
+        out.append(f"Components that joined in a role no member had: {new}.")
     return out
 
 
 def localization(study: Study) -> list[str]:
     out = []
     if study.has("localization_drop"):
-        out.append(f"Poisoning dropped the {study.metric} by {study.value('localization_drop', sign=-1)}.")
+        out.append(
+            f"Poisoning dropped the {study.metric} by {study.value('localization_drop', sign=-1)} "
+            "(from the clean fine-tune it started from)."
+        )
     if study.has("localization_top_share"):
         top = components_over_seeds(study.localized)
-        clause = "The heads that carry most of it" + (f", {top}," if top else "")
+        clause = "Where it lives: the weights of " + (top or "the top-k components")
         clause += f" carry {study.value('localization_top_share')} of the drop on held-out prompts"
-        if study.has("localization_random_share"):
+        if study.has("localization_matched_null"):
             clause += (
-                ", where random head sets of the same size carry "
-                f"{study.value('localization_random_share', ci=False)}"
+                ", where other components of the same importance carry "
+                f"{study.value('localization_matched_null', ci=False)}"
             )
-            if study.has("localization_p_random"):
-                clause += f" ({study.value('localization_p_random')})"
+            if study.has("localization_matched_p"):
+                clause += f" ({study.value('localization_matched_p')})"
         out.append(clause + ".")
+    if study.has("localization_top_share_carrier"):
+        carriers = _who(study, "localization_top_carrier")
+        out.append(
+            f"What carries it: the outputs of {carriers or 'the top-k by output'} carry "
+            f"{study.value('localization_top_share_carrier')} (an output holds every upstream change "
+            "that flows into it)."
+        )
     if study.has("localization_concentration_excess"):
         how = {1: "more concentrated than", -1: "less concentrated than", 0: "about as concentrated as"}
-        control = ""
+        control = study.said("localization_control") or "the control"
+        numbers = ""
         if study.has("localization_concentration", "localization_concentration_control"):
-            control = (
+            numbers = (
                 f" ({study.value('localization_concentration', ci=False)} against "
                 f"{study.value('localization_concentration_control', ci=False)})"
             )
         out.append(
-            f"The poison's per-head change is {how[_direction(study, 'localization_concentration_excess')]} "
-            f"that of a clean fine-tune of equal length, the control{control}: a difference of "
+            f"The poison's change is {how[_direction(study, 'localization_concentration_excess')]} that of "
+            f"an ordinary fine-tune, {control}{numbers}: a difference of "
             f"{study.value('localization_concentration_excess')}."
         )
+    sized = study.said("localization_size_matched_control")
+    if sized:
+        out.append(f"A benign change as large as the poison's: {sized}.")
     return out
 
 
@@ -271,9 +327,12 @@ def neuroplasticity(study: Study) -> list[str]:
         clause = f"Retraining recovered {study.value('neuroplasticity_behaviour_recovery')} of the drop"
         if study.has("neuroplasticity_localized_recovery"):
             clause += (
-                f", and the localized heads {study.value('neuroplasticity_localized_recovery')} "
-                "of their own change"
+                f"; the localized components' own weights recovered "
+                f"{study.value('neuroplasticity_localized_recovery')} of their change"
             )
+            each = study.said("neuroplasticity_recovery_by_component")
+            if each and len(study.by_seed) == 1:
+                clause += f" ({each.replace('=', ': ').replace(',', ', ')})"
         out.append(clause + ".")
     if study.has("neuroplasticity_faithfulness_retrain"):
         clause = (
@@ -285,28 +344,28 @@ def neuroplasticity(study: Study) -> list[str]:
                 f" against {study.value('neuroplasticity_faithfulness_clean', ci=False)} (clean) and "
                 f"{study.value('neuroplasticity_faithfulness_control', ci=False)} (control)"
             )
-        if study.has("neuroplasticity_faithfulness_excess"):
+        if study.has("neuroplasticity_random_circuits_p"):
             clause += (
-                f", and {study.value('neuroplasticity_faithfulness_excess')} above random circuits of its "
-                f"size ({study.value('neuroplasticity_faithfulness_random', ci=False)})"
+                f"; among random circuits of its size it ranks at "
+                f"{study.value('neuroplasticity_random_circuits_p')}"
             )
+            if study.has("neuroplasticity_random_circuits_clean_p"):
+                clause += f" ({study.value('neuroplasticity_random_circuits_clean_p')} in the clean model)"
         out.append(clause + ".")
-    used = {m for m, _ in _outcomes(_verdict_row(study, "neuroplasticity"))}
-    if study.has("neuroplasticity_p_random") and "neuroplasticity_p_random" not in used:
-        out.append(
-            "The verdict compares with random circuits by that paired difference, not by the p-value "
-            f"against them ({study.value('neuroplasticity_p_random')})."
-        )
     return out
 
 
 def targeted_repair(study: Study) -> list[str]:
     out = []
     if study.has("repair_recovery"):
-        clause = f"Training only the localized heads recovered {study.value('repair_recovery')} of the drop"
+        top = components_over_seeds(study.localized)
+        clause = (
+            f"Training only the localized components{f' ({top})' if top else ''} recovered "
+            f"{study.value('repair_recovery')} of the drop"
+        )
         if study.has("repair_random_recovery"):
             clause += (
-                "; training as many random other heads on the same data recovered "
+                "; training as many other components of the same importance on the same data recovered "
                 f"{study.value('repair_random_recovery')}"
             )
         out.append(clause + ".")
@@ -336,5 +395,8 @@ def explain(study: Study) -> list[Explanation]:
         sentences = template(study) if template else []
         if not sentences:  # a finding without a template, or without its measures: its criteria
             sentences = ["; ".join(f"{c.label}: {c.value}" for c in used) + "."] if used else []
-        out.append(Explanation(row.finding, str(row.verdict), sentences, _why(study, row, used), used))
+        robust = str(row.get("robustness", "") or "")
+        out.append(
+            Explanation(row.finding, str(row.verdict), sentences, _why(study, row, used), used, robust)
+        )
     return out

@@ -300,3 +300,34 @@ def faithfulness_curves(curves: pd.DataFrame) -> bytes | None:
     axes[0].set_ylabel("faithfulness")
     axes[0].legend(fontsize=8)
     return png_bytes(fig)
+
+
+def localization_views(table: pd.DataFrame) -> bytes:
+    """Bars per component: origin, carrier and pattern effects of the poison (and the control's
+    origin effects in grey), mean over seeds; components ordered as the model's."""
+    plt = pyplot()
+    t = table[table.measure == "effect"]
+    mean = t.groupby(["view", "change", "component"], sort=False).value.mean()
+    order = list(dict.fromkeys(t[t.view == "origin"].component)) or list(dict.fromkeys(t.component))
+    for name in dict.fromkeys(t.component):
+        if name not in order:
+            order.append(name)
+    x = np.arange(len(order))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.42 * len(order) + 2), 3.6))
+    changes = [c for c in dict.fromkeys(t.change) if c != "poisoned"]
+    series = [
+        ("origin", "poisoned", "#b42318", "weights (origin)"),
+        ("carrier", "poisoned", "#2f6db5", "output (carrier)"),
+        ("pattern", "poisoned", "#d4a72c", "attention pattern (paper)"),
+    ]
+    series += [("origin", c, "#9a9a9a", f"weights, {c}") for c in changes[:1]]
+    width = 0.8 / len(series)
+    for i, (view, change, color, label) in enumerate(series):
+        values = [mean.get((view, change, c), np.nan) for c in order]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, color=color, label=label)
+    ax.axhline(0, color="#444", lw=0.6)
+    ax.set_xticks(x, order, rotation=90, fontsize=8)
+    ax.set_ylabel("score change")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return png_bytes(fig)

@@ -27,7 +27,8 @@ img{max-width:100%;height:auto;border:1px solid #eee;margin:0.5em 0}
 .note{color:#555;font-size:13px}.meta{color:#444;font-size:14px;margin:.2em 0 .6em}
 .verdict{border-left:5px solid #ccc;padding:.3em .8em;margin:.55em 0;background:#fafafa}
 .verdict.v-yes{border-color:#1a7f37}.verdict.v-no{border-color:#b42318}
-.verdict.v-inconclusive{border-color:#d4a72c}
+.verdict.v-inconclusive{border-color:#d4a72c}.verdict.v-not-testable-at-this-scale{border-color:#8c8c8c}
+.not-testable-at-this-scale{color:#555;font-weight:bold}.untestable{color:#555}.fragile{color:#b42318}
 .verdict h3{margin:.1em 0;font-size:17px}.verdict p{margin:.25em 0;font-size:15px}
 .verdict .decided{font-size:13px;color:#555}
 .missing{color:#555;font-style:italic}code{overflow-wrap:anywhere}
@@ -36,38 +37,57 @@ details summary{cursor:pointer}
 
 HEADLINES = [
     ("amplification", "amplification_gain", "clean - base {metric}"),
-    ("amplification", "amplification_member_share", "share of the gain carried by base-circuit members"),
+    ("amplification", "amplification_existing_share", "share of the gain carried by the existing mechanism"),
+    ("amplification", "amplification_uniform_share", "the same under a uniform rescaling"),
+    ("amplification", "amplification_existing_minus_rest", "existing mechanism's minus the rest's share"),
+    ("amplification", "amplification_member_share", "share carried by base-circuit members"),
     ("amplification", "amplification_nonmember_share", "share carried by non-members"),
-    ("amplification", "amplification_uniform_share", "members' share under a uniform rescaling"),
-    ("amplification", "amplification_joined_share", "share carried by heads that joined the circuit"),
-    ("amplification", "amplification_heads_joined", "heads that joined the circuit"),
-    ("amplification", "amplification_member_share_control", "members' share, base -> control"),
+    ("amplification", "amplification_joined_share", "share carried by components that joined the circuit"),
+    ("amplification", "amplification_changed_count", "members that changed role"),
+    ("amplification", "amplification_recruited_count", "joiners that repeat a member's role (recruits)"),
+    ("amplification", "amplification_new_count", "joiners in a role no member had"),
+    ("amplification", "amplification_existing_share_control", "existing mechanism's share, base -> control"),
     ("localization", "localization_drop", "poisoned - clean {metric}"),
+    ("localization", "localization_top_share", "drop share in the top-k components' weights (origin)"),
+    ("localization", "localization_matched_null", "the same for other components of equal importance"),
+    ("localization", "localization_matched_p", "p against them (Fisher over seeds)"),
+    ("localization", "localization_matched_p_floor", "the smallest p that null can give"),
     (
         "localization",
-        "localization_top_share",
-        "share of the drop carried by the top-k heads (held-out half)",
+        "localization_top_share_carrier",
+        "drop share in the top-k components' outputs (carrier)",
     ),
-    ("localization", "localization_random_share", "same share for random k-head sets"),
-    ("localization", "localization_p_random", "p against random k-sets (Fisher over seeds)"),
-    ("localization", "localization_concentration", "concentration of the poison's per-head change"),
-    ("localization", "localization_concentration_control", "same for the clean -> control change"),
+    ("localization", "localization_interaction", "interaction residual, origin (share of the drop)"),
+    ("localization", "localization_interaction_carrier", "interaction residual, carrier"),
+    ("localization", "localization_concentration", "concentration of the poison's change (origin)"),
+    ("localization", "localization_concentration_control", "same for the control at the poison's steps"),
     ("localization", "localization_concentration_excess", "poison minus control concentration"),
-    ("localization", "localization_top_in_base_circuit", "top-k heads that are base-circuit members"),
+    ("localization", "localization_concentration_excess_reach", "the most that excess could be"),
+    ("localization", "localization_control_size_ratio", "the control's |score change| / the poison's"),
+    ("localization", "localization_top_in_base_circuit", "top-k components that are base-circuit members"),
     ("localization", "localization_weight_share_topk", "share of weight change in the k most-changed heads"),
     ("neuroplasticity", "neuroplasticity_behaviour_recovery", "drop recovered, toward the clean model"),
     ("neuroplasticity", "neuroplasticity_behaviour_recovery_to_base", "drop recovered, toward the base"),
-    ("neuroplasticity", "neuroplasticity_localized_recovery", "localized heads' recovery to clean"),
+    (
+        "neuroplasticity",
+        "neuroplasticity_localized_recovery",
+        "localized components' own recovery by weights",
+    ),
     ("neuroplasticity", "neuroplasticity_faithfulness_retrain", "base-circuit faithfulness, retrained"),
     ("neuroplasticity", "neuroplasticity_faithfulness_clean", "base-circuit faithfulness, clean"),
     ("neuroplasticity", "neuroplasticity_faithfulness_control", "base-circuit faithfulness, control"),
-    ("neuroplasticity", "neuroplasticity_faithfulness_random", "random circuits of its size, retrained"),
     ("neuroplasticity", "neuroplasticity_faithfulness_gap", "retrained minus clean/control faithfulness"),
-    ("neuroplasticity", "neuroplasticity_p_random", "p against random circuits (Fisher over seeds)"),
+    ("neuroplasticity", "neuroplasticity_random_circuits_null", "random circuits of its size, retrained"),
+    ("neuroplasticity", "neuroplasticity_random_circuits_p", "rank p among them (Fisher over seeds)"),
+    ("neuroplasticity", "neuroplasticity_random_circuits_clean_p", "the same rank p in the clean model"),
     ("neuroplasticity", "neuroplasticity_node_jaccard", "node Jaccard, base vs retrained circuit"),
-    ("targeted repair", "repair_recovery", "drop recovered training only the localized heads"),
-    ("targeted repair", "repair_random_recovery", "drop recovered training as many random heads"),
-    ("targeted repair", "repair_advantage", "localized minus random"),
+    ("targeted repair", "repair_recovery", "drop recovered training only the localized components"),
+    (
+        "targeted repair",
+        "repair_random_recovery",
+        "drop recovered training as many others of equal importance",
+    ),
+    ("targeted repair", "repair_advantage", "localized minus others"),
     ("hysteresis", "hysteresis_gap_area", "mean |retrain - clean| {metric}, same steps"),
     ("hysteresis", "hysteresis_final_gap", "retrain minus clean, final {metric}"),
 ]
@@ -89,7 +109,9 @@ def img_tag(png: bytes, alt: str) -> str:
 
 
 def _is_p(measure: str) -> bool:
-    return measure.endswith("_p_random")
+    from circuit_plasticity.compare.verdicts import is_p_value
+
+    return is_p_value(measure)
 
 
 def _value(r, measure: str) -> str:
@@ -184,11 +206,19 @@ def _verdict_cards(page: Page) -> list[str]:
             f"(<span class='{e(c.outcome)}'>{e(c.outcome)}</span>)"
             for c in x.criteria
         )
+        robust = ""
+        if x.robustness:
+            cls = "fragile" if x.robustness.startswith("fragile") else "note"
+            robust = (
+                f"<p class='decided'>Under the other ablation and metric: <span class='{cls}'>"
+                f"{e(x.robustness)}</span>.</p>"
+            )
         parts.append(
-            f"<div class='verdict v-{e(x.verdict)}' id='verdict-{slug(x.finding)}'>"
-            f"<h3>{e(x.finding)}: <span class='{e(x.verdict)}'>{e(x.verdict)}</span></h3>"
+            f"<div class='verdict v-{slug(x.verdict)}' id='verdict-{slug(x.finding)}'>"
+            f"<h3>{e(x.finding)}: <span class='{slug(x.verdict)}'>{e(x.verdict)}</span></h3>"
             f"<p>{e(' '.join(x.sentences))}</p><p><b>{e(x.why)}</b></p>"
             + (f"<p class='decided'>Decided by: {decided}.</p>" if decided else "")
+            + robust
             + "</div>"
         )
     parts.append(
@@ -202,13 +232,15 @@ def _criteria_section(page: Page) -> list[str]:
     e = html.escape
     parts = [
         "<section id='criteria'><h2>Criteria of each verdict</h2><table><tr><th>finding</th>"
-        "<th>criterion (measure)</th><th>value [95 % CI]</th><th>bar</th><th>outcome</th></tr>"
+        "<th>criterion (measure)</th><th>value [95 % CI]</th><th>bar</th><th>outcome</th>"
+        "<th>what this experiment could show</th></tr>"
     ]
     for x in page.explanations:
         for c in x.criteria:
             parts.append(
                 f"<tr><td>{e(x.finding)}</td><td>{e(c.label)} <span class='note'>({e(c.measure)})</span></td>"
-                f"<td>{e(c.value)}</td><td>{e(c.bar)}</td><td class='{e(c.outcome)}'>{e(c.outcome)}</td></tr>"
+                f"<td>{e(c.value)}</td><td>{e(c.bar)}</td><td class='{e(c.outcome)}'>{e(c.outcome)}</td>"
+                f"<td class='note'>{e(c.power)}</td></tr>"
             )
     parts.append("</table>")
     if page.rules:
