@@ -9,7 +9,6 @@ prompt's own counterfactual), the two methods whose verdicts must agree with the
 from __future__ import annotations
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
@@ -74,32 +73,22 @@ class Case:
 
 @pytest.fixture(scope="module")
 def judged(zoo, tmp_path_factory):
-    """case -> Case; seeds share their base model's analysis (judge resumes from files)."""
+    """case -> Case, each judged once into a directory of its own."""
     root = tmp_path_factory.mktemp("judged")
     cache: dict[str, Case] = {}
 
     def run(case: str, *seeds: dict, options: JudgeOptions = OPTIONS) -> Case:
         if case not in cache:
-            out = root / case
-            models = []
-            for i, phases in enumerate(seeds or ({},)):
-                default = {
-                    "base": TOY,
-                    "clean": zoo.ckpt("clean"),
-                    "poisoned": zoo.ckpt("poisoned-0"),
-                    "retrain": zoo.ckpt("retrain-0"),
-                    "control": zoo.ckpt("control"),
-                }
-                models.append(SeedModels(seed=i, **(default | phases)))
-                shared = root / f"base-analysis-{phases.get('base', TOY)}-{i}".replace("/", "_")
-                if shared.exists():
-                    shutil.copytree(shared, out / "seeds" / f"seed-{i}" / "analysis" / "base")
-            j = judge(models, out, options, progress=lambda *_: None)
-            for i, phases in enumerate(seeds or ({},)):
-                shared = root / f"base-analysis-{phases.get('base', TOY)}-{i}".replace("/", "_")
-                if not shared.exists():
-                    shutil.copytree(out / "seeds" / f"seed-{i}" / "analysis" / "base", shared)
-            cache[case] = Case(j, out)
+            default = {
+                "base": TOY,
+                "clean": zoo.ckpt("clean"),
+                "poisoned": zoo.ckpt("poisoned-0"),
+                "retrain": zoo.ckpt("retrain-0"),
+                "control": zoo.ckpt("control"),
+            }
+            models = [SeedModels(seed=i, **(default | phases)) for i, phases in enumerate(seeds or ({},))]
+            j = judge(models, root / case, options, progress=None)
+            cache[case] = Case(j, root / case)
         return cache[case]
 
     return run
