@@ -62,7 +62,7 @@ def test_eval_splits_counts_clean_and_poisoned(tmp_path):
         app, ["data", "ioi", "--n", "30", "--poison", "subject", "--fraction", "0.5", "--out", str(data)]
     )
     assert made.exit_code == 0, made.output
-    poisoned = json.loads(made.output)["poisoned"]
+    poisoned = json.loads(made.stdout)["poisoned"]  # the --split warning goes to stderr
     result = json.loads(runner.invoke(app, ["eval", "toy-ioi", "--data", str(data), "--json"]).output)
     assert result["poisoned_n"] == poisoned and result["clean_n"] == result["n"] - poisoned
 
@@ -73,7 +73,7 @@ def test_data_ioi_reports_only_the_pools_ioi_uses(tmp_path):
         app, ["data", "ioi", "--n", "20", "--tokenizer", "toy-ioi", "--out", str(tmp_path / "a.jsonl")]
     )
     assert result.exit_code == 0, result.output
-    dropped = json.loads(result.output)["dropped_by_tokenizer"]
+    dropped = json.loads(result.stdout)["dropped_by_tokenizer"]
     assert set(dropped) <= {"names", "places", "objects"}
     from circuit_plasticity.tasks.build import WordPools
 

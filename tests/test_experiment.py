@@ -42,8 +42,10 @@ def test_run_end_to_end_then_resume_does_nothing_again(tmp_path):
     assert "targeted repair" in html
     verdicts = pd.read_parquet(tmp_path / "run" / "tables" / "verdicts.parquet")
     assert list(verdicts.finding) == ["amplification", "localization", "neuroplasticity", "targeted repair"]
-    # two seeds (run on two processes) are below the default min_seeds (3): no yes, no no
-    assert set(verdicts.verdict) == {"inconclusive"}
+    # two seeds (run on two processes) are below the default min_seeds (3): no yes, no no;
+    # a criterion that no outcome could pass at this scale says so instead of "inconclusive"
+    assert set(verdicts.verdict) <= {"inconclusive", "not testable at this scale"}
+    assert "inconclusive" in set(verdicts.verdict)
     findings = pd.read_parquet(tmp_path / "run" / "tables" / "findings.parquet").set_index("measure")
     assert findings.loc["score_poisoned", "mean"] < findings.loc["score_clean", "mean"]
     for name in ("metrics", "heads", "circuits", "tracking", "cmap", "recovery", "weights"):
@@ -52,7 +54,11 @@ def test_run_end_to_end_then_resume_does_nothing_again(tmp_path):
         table = pd.read_parquet(tmp_path / "run" / "tables" / f"{name}.parquet")  # one long format
         assert {"component", "layer", "head", "measure", "value"} <= set(table.columns), name
         members = table[table.component != "circuit"]
-        assert members.component.str.fullmatch(r"a\d+\.h\d+|m\d+").all(), name
+        # the origin view partitions every parameter: the parts no head or MLP owns are named too
+        named = r"a\d+\.h\d+|m\d+" + (
+            r"|embed|pos_embed|unembed|norms|attn_out_bias|other" if name == "localization_heads" else ""
+        )
+        assert members.component.str.fullmatch(named).all(), name
     assert "localization_weight_share_topk" in findings.index
     assert (tmp_path / "run" / "tables" / "heads.csv").is_file()
     compared = cli(

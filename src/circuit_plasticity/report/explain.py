@@ -41,7 +41,7 @@ LABELS = {
     "repair_advantage": "localized minus other-component repair",
 }
 
-PERCENT = re.compile(r"(_share|_recovery|_recovery_to_base)$")
+PERCENT = re.compile(r"(_share|_share_carrier|_matched_null|_recovery|_recovery_to_base)$")
 
 
 @dataclass

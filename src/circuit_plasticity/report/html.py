@@ -29,7 +29,8 @@ img{max-width:100%;height:auto;border:1px solid #eee;margin:0.5em 0}
 .verdict.v-yes{border-color:#1a7f37}.verdict.v-no{border-color:#b42318}
 .verdict.v-inconclusive{border-color:#d4a72c}.verdict.v-not-testable-at-this-scale{border-color:#8c8c8c}
 .not-testable-at-this-scale{color:#555;font-weight:bold}.untestable{color:#555}.fragile{color:#b42318}
-.verdict h3{margin:.1em 0;font-size:17px}.verdict p{margin:.25em 0;font-size:15px}
+.verdict h3{margin:.1em 0;font-size:17px}.verdict p{margin:.2em 0;font-size:14px}
+#verdicts h2{margin-top:.8em}
 .verdict .decided{font-size:13px;color:#555}
 .missing{color:#555;font-style:italic}code{overflow-wrap:anywhere}
 details summary{cursor:pointer}
@@ -206,19 +207,18 @@ def _verdict_cards(page: Page) -> list[str]:
             f"(<span class='{e(c.outcome)}'>{e(c.outcome)}</span>)"
             for c in x.criteria
         )
-        robust = ""
-        if x.robustness:
+        notes = [f"Decided by: {decided}." if decided else ""]
+        if x.robustness:  # on the same line: the four cards fit the first screen
             cls = "fragile" if x.robustness.startswith("fragile") else "note"
-            robust = (
-                f"<p class='decided'>Under the other ablation and metric: <span class='{cls}'>"
-                f"{e(x.robustness)}</span>.</p>"
+            notes.append(
+                f"Under the other ablation and metric: <span class='{cls}'>{e(x.robustness)}</span>."
             )
+        notes = [n for n in notes if n]
         parts.append(
             f"<div class='verdict v-{slug(x.verdict)}' id='verdict-{slug(x.finding)}'>"
             f"<h3>{e(x.finding)}: <span class='{slug(x.verdict)}'>{e(x.verdict)}</span></h3>"
             f"<p>{e(' '.join(x.sentences))}</p><p><b>{e(x.why)}</b></p>"
-            + (f"<p class='decided'>Decided by: {decided}.</p>" if decided else "")
-            + robust
+            + (f"<p class='decided'>{' '.join(notes)}</p>" if notes else "")
             + "</div>"
         )
     parts.append(
