@@ -372,7 +372,8 @@ def _print_verdicts(out: Path, report: Path, log: str | None = None) -> None:
     import pandas as pd
 
     for r in pd.read_parquet(out / "tables" / "verdicts.parquet").itertuples():
-        typer.echo(f"{r.finding:16s} {r.verdict}: {r.reason}")
+        reason = r.reason.removeprefix(f"{r.verdict}: ")  # a not-testable reason starts with it
+        typer.echo(f"{r.finding:16s} {r.verdict}: {reason}")
     typer.echo(f"report: {report}")
     _send(out, log)
 
