@@ -114,4 +114,7 @@ def test_a_missing_measure_drops_its_clause_and_an_unknown_finding_lists_its_cri
 def test_components_are_grouped_by_how_many_seeds_name_them():
     assert components_over_seeds({0: ["a1.h0", "m0"], 1: ["a1.h0"]}) == "a1.h0 in every seed, m0 in 1 of 2"
     assert components_over_seeds({0: ["a2.h1", "a10.h0"]}) == "a2.h1 and a10.h0"
+    # heads and MLPs in one group (a Greater-Than circuit): layer by layer, a layer's MLP last
+    mixed = ["m1", "a1.h0", "m0", "a0.h1"]
+    assert components_over_seeds({0: mixed, 1: mixed}) == "a0.h1, m0, a1.h0 and m1 in every seed"
     assert components_over_seeds({}) == ""

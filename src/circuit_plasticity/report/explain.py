@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from circuit_plasticity.components import Component
+
 # what each measure is, in words: for the criteria table and the "decided by" line
 LABELS = {
     "amplification_gain": "clean - base score",
@@ -124,8 +126,12 @@ def components_over_seeds(per_seed: dict[int, list[str]]) -> str:
 
 
 def _component_order(name: str) -> tuple:
-    numbers = [int(x) for x in re.findall(r"\d+", name)]
-    return (*numbers, name)
+    """Layer by layer, a layer's heads before its MLP; names that are no component last."""
+    try:
+        layer, head = Component.parse(name)
+    except ValueError:
+        return (math.inf, math.inf, name)
+    return (layer, head if head >= 0 else math.inf, name)
 
 
 def names(items: list[str], limit: int = 8) -> str:

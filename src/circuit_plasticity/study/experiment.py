@@ -23,7 +23,7 @@ from circuit_plasticity.compare.verdicts import VerdictThresholds
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.spec import bad
 from circuit_plasticity.tasks.poison import POISONS
-from circuit_plasticity.training.protocol import DataSpec, EvalSpec, Phase, TrainSpec
+from circuit_plasticity.training.protocol import DataSpec, EvalSpec, LoraSpec, Phase, TrainSpec
 
 
 @dataclass
@@ -62,6 +62,7 @@ class ExperimentSpec:
     repair: bool = True  # targeted repair: retrain only the localized heads
     workers: int = 0  # processes for the seeds (0: one per core, at most one per seed)
     years: list[int] | None = None  # Greater-Than: [low, high] start years (None: 02-98)
+    lora: LoraSpec | None = None  # every phase of the default protocol as LoRA adapters
 
     def validate(self, where: str, source: str) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -91,7 +92,10 @@ class ExperimentSpec:
         if self.phases is not None:
             phases = [
                 dataclasses.replace(
-                    p, seed=seed, data=dataclasses.replace(p.data, seed=p.data.seed + 100 * seed)
+                    p,
+                    seed=seed,
+                    data=dataclasses.replace(p.data, seed=p.data.seed + 100 * seed),
+                    lora=p.lora or self.lora,  # a phase's own LoRA settings win
                 )
                 for p in self.phases
             ]
@@ -108,6 +112,7 @@ class ExperimentSpec:
                     lr=self.lr,
                     batch_size=self.batch_size,
                     seed=seed,
+                    lora=self.lora,
                 )
 
             phases = [

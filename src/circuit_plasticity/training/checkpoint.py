@@ -53,7 +53,7 @@ def restore_optimizer(
     optimizer: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor]
 ) -> None:
     for key, value in tensors.items():
-        if key.startswith("rng::"):
+        if key.startswith(("rng::", "param::")):
             continue
         name, field = key.split("::", 1)
         param = named[name]
@@ -69,15 +69,20 @@ def save_checkpoint(
     position: Position,
     metrics: dict[str, Any],
     data_hash: str,
+    trainable: dict[str, torch.nn.Parameter] | None = None,
 ) -> Path:
+    """`trainable`: the parameters the optimizer holds when they are not the model's own (LoRA
+    factors): their values and moments go into the train state beside the merged weights."""
     final = directory / position.name
     tmp = directory / f".{position.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     loaded.save(tmp)
-    named = dict(loaded.model.named_parameters())
+    named = trainable if trainable is not None else dict(loaded.model.named_parameters())
     state = optimizer_tensors(optimizer, named)
+    for name, param in (trainable or {}).items():
+        state[f"param::{name}"] = param.detach().clone()
     state["rng::torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         state["rng::cuda"] = torch.cuda.get_rng_state()
@@ -103,9 +108,18 @@ def read_position(checkpoint: Path) -> tuple[Position, dict[str, Any]]:
     return position, meta
 
 
-def restore_training_state(checkpoint: Path, loaded: LoadedModel, optimizer: torch.optim.Optimizer) -> None:
+def restore_training_state(
+    checkpoint: Path,
+    loaded: LoadedModel,
+    optimizer: torch.optim.Optimizer,
+    trainable: dict[str, torch.nn.Parameter] | None = None,
+) -> None:
     tensors = load_weights(checkpoint / STATE)
-    restore_optimizer(optimizer, dict(loaded.model.named_parameters()), tensors)
+    named = trainable if trainable is not None else dict(loaded.model.named_parameters())
+    with torch.no_grad():
+        for name, param in (trainable or {}).items():
+            param.copy_(tensors[f"param::{name}"])
+    restore_optimizer(optimizer, named, tensors)
     torch.set_rng_state(tensors["rng::torch"])
     if "rng::cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng::cuda"])

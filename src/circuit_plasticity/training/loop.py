@@ -10,6 +10,7 @@ Layout (docs/run-directory.md):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -208,11 +209,6 @@ def _run_phase(
     directory = run.phase_dir(phase.name)
 
     torch.manual_seed(phase.seed)
-    model = loaded.model
-    model.train()
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=phase.lr, betas=phase.betas, weight_decay=phase.weight_decay
-    )
     position = Position(phase.name, 0, 0, 0)
     last_metrics: dict[str, Any] = {}
     resume = latest_checkpoint(directory)
@@ -221,15 +217,26 @@ def _run_phase(
         if meta["data_hash"] != digest:
             raise UserError(f"{resume}: its data differ from this spec's; use another --out")
         last_metrics = meta["metrics"]
-        loaded = load_model(str(resume))
-        model = loaded.model
-        model.train()
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=phase.lr, betas=phase.betas, weight_decay=phase.weight_decay
-        )
-        restore_training_state(resume, loaded, optimizer)
+        if phase.lora is None:  # LoRA re-attaches its saved factors to the parent's weights
+            loaded = load_model(str(resume))
+    adapters = None
+    if phase.lora is not None:
+        from circuit_plasticity.training.lora import attach
+
+        adapters = attach(loaded, phase.lora, phase.train_only, phase.seed)
+    model = loaded.model
+    model.train()
+    trainable = adapters.named if adapters is not None else None
+    optimizer = torch.optim.AdamW(
+        list(trainable.values()) if trainable is not None else model.parameters(),
+        lr=phase.lr,
+        betas=phase.betas,
+        weight_decay=phase.weight_decay,
+    )
+    if resume is not None:
+        restore_training_state(resume, loaded, optimizer, trainable)
     run.keep_metrics(lambda r: r["phase"] != phase.name or r["step"] <= position.step)
-    if phase.train_only:
+    if phase.train_only and adapters is None:  # under LoRA the adapters' masks do this
         from circuit_plasticity.training.masking import apply_masks, head_gradient_masks
 
         apply_masks(head_gradient_masks(loaded, phase.train_only))
@@ -268,7 +275,8 @@ def _run_phase(
                 )
             if epoch_end or (every and position.step % every == 0):
                 at = Position(phase.name, epoch + 1, 0, position.step) if epoch_end else position
-                save_checkpoint(directory, loaded, optimizer, at, last_metrics, digest)
+                with adapters.merged() if adapters is not None else contextlib.nullcontext():
+                    save_checkpoint(directory, loaded, optimizer, at, last_metrics, digest, trainable)
     bar.close()
     final = latest_checkpoint(directory)
     assert final is not None

@@ -35,6 +35,23 @@ class DataSpec:
 
 
 @dataclass
+class LoraSpec:
+    """Low-rank adapters instead of a full fine-tune: each head's and MLP's weight matrix W
+    trains as W0 + (alpha / rank) B A with W0 frozen (B starts at zero, so step 0 is the parent).
+    Everything else (embeddings, norms, biases) stays frozen, as in LoRA."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: ["attn", "mlp"])  # heads' and MLPs' weights
+
+    def validate(self, where: str, source: str) -> None:
+        if self.rank <= 0 or self.alpha <= 0:
+            raise bad(source, where, f"rank and alpha must be positive, got {self.rank} and {self.alpha}")
+        if not self.targets or not set(self.targets) <= {"attn", "mlp"}:
+            raise bad(source, f"{where}.targets", f"a non-empty list of 'attn' and 'mlp', got {self.targets}")
+
+
+@dataclass
 class Phase:
     name: str
     data: DataSpec = field(default_factory=DataSpec)
@@ -49,6 +66,7 @@ class Phase:
     loss: str = "answer"
     seed: int = 0
     train_only: list[str] | None = None  # components (a1.h0, m1) to train; the rest stays frozen
+    lora: LoraSpec | None = None  # train low-rank adapters (merged into each checkpoint)
 
     def __post_init__(self) -> None:
         """train_only in the one spelling (the older 'L.H' too), so a spec and its saved copy
@@ -81,6 +99,8 @@ class Phase:
                 raise bad(source, f"{where}.train_only", str(why)) from None
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise bad(source, where, "warmup_steps and weight_decay must be >= 0")
+        if self.lora is not None:
+            self.lora.validate(f"{where}.lora", source)
 
 
 def _canonical(text: str) -> str:
