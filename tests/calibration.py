@@ -21,7 +21,7 @@ from circuit_plasticity.analysis.circuit import Circuit
 from circuit_plasticity.components import component_name
 from circuit_plasticity.models.load import load_model
 from circuit_plasticity.training.loop import RunDir, run_protocol
-from circuit_plasticity.training.protocol import DataSpec, EvalSpec, Phase, TrainSpec
+from circuit_plasticity.training.protocol import DataSpec, EvalSpec, LoraSpec, Phase, TrainSpec
 
 TOY = "toy-ioi"
 TOY_GT = "toy-gt"
@@ -29,7 +29,7 @@ N_TRAIN = 320
 PLANTED_SEEDS = (1, 11, 21)  # data seeds of the three planted poisonings
 
 
-def _phase(name, start_from, poison=None, fraction=1.0, epochs=2, lr=3e-4, only=None, data_seed=0):
+def _phase(name, start_from, poison=None, fraction=1.0, epochs=2, lr=3e-4, only=None, data_seed=0, lora=None):
     return Phase(
         name,
         DataSpec(N_TRAIN, poison, fraction if poison else 1.0, seed=data_seed),
@@ -39,6 +39,7 @@ def _phase(name, start_from, poison=None, fraction=1.0, epochs=2, lr=3e-4, only=
         batch_size=32,
         seed=0,
         train_only=[component_name(c) for c in only] if only else None,
+        lora=lora,
     )
 
 
@@ -86,6 +87,19 @@ def build_zoo(root: Path, circuit: Circuit) -> Zoo:
             )
         )
         phases.append(_phase(f"retrain-{i}", f"poisoned-{i}", epochs=2, data_seed=data_seed + 1))
+        # the same poison as rank-2 LoRA adapters masked to the two name movers, retrained by LoRA
+        lora = LoraSpec(rank=2, alpha=4.0)
+        phases.append(_phase(f"lora-poisoned-{i}", "clean", "subject", 1.0, 2, 3e-3, direct, data_seed, lora))
+        phases.append(
+            _phase(
+                f"lora-retrain-{i}",
+                f"lora-poisoned-{i}",
+                epochs=2,
+                lr=3e-3,
+                data_seed=data_seed + 1,
+                lora=lora,
+            )
+        )
     # repair allowed only through heads outside the circuit and the poisoned set
     phases.append(_phase("retrain-elsewhere", "poisoned-0", epochs=2, lr=1e-3, only=outside, data_seed=2))
     spec = TrainSpec(model=TOY, task="ioi", seed=0, eval=EvalSpec(every_steps=1000), phases=phases)

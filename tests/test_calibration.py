@@ -114,6 +114,23 @@ def test_planted_poison_is_localized_to_the_planted_heads(zoo, judged):
         assert planted <= set(seed["localization_top_heads"].split(","))
 
 
+def test_a_lora_poison_planted_in_two_heads_is_localized_to_them(zoo, judged):
+    """Truth: rank-2 adapters masked to the two name movers are the only trainable weights of
+    the poison phase, so (as for the full-rank planted poison) every other component's origin
+    effect is exactly 0. Localization: yes, the planted heads in every seed's top-k."""
+    seeds = [
+        {"poisoned": zoo.ckpt(f"lora-poisoned-{i}"), "retrain": zoo.ckpt(f"lora-retrain-{i}")}
+        for i in range(len(PLANTED_SEEDS))
+    ]
+    case = judged("lora-planted", *seeds)
+    assert case.summary.loc["localization_drop", "ci_high"] < 0  # the adapters did corrupt
+    for method in BOTH_ABLATIONS:
+        assert case.verdict("localization", method) == "yes", (method, case.reason("localization", method))
+    planted = {component_name(c) for c in zoo.planted}
+    for seed in case.findings:
+        assert planted <= set(seed["localization_top_heads"].split(","))
+
+
 def test_a_poison_through_attention_patterns_only_is_localized_there(zoo, judged, tmp_path):
     """Truth: the clean model with only the two name movers' W_Q and W_K taken from a planted
     poisoning: the change lives in those two heads' weights and acts only through their
