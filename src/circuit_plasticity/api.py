@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from circuit_plasticity.locks import writes_directory
 
+
+@writes_directory("out")
 def run_study(spec, out: str | Path, csv: bool = False, progress: bool = True) -> Path:
     """The `run` command: train every seed, judge, collect the tables, write the report (its
     path is returned). Resumable: finished steps are skipped."""
@@ -33,6 +36,7 @@ def run_study(spec, out: str | Path, csv: bool = False, progress: bool = True) -
     return render_report(out, spec_summary(spec), list(spec.seeds), csv=csv)
 
 
+@writes_directory("out")
 def judge_and_report(
     seeds: Sequence,
     out: str | Path,
@@ -98,6 +102,7 @@ def compare_runs(runs: Sequence[str | Path], out: str | Path, n: int = 160, csv:
     return judge_and_report(seeds, out, options, summary, csv=csv, command="compare", spec=spec)
 
 
+@writes_directory("out")
 def judge_models(
     seeds: Sequence,
     out: str | Path,
@@ -118,7 +123,9 @@ def judge_models(
     from circuit_plasticity.study.judge import JudgeOptions, RepairPlan
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "tables").exists() and not (out / "seeds").exists():
+    from circuit_plasticity.locks import has_files
+
+    if has_files(out) and not (out / "tables").exists() and not (out / "seeds").exists():
         raise UserError(f"{out} exists and is not a judge output; use another --out")
     if task not in STUDY_TASKS:
         raise UserError(f"--task must be one of {', '.join(STUDY_TASKS)}, got {task!r}")

@@ -95,3 +95,11 @@ def resolve_path(value: str, where: str | os.PathLike[str]) -> str:
     if value.startswith(("./", "../")):
         return os.path.normpath(Path(where).resolve() / value)
     return value
+
+
+def unique_suffix() -> str:
+    """A name part no other process (or earlier run) uses: pid and a random part, so two
+    writers never share a temporary file or folder."""
+    import secrets
+
+    return f"{os.getpid()}-{secrets.token_hex(4)}"

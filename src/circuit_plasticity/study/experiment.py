@@ -21,6 +21,7 @@ from pathlib import Path
 
 from circuit_plasticity.compare.verdicts import VerdictThresholds
 from circuit_plasticity.errors import UserError
+from circuit_plasticity.locks import claim_directory, die_with_parent, writes_directory
 from circuit_plasticity.spec import bad
 from circuit_plasticity.tasks.poison import POISONS
 from circuit_plasticity.training.protocol import DataSpec, EvalSpec, Phase, TrainSpec
@@ -161,6 +162,7 @@ def check_model_usable(spec: ExperimentSpec) -> None:
     task_batch(load_model(spec.model), spec.task, n=10, years=spec.years)
 
 
+@writes_directory("out")
 def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, progress: bool = True) -> Path:
     """Train every seed and judge the checkpoints into `out` (returned); `api.run_study` adds
     the report. Resumable: finished steps are skipped."""
@@ -175,6 +177,7 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
     if not out.exists():  # fail on an unusable model or tokenizer before anything is written
         check_model_usable(spec)
     out.mkdir(parents=True, exist_ok=True)
+    claim_directory(out)  # one writer per run directory
     mine = json.loads(json.dumps(dataclasses.asdict(spec)))
     saved = out / "experiment.json"
     if saved.is_file() and not same_spec(ExperimentSpec, json.loads(saved.read_text()), spec):
@@ -220,7 +223,10 @@ def _run_parallel(spec: ExperimentSpec, mine: dict, out: Path, workers: int, say
             with bar.external_write_mode():
                 say(message)
 
-    with bar, ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with (
+        bar,
+        ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool,
+    ):
         running = {pool.submit(_task, mine, str(out), "train", seed): ("train", seed) for seed in spec.seeds}
         left = {seed: 0 for seed in spec.seeds}
         while running:

@@ -23,6 +23,7 @@ from circuit_plasticity.compare.verdicts import VerdictThresholds, combine_seeds
 from circuit_plasticity.components import component_name
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.fileio import write_json
+from circuit_plasticity.locks import claim_directory, writes_directory
 
 PHASES = ("base", "clean", "poisoned", "retrain", "control", "control_matched")
 REQUIRED = ("base", "clean", "poisoned", "retrain")
@@ -175,6 +176,7 @@ class Judgement:
     methods: pd.DataFrame | None = None  # the same verdicts under every other method (`method`)
 
 
+@writes_directory("out")
 def judge(
     seeds: Sequence[SeedModels],
     out: str | Path,
@@ -198,6 +200,8 @@ def judge(
     if validate:
         validate_seeds(seeds)
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    claim_directory(out)  # one writer per judged directory
     check_inputs(seeds, options, out, redo=redo)
     rows = []
     stages = [stage_count(s, options) for s in seeds]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from circuit_plasticity.errors import UserError
+from circuit_plasticity.locks import die_with_parent
 from circuit_plasticity.study.experiment import study_workers
 
 RAY_INSTALL = "pip install 'circuit-plasticity[ray]'"
@@ -65,7 +66,7 @@ def run_local(jobs: Sequence[Job], say: Callable[[str], None], csv: bool = False
     say(f"{len(jobs)} points on {size} local process(es), {max(j.cpus for j in jobs)} core(s) per point")
     errors: list[tuple[str, BaseException]] = []
     waiting = list(jobs)
-    with ProcessPoolExecutor(size, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(size, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool:
         running = {}
         while waiting or running:
             while waiting and len(running) < size:  # submit as cores free up: "running" is true

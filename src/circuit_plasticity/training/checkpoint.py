@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from circuit_plasticity.fileio import unique_suffix
 from circuit_plasticity.models.load import LoadedModel
 from circuit_plasticity.models.store import load_weights, save_weights
 
@@ -71,9 +72,9 @@ def save_checkpoint(
     data_hash: str,
 ) -> Path:
     final = directory / position.name
-    tmp = directory / f".{position.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    for stale in directory.glob(".step-*.tmp"):  # a killed writer's (the run's lock is ours)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = directory / f".{position.name}.{unique_suffix()}.tmp"  # never shared by two writers
     tmp.mkdir(parents=True)
     loaded.save(tmp)
     named = dict(loaded.model.named_parameters())

@@ -22,6 +22,7 @@ import torch
 
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.fileio import portable_path, resolve_path, write_atomic, write_json
+from circuit_plasticity.locks import claim_directory, writes_directory
 from circuit_plasticity.models.load import LoadedModel, load_model
 from circuit_plasticity.spec import same_spec
 from circuit_plasticity.training.checkpoint import (
@@ -120,6 +121,7 @@ class RunDir:
         return write_table(self.root / "metrics.parquet", pd.DataFrame(self.read_metrics()))
 
 
+@writes_directory("run_dir")
 def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) every phase of `spec`; returns the metrics table."""
     from circuit_plasticity.analysis.runs import is_sharing
@@ -130,6 +132,7 @@ def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) ->
     if not run.root.exists():
         load_model(spec.model)  # fail on a missing model before anything is written
     run.root.mkdir(parents=True, exist_ok=True)
+    claim_directory(run.root)  # one writer per run directory
     _check_same_spec(run, spec)
     evaluator: Evaluator | None = None
     for index, phase in enumerate(spec.phases):
