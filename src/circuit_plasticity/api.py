@@ -11,8 +11,15 @@ from circuit_plasticity.locks import writes_directory
 
 @writes_directory("out")
 def run_study(spec, out: str | Path, csv: bool = False, progress: bool = True) -> Path:
-    """The `run` command: train every seed, judge, collect the tables, write the report (its
-    path is returned). Resumable: finished steps are skipped."""
+    """The `run` command (and each sweep point): train every seed, judge, collect the tables,
+    write the report (its path is returned). Resumable: finished steps are skipped. Torch runs
+    with the study's thread count throughout (`study.experiment.with_study_threads`)."""
+    from circuit_plasticity.study.experiment import with_study_threads
+
+    return with_study_threads(_run_study)(spec, out, csv=csv, progress=progress)
+
+
+def _run_study(spec, out: str | Path, csv: bool = False, progress: bool = True) -> Path:
     from circuit_plasticity.study import provenance
     from circuit_plasticity.study.experiment import (
         run_experiment,

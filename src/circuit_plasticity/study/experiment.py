@@ -162,7 +162,31 @@ def check_model_usable(spec: ExperimentSpec) -> None:
     task_batch(load_model(spec.model), spec.task, n=10, years=spec.years)
 
 
+STUDY_THREADS = 1  # torch threads in every process of a study: `run`, its workers, a sweep point
+
+
+def with_study_threads(function):
+    """Decorator: the call runs torch with `STUDY_THREADS` threads (restored after). Float
+    reductions depend on the thread count, so `run` in-process, its pool workers and a sweep
+    point on either executor all use this one setting, and the same spec gives the same bytes."""
+    import functools
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(STUDY_THREADS)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return call
+
+
 @writes_directory("out")
+@with_study_threads
 def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, progress: bool = True) -> Path:
     """Train every seed and judge the checkpoints into `out` (returned); `api.run_study` adds
     the report. Resumable: finished steps are skipped."""
@@ -273,7 +297,7 @@ def _task(spec_json: dict, out: str, kind: str, seed: int) -> None:
     from circuit_plasticity.study.judge import analyse_phase, judge_seed, reference_score, seed_batch
     from circuit_plasticity.training.loop import run_protocol
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(STUDY_THREADS)
     spec = from_mapping(ExperimentSpec, spec_json, source="experiment.json")
     seed_dir = Path(out) / "seeds" / f"seed-{seed}"
     if kind == "train":

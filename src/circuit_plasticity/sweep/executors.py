@@ -35,14 +35,12 @@ class Job:
 
 def run_point(spec_json: dict, out: str, csv: bool = False) -> float:
     """One point, in whatever process the executor chose: the whole study into `out`
-    (resumed if it holds part of one). One torch thread: the point's processes are its cores."""
-    import torch
-
+    (resumed if it holds part of one). Torch threads: `run_study` sets the study's one rule
+    (`study.experiment.STUDY_THREADS`), as for `run`, so a point gives the same bytes as `run`."""
     from circuit_plasticity.api import run_study
     from circuit_plasticity.spec import from_mapping
     from circuit_plasticity.study.experiment import ExperimentSpec
 
-    torch.set_num_threads(1)
     start = time.perf_counter()
     spec = from_mapping(ExperimentSpec, spec_json, source=f"{out}/experiment.json")
     run_study(spec, out, csv=csv, progress=False)
