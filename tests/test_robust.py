@@ -197,3 +197,48 @@ def test_two_writers_started_together_never_break_the_run(tmp_path):
     assert len(pd.read_parquet(out / "metrics.parquet")) == len(pd.read_parquet(once / "metrics.parquet"))
     again = cli("train", str(spec), "--out", str(out), "--quiet")  # the run is whole: resumes to done
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def _train(spec_text: str, out: Path):
+    from circuit_plasticity.spec import from_mapping, load_yaml
+    from circuit_plasticity.training.loop import run_protocol
+    from circuit_plasticity.training.protocol import TrainSpec
+
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(spec_text)
+    return run_protocol(from_mapping(TrainSpec, load_yaml(path), source=str(path)), out, progress=False)
+
+
+TWO_EPOCHS = TRAIN_SPEC.replace("epochs: 1", "epochs: 2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_checkpoint_is_named_and_retrained_to_the_same_bytes(tmp_path, capsys, damage):
+    """A finished run whose final checkpoint was truncated (or lost a file) is not taken as
+    finished: the file is named in one line, the phase resumes from the last good checkpoint,
+    and every checkpoint file and the metrics come out as the uninterrupted run wrote them."""
+    from circuit_plasticity.training.checkpoint import checkpoint_problem
+
+    out = tmp_path / "run"
+    first = _train(TWO_EPOCHS, out)
+    phase = out / "phases" / "clean"
+    final = sorted(phase.glob("step-*"))[-1]
+    assert len(list(phase.glob("step-*"))) == 2 and checkpoint_problem(final) is None
+    whole = {p.name: p.read_bytes() for p in final.iterdir()}
+    victim = final / ("model.safetensors" if damage == "truncate" else "train_state.safetensors")
+    if damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:100])
+    else:
+        victim.unlink()
+    assert checkpoint_problem(final) is not None and str(victim) in checkpoint_problem(final)
+    capsys.readouterr()
+    again = _train(TWO_EPOCHS, out)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(victim) in warnings[0], warnings
+    assert {p.name: p.read_bytes() for p in final.iterdir()} == whole
+    pd_equal = again.reset_index(drop=True).equals(first.reset_index(drop=True))
+    assert pd_equal
+    capsys.readouterr()
+    _train(TWO_EPOCHS, out)  # whole now: nothing to say, nothing redone
+    assert "warning:" not in capsys.readouterr().err

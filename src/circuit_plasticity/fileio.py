@@ -103,3 +103,37 @@ def unique_suffix() -> str:
     import secrets
 
     return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The file's content hash (hex): what a completion marker records, so a file damaged or
+    swapped after it was written is found on resume and by `check`."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_hashes(directory: str | os.PathLike[str], skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file directly in `directory` (names in `skip` and dot-files left out)."""
+    root = Path(directory)
+    return {
+        p.name: sha256_file(p)
+        for p in sorted(root.iterdir())
+        if p.is_file() and p.name not in skip and not p.name.startswith(".")
+    }
+
+
+def hash_problem(directory: str | os.PathLike[str], recorded: dict[str, str]) -> str | None:
+    """What is wrong with `directory` against the hashes its marker `recorded` (None: all whole)."""
+    root = Path(directory)
+    for name, digest in sorted(recorded.items()):
+        path = root / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if sha256_file(path) != digest:
+            return f"{path} is damaged (its content differs from the hash recorded when it was written)"
+    return None

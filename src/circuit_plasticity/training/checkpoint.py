@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from circuit_plasticity.fileio import unique_suffix
+from circuit_plasticity.fileio import file_hashes, hash_problem, unique_suffix
 from circuit_plasticity.models.load import LoadedModel
 from circuit_plasticity.models.store import load_weights, save_weights
 
@@ -83,7 +83,7 @@ def save_checkpoint(
     if torch.cuda.is_available():
         state["rng::cuda"] = torch.cuda.get_rng_state()
     save_weights(tmp / STATE, state)
-    meta = {**asdict(position), "data_hash": data_hash, "metrics": metrics}
+    meta = {**asdict(position), "data_hash": data_hash, "metrics": metrics, "files": file_hashes(tmp)}
     (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     if final.exists():
         shutil.rmtree(final)
@@ -96,6 +96,35 @@ def latest_checkpoint(directory: Path) -> Path | None:
         return None
     done = sorted(p for p in directory.glob("step-*") if (p / META).is_file() and (p / STATE).is_file())
     return done[-1] if done else None
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What is wrong with a written checkpoint, in a few words naming the file (None: whole).
+    Checkpoints from before content hashes are only checked for their files being there."""
+    try:
+        meta = json.loads((checkpoint / META).read_text())
+    except (OSError, ValueError):
+        return f"{checkpoint / META} is missing or not JSON"
+    recorded = meta.get("files") or dict.fromkeys((STATE, "config.json"), "")
+    if not meta.get("files"):
+        missing = [name for name in recorded if not (checkpoint / name).is_file()]
+        return f"{checkpoint / missing[0]} is missing" if missing else None
+    return hash_problem(checkpoint, recorded)
+
+
+def last_good_checkpoint(directory: Path, warn) -> Path | None:
+    """The newest whole checkpoint of a phase directory; newer damaged ones are named through
+    `warn` (one line each) and removed, so training resumes from the last good one and redoes
+    the steps after it (bit for bit: the data order and RNG state are in the checkpoint)."""
+    if not directory.is_dir():
+        return None
+    for checkpoint in sorted(directory.glob("step-*"), reverse=True):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        warn(f"{problem}; retraining from the last good checkpoint")
+        shutil.rmtree(checkpoint)
+    return None
 
 
 def read_position(checkpoint: Path) -> tuple[Position, dict[str, Any]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from circuit_plasticity.models.load import LoadedModel, load_model
 from circuit_plasticity.spec import same_spec
 from circuit_plasticity.training.checkpoint import (
     Position,
+    checkpoint_problem,
+    last_good_checkpoint,
     latest_checkpoint,
     read_position,
     restore_training_state,
@@ -136,7 +139,13 @@ def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) ->
     _check_same_spec(run, spec)
     evaluator: Evaluator | None = None
     for index, phase in enumerate(spec.phases):
-        if run.final_checkpoint(phase.name) is not None:
+        final = run.final_checkpoint(phase.name)
+        if final is not None and (problem := checkpoint_problem(final)) is not None:
+            _warn(f"{problem}; phase {phase.name} is retrained from its last good checkpoint")
+            (run.phase_dir(phase.name) / "final.json").unlink()
+            shutil.rmtree(final, ignore_errors=True)
+            final = None
+        if final is not None:
             continue
         parent = spec.parent(index)
         start = load_model(spec.model) if parent == "base" else load_model(str(run.final_checkpoint(parent)))
@@ -149,6 +158,13 @@ def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) ->
         _run_phase(spec, phase, parent, start, run, evaluator, progress)
     run.write_metrics_table()
     return pd.DataFrame(run.read_metrics())
+
+
+def _warn(message: str) -> None:
+    """One line on stderr: a damaged file found and what is done about it."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _check_same_spec(run: RunDir, spec: TrainSpec) -> None:
@@ -218,13 +234,15 @@ def _run_phase(
     )
     position = Position(phase.name, 0, 0, 0)
     last_metrics: dict[str, Any] = {}
-    resume = latest_checkpoint(directory)
+    resume = last_good_checkpoint(directory, _warn)
     if resume is not None:
         position, meta = read_position(resume)
         if meta["data_hash"] != digest:
             raise UserError(f"{resume}: its data differ from this spec's; use another --out")
         last_metrics = meta["metrics"]
+        started_from = loaded.name
         loaded = load_model(str(resume))
+        loaded.name = started_from  # the phase's start, as an uninterrupted run records it
         model = loaded.model
         model.train()
         optimizer = torch.optim.AdamW(
