@@ -232,6 +232,8 @@ def test_a_damaged_checkpoint_is_named_and_retrained_to_the_same_bytes(tmp_path,
     else:
         victim.unlink()
     assert checkpoint_problem(final) is not None and str(victim) in checkpoint_problem(final)
+    found = check(out)
+    assert found.exit_code == 1 and str(victim) in found.output and found.output.count("damaged:") == 1
     capsys.readouterr()
     again = _train(TWO_EPOCHS, out)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
@@ -242,3 +244,33 @@ def test_a_damaged_checkpoint_is_named_and_retrained_to_the_same_bytes(tmp_path,
     capsys.readouterr()
     _train(TWO_EPOCHS, out)  # whole now: nothing to say, nothing redone
     assert "warning:" not in capsys.readouterr().err
+    assert check(out).exit_code == 0 and "all whole" in check(out).output
+
+
+def check(directory: Path):
+    """`circuit-plasticity check DIRECTORY`, in this process."""
+    from typer.testing import CliRunner
+
+    from circuit_plasticity.cli import app
+
+    return CliRunner().invoke(app, ["check", str(directory)])
+
+
+def test_check_names_a_cut_table_and_a_missing_file_of_a_marked_directory(tmp_path):
+    """A directory with a completion marker: a file deleted after it was written, and a table
+    cut short, are each named; the untouched directory is whole."""
+    import pandas as pd
+
+    from circuit_plasticity.fileio import mark_complete, write_table
+
+    for name in ("heads", "edges"):
+        write_table(tmp_path / "analysis" / f"{name}.parquet", pd.DataFrame({"value": [1.0, 2.0]}))
+    (tmp_path / "analysis" / "circuit.json").write_text("{}")
+    mark_complete(tmp_path / "analysis")
+    assert check(tmp_path).exit_code == 0
+    heads = tmp_path / "analysis" / "heads.parquet"
+    heads.write_bytes(heads.read_bytes()[:40])
+    (tmp_path / "analysis" / "edges.parquet").unlink()
+    found = check(tmp_path)
+    assert found.exit_code == 1
+    assert "heads.parquet" in found.output and "edges.parquet is missing" in found.output

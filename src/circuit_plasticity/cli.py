@@ -539,6 +539,28 @@ def sweep_command(
     typer.echo(f"report: {report}")
 
 
+@app.command("check", epilog=example("circuit-plasticity check runs/default"))
+def check_command(
+    directory: Annotated[Path, typer.Argument(help="A run, sweep, train or judge directory.")],
+) -> None:
+    """Verify every file of DIR: checkpoints and analyses against their recorded sha256, tables,
+    JSON and safetensors for their format. Exit 1 if any is damaged or missing."""
+    from circuit_plasticity.study.integrity import check_directory
+
+    if not directory.is_dir():
+        fail(f"{directory} is not a directory; give a run, sweep or judge directory")
+    checked, problems = check_directory(directory)
+    for problem in problems:
+        typer.echo(f"damaged: {problem}")
+    if problems:
+        typer.echo(
+            f"{len(problems)} problem(s) in {checked} files of {directory}; rerun the command that "
+            "wrote it (the same run, sweep, train or judge): it names and recomputes them"
+        )
+        raise typer.Exit(1)
+    typer.echo(f"{checked} files of {directory} checked: all whole")
+
+
 def main() -> None:
     try:
         app()

@@ -294,7 +294,13 @@ def _task(spec_json: dict, out: str, kind: str, seed: int) -> None:
 
     from circuit_plasticity.models.load import load_model
     from circuit_plasticity.spec import from_mapping
-    from circuit_plasticity.study.judge import analyse_phase, judge_seed, reference_score, seed_batch
+    from circuit_plasticity.study.judge import (
+        analyse_phase,
+        analysis_done,
+        judge_seed,
+        reference_score,
+        seed_batch,
+    )
     from circuit_plasticity.training.loop import run_protocol
 
     torch.set_num_threads(STUDY_THREADS)
@@ -305,7 +311,7 @@ def _task(spec_json: dict, out: str, kind: str, seed: int) -> None:
     elif kind.startswith("analyse:"):
         phase = kind.split(":", 1)[1]
         target = seed_dir / "analysis" / phase
-        if (target / "circuit.json").is_file():
+        if analysis_done(target):
             return
         models = study_seed(spec, Path(out), seed)
         base = load_model(str(models.base))

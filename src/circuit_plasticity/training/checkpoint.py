@@ -108,8 +108,22 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     recorded = meta.get("files") or dict.fromkeys((STATE, "config.json"), "")
     if not meta.get("files"):
         missing = [name for name in recorded if not (checkpoint / name).is_file()]
-        return f"{checkpoint / missing[0]} is missing" if missing else None
+        if missing:
+            return f"{checkpoint / missing[0]} is missing"
+        return next(filter(None, map(_safetensors_problem, sorted(checkpoint.glob("*.safetensors")))), None)
     return hash_problem(checkpoint, recorded)
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file whose header or size is wrong (a cut file), in words (None: whole)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            list(handle.keys())
+    except Exception as error:  # noqa: BLE001 (any failure to open it is the finding)
+        return f"{path} is not a readable safetensors file ({type(error).__name__})"
+    return None
 
 
 def last_good_checkpoint(directory: Path, warn) -> Path | None:

@@ -114,6 +114,15 @@ class RunDir:
         rows = [r for r in self.read_metrics() if keep(r)]
         write_atomic(self.metrics_log, lambda h: h.writelines(json.dumps(r) + "\n" for r in rows))
 
+    def order_metrics(self, phases: list[str]) -> None:
+        """Rows in phase order (stable within a phase): a phase retrained after later ones
+        (its checkpoint was damaged) logs as an uninterrupted run does."""
+        rows = self.read_metrics()
+        place = {name: i for i, name in enumerate(phases)}
+        ordered = sorted(rows, key=lambda r: place.get(r["phase"], len(place)))
+        if ordered != rows:
+            write_atomic(self.metrics_log, lambda h: h.writelines(json.dumps(r) + "\n" for r in ordered))
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.metrics_log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -156,6 +165,7 @@ def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) ->
                     {"phase": "base", "step": 0, "epoch": 0, "parent": "", **evaluator(start.model)}
                 )
         _run_phase(spec, phase, parent, start, run, evaluator, progress)
+    run.order_metrics(["base", *(p.name for p in spec.phases)])
     run.write_metrics_table()
     return pd.DataFrame(run.read_metrics())
 
