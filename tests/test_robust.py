@@ -274,3 +274,43 @@ def test_check_names_a_cut_table_and_a_missing_file_of_a_marked_directory(tmp_pa
     found = check(tmp_path)
     assert found.exit_code == 1
     assert "heads.parquet" in found.output and "edges.parquet is missing" in found.output
+
+
+TINY_STUDY = Path(__file__).resolve().parent.parent / "experiments" / "tiny-study.yaml"
+
+
+@pytest.mark.slow
+def test_a_damaged_study_is_mended_to_the_uninterrupted_tables(tmp_path, capsys):
+    """A finished study with a cut checkpoint, a cut analysis table, a deleted and a garbled
+    per-head table: the rerun names each in a line and ends with every table and checkpoint
+    equal to the undamaged study's."""
+    import shutil
+
+    import pandas as pd
+
+    from circuit_plasticity.api import run_study
+    from circuit_plasticity.study.experiment import load_experiment
+
+    spec = load_experiment(TINY_STUDY)
+    whole, damaged = tmp_path / "whole", tmp_path / "damaged"
+    run_study(spec, whole, progress=False)
+    shutil.copytree(whole, damaged)
+    seed = damaged / "seeds" / "seed-0"
+    checkpoint = sorted((seed / "phases" / "clean").glob("step-*"))[-1] / "model.safetensors"
+    heads = seed / "analysis" / "clean" / "heads.parquet"
+    for cut in (checkpoint, heads):
+        cut.write_bytes(cut.read_bytes()[:64])
+    (seed / "compare" / "cmap.parquet").unlink()
+    (seed / "compare" / "weights.parquet").write_text("not a table")
+    capsys.readouterr()
+    run_study(spec, damaged, progress=False)
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    compare = seed / "compare"
+    for victim in (checkpoint, heads, compare / "cmap.parquet", compare / "weights.parquet"):
+        assert any(str(victim) in line for line in said), (victim, said)
+    tables = sorted(p.relative_to(whole) for p in whole.rglob("*.parquet"))
+    assert tables == sorted(p.relative_to(damaged) for p in damaged.rglob("*.parquet"))
+    for rel in tables:
+        assert pd.read_parquet(whole / rel).equals(pd.read_parquet(damaged / rel)), rel
+    for weights in whole.rglob("*.safetensors"):
+        assert weights.read_bytes() == (damaged / weights.relative_to(whole)).read_bytes()

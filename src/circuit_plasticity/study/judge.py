@@ -238,10 +238,15 @@ def judge(
 def _products_whole(s: SeedModels, seed_dir: Path, options: JudgeOptions) -> bool:
     """Whether the per-head tables `judge_seed` writes beside its evidence are all there and
     readable: one deleted or damaged is made again with the evidence, not silently missing."""
+    from circuit_plasticity.fileio import warn
+
     compare = seed_dir / "compare"
     names = ["cmap", "weights", "localization_heads"] if options.full_analysis else []
     names += ["tracking"] if s.checkpoints else []
-    return all(read_table_or_none(compare / f"{name}.parquet") is not None for name in names)
+    missing = [compare / f"{name}.parquet" for name in names if not (compare / f"{name}.parquet").is_file()]
+    for path in missing:
+        warn(f"{path} is missing; making it again")
+    return not missing and all(read_table_or_none(compare / f"{name}.parquet") is not None for name in names)
 
 
 def stage_count(s: SeedModels, options: JudgeOptions) -> int:
