@@ -143,8 +143,25 @@ def judge_models(
         repair=RepairPlan() if repair else None,
         task=task,
     )
+    if k <= 0:
+        raise UserError(f"--k is the size of the localized set and must be >= 1, got {k}")
+    if seeds and seeds[0].base is not None:
+        _check_k(k, seeds[0].base)
     summary = {"model": str(seeds[0].base), "task": task, "seeds": str(len(seeds))}
     return judge_and_report(seeds, out, options, summary, csv=csv, redo=redo)
+
+
+def _check_k(k: int, base) -> None:
+    """--k at most the model's heads and MLPs (more would report shares above 100 %)."""
+    from circuit_plasticity.errors import UserError
+    from circuit_plasticity.models.load import LoadedModel, load_model
+    from circuit_plasticity.training.masking import component_count
+
+    loaded = base if isinstance(base, LoadedModel) else load_model(str(base))
+    if k > (count := component_count(loaded)):
+        raise UserError(
+            f"--k is {k}, but the base model has only {count} heads and MLPs; use at most {count}"
+        )
 
 
 def render_report(out: str | Path, summary: dict[str, str], seed_ids: list[int], csv: bool = False) -> Path:

@@ -79,6 +79,7 @@ def writes_directory(argument: str) -> Callable:
         def call(*args: Any, **kwargs: Any) -> Any:
             target = Path(signature.bind(*args, **kwargs).arguments[argument]).resolve()
             outermost, existed = target not in _calls, target.exists()
+            had_lock = (target / LOCK_NAME).exists()
             _calls[target] = _calls.get(target, 0) + 1
             try:
                 if existed and target.is_dir():
@@ -89,6 +90,9 @@ def writes_directory(argument: str) -> Callable:
                     release_directory(target)  # ours, refused before any work: leave nothing
                     (target / LOCK_NAME).unlink(missing_ok=True)
                     target.rmdir()
+                elif outermost and existed and not had_lock and target in _held:
+                    release_directory(target)  # refused in a directory that is not ours (yet):
+                    (target / LOCK_NAME).unlink(missing_ok=True)  # leave it as it was
                 raise
             finally:
                 _calls[target] -= 1

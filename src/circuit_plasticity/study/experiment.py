@@ -21,7 +21,7 @@ from pathlib import Path
 
 from circuit_plasticity.compare.verdicts import VerdictThresholds
 from circuit_plasticity.errors import UserError
-from circuit_plasticity.locks import claim_directory, die_with_parent, writes_directory
+from circuit_plasticity.locks import claim_directory, die_with_parent, has_files, writes_directory
 from circuit_plasticity.spec import bad
 from circuit_plasticity.tasks.poison import POISONS
 from circuit_plasticity.training.protocol import DataSpec, EvalSpec, Phase, TrainSpec
@@ -158,8 +158,17 @@ def check_model_usable(spec: ExperimentSpec) -> None:
     prompts (single-token names, two-digit years in the range): before anything is written."""
     from circuit_plasticity.models.load import load_model
     from circuit_plasticity.training.evaluate import task_batch
+    from circuit_plasticity.training.loop import check_spec_fits
+    from circuit_plasticity.training.masking import component_count
 
-    task_batch(load_model(spec.model), spec.task, n=10, years=spec.years)
+    loaded = load_model(spec.model)
+    task_batch(loaded, spec.task, n=10, years=spec.years)
+    check_spec_fits(spec.train_spec(spec.seeds[0]), loaded)
+    if spec.analysis.localization_k > (count := component_count(loaded)):
+        raise UserError(
+            f"analysis.localization_k is {spec.analysis.localization_k}, but {spec.model} has only "
+            f"{count} heads and MLPs; use at most {count}"
+        )
 
 
 STUDY_THREADS = 1  # torch threads in every process of a study: `run`, its workers, a sweep point
@@ -198,8 +207,9 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
 
     check_study_phases(spec)
     out = Path(out)
-    if not out.exists():  # fail on an unusable model or tokenizer before anything is written
-        check_model_usable(spec)
+    if has_files(out) and not (out / "experiment.json").is_file():
+        raise UserError(f"{out} is not empty and holds no study (no experiment.json); use another --out")
+    check_model_usable(spec)  # an unusable model, tokenizer or spec names: before anything is written
     out.mkdir(parents=True, exist_ok=True)
     claim_directory(out)  # one writer per run directory
     mine = json.loads(json.dumps(dataclasses.asdict(spec)))

@@ -141,8 +141,8 @@ def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) ->
     if is_sharing():  # a shared clean run would go stale as the weights change
         raise RuntimeError("run_protocol inside analysis.runs.shared_runs: train outside it")
     run = RunDir(Path(run_dir))
-    if not run.root.exists():
-        load_model(spec.model)  # fail on a missing model before anything is written
+    if not run.root.exists() or any(p.train_only for p in spec.phases):
+        check_spec_fits(spec, load_model(spec.model))  # before anything is written or trained
     run.root.mkdir(parents=True, exist_ok=True)
     claim_directory(run.root)  # one writer per run directory
     _check_same_spec(run, spec)
@@ -175,6 +175,16 @@ def _warn(message: str) -> None:
     import sys
 
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def check_spec_fits(spec: TrainSpec, loaded: LoadedModel) -> None:
+    """The heads and MLPs the spec names (train_only) exist in its model: a UserError now,
+    not when the phase that names them starts after others trained."""
+    from circuit_plasticity.training.masking import check_components
+
+    for phase in spec.phases:
+        if phase.train_only:
+            check_components(loaded, phase.train_only, f"phase {phase.name}: train_only")
 
 
 def _check_same_spec(run: RunDir, spec: TrainSpec) -> None:
