@@ -197,3 +197,12 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
     assert "Traceback" not in stderr
     last = [line for line in stderr.splitlines() if line.strip()][-1]
     assert str(out) in last and "same command" in last and "resume" in last
+
+
+def test_an_existing_empty_out_stays_empty_when_the_model_is_missing(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    result = cli("run", "--model", str(tmp_path / "no-such-model"), "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "no-such-model" in result.stderr.splitlines()[-1]
+    assert not list(out.iterdir())  # neither experiment.json nor a lock file
