@@ -32,7 +32,10 @@ def claim_directory(directory: str | os.PathLike[str]) -> None:
     """Make this process the one writer of `directory` (which must exist), until
     `release_directory` or the process ends. A second writer is refused with the holder's PID.
     Claiming a directory this process already holds is a no-op."""
-    import fcntl
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no OS lock to take; writers are not guarded there
+        return
 
     root = Path(directory).resolve()
     if root in _held:
@@ -86,13 +89,14 @@ def writes_directory(argument: str) -> Callable:
                     claim_directory(target)
                 return function(*args, **kwargs)
             except UserError:
-                if outermost and not existed and target in _held and not has_files(target):
-                    release_directory(target)  # ours, refused before any work: leave nothing
+                # refused: leave the directory as it was. The lock file goes while the lock is
+                # still held, so no other writer can have locked it in between
+                created = outermost and not existed and target in _held and not has_files(target)
+                if created or (outermost and existed and not had_lock and target in _held):
                     (target / LOCK_NAME).unlink(missing_ok=True)
-                    target.rmdir()
-                elif outermost and existed and not had_lock and target in _held:
-                    release_directory(target)  # refused in a directory that is not ours (yet):
-                    (target / LOCK_NAME).unlink(missing_ok=True)  # leave it as it was
+                    release_directory(target)
+                    if created:
+                        target.rmdir()
                 raise
             finally:
                 _calls[target] -= 1
