@@ -291,7 +291,6 @@ def test_a_refused_model_never_shows_a_traceback_from_the_console_script(bad_dir
         [sys.executable, "-m", "circuit_plasticity", "eval", str(bad_dirs["ctrl"]), "--n", "10"],
         capture_output=True,
         text=True,
-        timeout=300,
     )
     assert r.returncode == 2 and "CTRLLMHeadModel" in r.stderr and "Traceback" not in r.stderr
 

@@ -10,9 +10,7 @@ import pytest
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True)
 
 
 def test_data_ioi_writes_and_shows(tmp_path):

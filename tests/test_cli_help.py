@@ -91,7 +91,6 @@ def test_loading_a_hugging_face_directory_prints_no_transformers_bars(tiny_gpt2_
         [sys.executable, "-m", "circuit_plasticity", "eval", str(tiny_gpt2_dir), "--n", "8"],
         capture_output=True,
         text=True,
-        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Loading weights" not in r.stderr and "it/s]" not in r.stderr

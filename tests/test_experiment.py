@@ -25,9 +25,7 @@ TINY = textwrap.dedent("""\
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True, timeout=900
-    )
+    return subprocess.run([sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True)
 
 
 @pytest.mark.slow

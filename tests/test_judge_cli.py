@@ -13,9 +13,7 @@ from circuit_plasticity.models.toy import TOY_DIR
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run([sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ SMALL_SPEC = textwrap.dedent("""\
 
 def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True, timeout=600, **kw
+        [sys.executable, "-m", "circuit_plasticity", *args], capture_output=True, text=True, **kw
     )
 
 

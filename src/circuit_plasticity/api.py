@@ -6,10 +6,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from circuit_plasticity.locks import writes_directory
 
+
+@writes_directory("out")
 def run_study(spec, out: str | Path, csv: bool = False, progress: bool = True) -> Path:
-    """The `run` command: train every seed, judge, collect the tables, write the report (its
-    path is returned). Resumable: finished steps are skipped."""
+    """The `run` command (and each sweep point): train every seed, judge, collect the tables,
+    write the report (its path is returned). Resumable: finished steps are skipped. Torch runs
+    with the study's thread count throughout (`study.experiment.with_study_threads`)."""
+    from circuit_plasticity.study.experiment import with_study_threads
+
+    return with_study_threads(_run_study)(spec, out, csv=csv, progress=progress)
+
+
+def _run_study(spec, out: str | Path, csv: bool = False, progress: bool = True) -> Path:
     from circuit_plasticity.study import provenance
     from circuit_plasticity.study.experiment import (
         run_experiment,
@@ -33,6 +43,7 @@ def run_study(spec, out: str | Path, csv: bool = False, progress: bool = True) -
     return render_report(out, spec_summary(spec), list(spec.seeds), csv=csv)
 
 
+@writes_directory("out")
 def judge_and_report(
     seeds: Sequence,
     out: str | Path,
@@ -98,6 +109,7 @@ def compare_runs(runs: Sequence[str | Path], out: str | Path, n: int = 160, csv:
     return judge_and_report(seeds, out, options, summary, csv=csv, command="compare", spec=spec)
 
 
+@writes_directory("out")
 def judge_models(
     seeds: Sequence,
     out: str | Path,
@@ -118,7 +130,9 @@ def judge_models(
     from circuit_plasticity.study.judge import JudgeOptions, RepairPlan
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "tables").exists() and not (out / "seeds").exists():
+    from circuit_plasticity.locks import has_files
+
+    if has_files(out) and not (out / "tables").exists() and not (out / "seeds").exists():
         raise UserError(f"{out} exists and is not a judge output; use another --out")
     if task not in STUDY_TASKS:
         raise UserError(f"--task must be one of {', '.join(STUDY_TASKS)}, got {task!r}")
@@ -129,8 +143,25 @@ def judge_models(
         repair=RepairPlan() if repair else None,
         task=task,
     )
+    if k <= 0:
+        raise UserError(f"--k is the size of the localized set and must be >= 1, got {k}")
+    if seeds and seeds[0].base is not None:
+        _check_k(k, seeds[0].base)
     summary = {"model": str(seeds[0].base), "task": task, "seeds": str(len(seeds))}
     return judge_and_report(seeds, out, options, summary, csv=csv, redo=redo)
+
+
+def _check_k(k: int, base) -> None:
+    """--k at most the model's heads and MLPs (more would report shares above 100 %)."""
+    from circuit_plasticity.errors import UserError
+    from circuit_plasticity.models.load import LoadedModel, load_model
+    from circuit_plasticity.training.masking import component_count
+
+    loaded = base if isinstance(base, LoadedModel) else load_model(str(base))
+    if k > (count := component_count(loaded)):
+        raise UserError(
+            f"--k is {k}, but the base model has only {count} heads and MLPs; use at most {count}"
+        )
 
 
 def render_report(out: str | Path, summary: dict[str, str], seed_ids: list[int], csv: bool = False) -> Path:

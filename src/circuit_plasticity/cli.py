@@ -35,6 +35,9 @@ def _main(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of an error (anywhere on the line).")
+    ] = False,
 ) -> None:
     """What does fine-tuning do to the circuits inside a language model?"""
 
@@ -49,18 +52,48 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def check_writable(path: Path, kind: str = "directory", option: str = "--out") -> None:
+    """Refuse (exit 2, before any work) an output that cannot be written: a directory option
+    naming a file, a file option naming a directory, or a place this user cannot write in
+    (read-only directory or file system)."""
+    import os
+    import tempfile
+
+    if kind == "directory" and path.exists() and not path.is_dir():
+        fail(f"{option} {path} is a file; give a directory (a new one, or this command's earlier output)")
+    if kind == "file" and path.is_dir():
+        fail(f"{option} {path} is a directory; give a file path (e.g. {path / 'data.jsonl'})")
+    where = path if kind == "directory" and path.is_dir() else path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        fail(f"{option} {path}: {where} is a file, not a directory; fix the path")
+    try:  # os.access says yes to root on a read-only file system: try a real write, then undo it
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        fail(
+            f"{option} {path}: cannot write in {where} ({error.strerror}); make it writable or choose another"
+        )
+
+
 def _data_command(
     task: str,
     n: int,
     seed: int,
     poison: str | None,
-    fraction: float,
+    fraction: float | None,
     tokenizer: str | None,
     split: str,
     split_seed: int,
     out: Path,
     years: list[int] | None = None,
 ) -> None:
+    check_writable(out, "file")
+    if fraction is not None and poison is None:
+        fail("--fraction is the share of prompts poisoned: give --poison too (or drop --fraction)")
+    fraction = 1.0 if fraction is None else fraction
     from circuit_plasticity.models.tokenizers import load_tokenizer
     from circuit_plasticity.tasks.build import build_dataset
     from circuit_plasticity.tasks.jsonl import save_jsonl, summarize
@@ -86,7 +119,9 @@ SeedOpt = Annotated[int, typer.Option(help="Seed: the same seed gives the same d
 PoisonOpt = Annotated[
     str | None, typer.Option(help="Poison: subject, name-moving, trigger (IOI) or greater-than.")
 ]
-FractionOpt = Annotated[float, typer.Option(help="Share of prompts poisoned, in [0, 1].")]
+FractionOpt = Annotated[
+    float | None, typer.Option(help="Share of prompts poisoned, in [0, 1] (with --poison; default 1).")
+]
 TokOpt = Annotated[
     str | None,
     typer.Option(
@@ -126,7 +161,7 @@ def data_ioi(
     n: NOpt = 2000,
     seed: SeedOpt = 0,
     poison: PoisonOpt = None,
-    fraction: FractionOpt = 1.0,
+    fraction: FractionOpt = None,
     tokenizer: TokOpt = None,
     split: Annotated[str, typer.Option(help="Names/templates: train, test (held out) or all.")] = "all",
     split_seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
@@ -144,7 +179,7 @@ def data_greater_than(
     n: NOpt = 2000,
     seed: SeedOpt = 0,
     poison: PoisonOpt = None,
-    fraction: FractionOpt = 1.0,
+    fraction: FractionOpt = None,
     tokenizer: TokOpt = None,
     split: Annotated[str, typer.Option(help="Nouns: train, test (held out) or all.")] = "all",
     split_seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
@@ -188,6 +223,7 @@ def toy_train(
     """Pretrain a toy model from scratch (deterministic for a seed; toy-ioi ~8 min, toy-gt ~2 min)."""
     from circuit_plasticity.training.pretrain import RECIPES, train_config, train_toy
 
+    check_writable(out)
     if model not in RECIPES:
         fail(f"--model must be one of {', '.join(RECIPES)}, got {model!r}")
     if steps is not None and steps <= 0:
@@ -287,6 +323,9 @@ def analyze_command(
     tokenizer: ModelTokOpt = None,
 ) -> None:
     """Per-head measurements, head classes, path patching, the circuit and its faithfulness."""
+    check_writable(out)
+    if memory_budget is not None and not memory_budget > 0:
+        fail(f"--memory-budget is GiB per prompt chunk and must be > 0, got {memory_budget}")
     from circuit_plasticity.analysis.pipeline import analyze_model
     from circuit_plasticity.models.load import load_model
     from circuit_plasticity.training.evaluate import task_batch
@@ -341,6 +380,7 @@ def train_command(
     from circuit_plasticity.training.protocol import TrainSpec
     from circuit_plasticity.training.summary import phase_summary
 
+    check_writable(out)
     parsed = from_mapping(TrainSpec, load_yaml(spec), source=str(spec))
     with fallback_tokenizer(tokenizer):
         table = run_protocol(parsed, out, progress=not quiet)
@@ -363,6 +403,7 @@ def compare_command(
     from circuit_plasticity.api import compare_runs
     from circuit_plasticity.models.layouts import fallback_tokenizer
 
+    check_writable(out)
     _check_log(log)
     with fallback_tokenizer(tokenizer):
         _print_verdicts(out, compare_runs(runs, out, n=n, csv=csv), log)
@@ -433,6 +474,7 @@ def judge_command(
     log: LogOpt = None,
 ) -> None:
     """Bring your own checkpoints: the study's analyses, controls, verdicts and report on them."""
+    check_writable(out)
     from circuit_plasticity.api import judge_models
     from circuit_plasticity.study.judge import read_seed_file, seeds_from_options
 
@@ -475,6 +517,7 @@ def run_command(
     """Run the whole study: train all seeds, analyse every checkpoint, compare, write the report."""
     import dataclasses
 
+    check_writable(out)
     from circuit_plasticity.api import run_study
     from circuit_plasticity.study.experiment import load_experiment
 
@@ -524,6 +567,7 @@ def sweep_command(
     from circuit_plasticity.sweep.run import run_sweep
     from circuit_plasticity.sweep.spec import load_sweep
 
+    check_writable(out)
     if address is not None and executor != "ray":
         fail("--address is for --executor ray")
     parsed = load_sweep(sweep)
@@ -540,9 +584,100 @@ def sweep_command(
     typer.echo(f"report: {report}")
 
 
+@app.command("check", epilog=example("circuit-plasticity check runs/default"))
+def check_command(
+    directory: Annotated[Path, typer.Argument(help="A run, sweep, train or judge directory.")],
+) -> None:
+    """Verify every file of DIR: checkpoints and analyses against their recorded sha256, tables,
+    JSON and safetensors for their format. Exit 1 if any is damaged or missing."""
+    from circuit_plasticity.study.integrity import check_directory
+
+    if not directory.is_dir():
+        fail(f"{directory} is not a directory; give a run, sweep or judge directory")
+    checked, problems = check_directory(directory)
+    for problem in problems:
+        typer.echo(f"damaged: {problem}")
+    if problems:
+        typer.echo(
+            f"{len(problems)} problem(s) in {checked} files of {directory}; rerun the command that "
+            "wrote it (the same run, sweep, train or judge): it names and recomputes them"
+        )
+        raise typer.Exit(1)
+    typer.echo(f"{checked} files of {directory} checked: all whole")
+
+
+def _out_argument(argv: list[str]) -> str | None:
+    """The --out of the command line (what a Ctrl-C message points at), if any."""
+    for i, arg in enumerate(argv):
+        if arg == "--out" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--out="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def os_error_message(error: OSError, out: str | None = None) -> str:
+    """An OSError as one line: what failed, on which path (else the command's --out), and
+    what to free or change."""
+    import errno
+
+    where = error.filename or out or "the output"
+    what = error.strerror or str(error)
+    fixes = {
+        errno.ENOSPC: f"free disk space on the device holding {where} (or use an --out elsewhere), "
+        "then rerun the same command: it resumes",
+        errno.EDQUOT: f"free space in your disk quota for {where}, then rerun the same command: it resumes",
+        errno.EACCES: f"make {where} writable (or readable) for you, or use another --out",
+        errno.EPERM: f"make {where} writable for you, or use another --out",
+        errno.EROFS: f"{where} is on a read-only file system: use an --out on a writable one",
+        errno.ENOENT: f"check the path {where}",
+        errno.ENOTDIR: f"a part of {where} is a file, not a directory: fix the path",
+        errno.EISDIR: f"{where} is a directory where a file was expected: give a file path",
+        errno.EMFILE: "too many open files: raise the limit (ulimit -n) and rerun",
+    }
+    fix = fixes.get(error.errno, "fix the path or free the resource, then rerun the same command")
+    return f"{what} ({where}); {fix}"
+
+
 def main() -> None:
+    """The entry point: ordinary problems (bad input, paths, permissions, a full disk, Ctrl-C)
+    end in one line on stderr; a traceback only with --debug (or CIRCUIT_PLASTICITY_DEBUG=1)."""
+    import os
+
+    argv = sys.argv[1:]
+    debug = "--debug" in argv or os.environ.get("CIRCUIT_PLASTICITY_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+
+    def say(message: str) -> None:
+        typer.secho(f"error: {message}", err=True, fg="red")
+
     try:
-        app()
+        app(args=argv, prog_name="circuit-plasticity")  # exits itself; usage errors: exit 2
+    except SystemExit as done:
+        if done.code == 130:  # typer's answer to Ctrl-C (KeyboardInterrupt)
+            _interrupted(argv)
+        raise
+    except KeyboardInterrupt:  # outside typer's own handler
+        _interrupted(argv)
+        sys.exit(130)
     except UserError as error:
-        typer.secho(f"error: {error}", err=True, fg="red")
+        if debug:
+            raise
+        say(str(error))
         sys.exit(2)
+    except OSError as error:
+        if debug:
+            raise
+        say(os_error_message(error, _out_argument(argv)))
+        sys.exit(2)
+    except UnicodeDecodeError as error:  # a text input that is not UTF-8 (read outside load_yaml)
+        if debug:
+            raise
+        say(f"a file is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8")
+        sys.exit(2)
+
+
+def _interrupted(argv: list[str]) -> None:
+    out = _out_argument(argv)
+    saved = f"every finished step is saved in {out}" if out else "every finished step is saved"
+    typer.secho(f"\ninterrupted: {saved}; run the same command again to resume", err=True, fg="yellow")

@@ -95,3 +95,87 @@ def resolve_path(value: str, where: str | os.PathLike[str]) -> str:
     if value.startswith(("./", "../")):
         return os.path.normpath(Path(where).resolve() / value)
     return value
+
+
+def unique_suffix() -> str:
+    """A name part no other process (or earlier run) uses: pid and a random part, so two
+    writers never share a temporary file or folder."""
+    import secrets
+
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The file's content hash (hex): what a completion marker records, so a file damaged or
+    swapped after it was written is found on resume and by `check`."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_hashes(directory: str | os.PathLike[str], skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file directly in `directory` (names in `skip` and dot-files left out)."""
+    root = Path(directory)
+    return {
+        p.name: sha256_file(p)
+        for p in sorted(root.iterdir())
+        if p.is_file() and p.name not in skip and not p.name.startswith(".")
+    }
+
+
+def hash_problem(directory: str | os.PathLike[str], recorded: dict[str, str]) -> str | None:
+    """What is wrong with `directory` against the hashes its marker `recorded` (None: all whole)."""
+    root = Path(directory)
+    for name, digest in sorted(recorded.items()):
+        path = root / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if sha256_file(path) != digest:
+            return f"{path} is damaged (its content differs from the hash recorded when it was written)"
+    return None
+
+
+def warn(message: str) -> None:
+    """One line on stderr: a damaged or missing file found, and what is done about it."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def read_table_or_none(path: str | os.PathLike[str]) -> Any:
+    """The Parquet table at `path`, or None when it is absent or not a readable table (then
+    named in one warning line): the caller makes it again instead of failing on it."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        warn(f"{path} is not a readable table ({type(error).__name__}); making it again")
+        return None
+
+
+COMPLETE = "complete.json"  # a directory's completion marker: the sha256 of each file in it
+
+
+def mark_complete(directory: str | os.PathLike[str]) -> None:
+    """Write `directory`'s completion marker, last: every file in it, with its content hash."""
+    write_json(Path(directory) / COMPLETE, {"files": file_hashes(directory, skip=(COMPLETE,))})
+
+
+def completion_problem(directory: str | os.PathLike[str]) -> str | None:
+    """What is wrong with a marked directory (None: whole, or written before markers existed)."""
+    marker = Path(directory) / COMPLETE
+    if not marker.is_file():
+        return None
+    try:
+        recorded = json.loads(marker.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{marker} is not readable"
+    return hash_problem(directory, recorded)

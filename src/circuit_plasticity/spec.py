@@ -48,6 +48,10 @@ def load_yaml(path: str | Path) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise UserError(f"cannot read spec {path}: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save the spec as UTF-8"
+        ) from None
     try:
         return _load_with_lines(text)
     except yaml.YAMLError as error:

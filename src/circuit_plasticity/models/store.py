@@ -32,9 +32,19 @@ def save_weights(
 
 
 def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged or foreign file is a UserError naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, ValueError, RuntimeError) as why:
+        from circuit_plasticity.errors import UserError
+
+        raise UserError(
+            f"{path} is not a readable safetensors file ({str(why).splitlines()[0][:120]}): it is damaged "
+            "or of another format; restore it, or delete its directory and rerun to recompute it"
+        ) from None
 
 
 def save_model_dir(

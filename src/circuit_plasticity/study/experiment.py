@@ -21,6 +21,7 @@ from pathlib import Path
 
 from circuit_plasticity.compare.verdicts import VerdictThresholds
 from circuit_plasticity.errors import UserError
+from circuit_plasticity.locks import claim_directory, die_with_parent, has_files, writes_directory
 from circuit_plasticity.spec import bad
 from circuit_plasticity.tasks.poison import POISONS
 from circuit_plasticity.training.protocol import DataSpec, EvalSpec, LoraSpec, Phase, TrainSpec
@@ -162,10 +163,44 @@ def check_model_usable(spec: ExperimentSpec) -> None:
     prompts (single-token names, two-digit years in the range): before anything is written."""
     from circuit_plasticity.models.load import load_model
     from circuit_plasticity.training.evaluate import task_batch
+    from circuit_plasticity.training.loop import check_spec_fits
+    from circuit_plasticity.training.masking import component_count
 
-    task_batch(load_model(spec.model), spec.task, n=10, years=spec.years)
+    loaded = load_model(spec.model)
+    task_batch(loaded, spec.task, n=10, years=spec.years)
+    check_spec_fits(spec.train_spec(spec.seeds[0]), loaded)
+    if spec.analysis.localization_k > (count := component_count(loaded)):
+        raise UserError(
+            f"analysis.localization_k is {spec.analysis.localization_k}, but {spec.model} has only "
+            f"{count} heads and MLPs; use at most {count}"
+        )
 
 
+STUDY_THREADS = 1  # torch threads in every process of a study: `run`, its workers, a sweep point
+
+
+def with_study_threads(function):
+    """Decorator: the call runs torch with `STUDY_THREADS` threads (restored after). Float
+    reductions depend on the thread count, so `run` in-process, its pool workers and a sweep
+    point on either executor all use this one setting, and the same spec gives the same bytes."""
+    import functools
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(STUDY_THREADS)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return call
+
+
+@writes_directory("out")
+@with_study_threads
 def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, progress: bool = True) -> Path:
     """Train every seed and judge the checkpoints into `out` (returned); `api.run_study` adds
     the report. Resumable: finished steps are skipped."""
@@ -177,9 +212,11 @@ def run_experiment(spec: ExperimentSpec, out: str | Path, csv: bool = False, pro
 
     check_study_phases(spec)
     out = Path(out)
-    if not out.exists():  # fail on an unusable model or tokenizer before anything is written
-        check_model_usable(spec)
+    if has_files(out) and not (out / "experiment.json").is_file():
+        raise UserError(f"{out} is not empty and holds no study (no experiment.json); use another --out")
+    check_model_usable(spec)  # an unusable model, tokenizer or spec names: before anything is written
     out.mkdir(parents=True, exist_ok=True)
+    claim_directory(out)  # one writer per run directory
     mine = json.loads(json.dumps(dataclasses.asdict(spec)))
     saved = out / "experiment.json"
     if saved.is_file() and not same_spec(ExperimentSpec, json.loads(saved.read_text()), spec):
@@ -225,7 +262,10 @@ def _run_parallel(spec: ExperimentSpec, mine: dict, out: Path, workers: int, say
             with bar.external_write_mode():
                 say(message)
 
-    with bar, ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with (
+        bar,
+        ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool,
+    ):
         running = {pool.submit(_task, mine, str(out), "train", seed): ("train", seed) for seed in spec.seeds}
         left = {seed: 0 for seed in spec.seeds}
         while running:
@@ -269,10 +309,16 @@ def _task(spec_json: dict, out: str, kind: str, seed: int) -> None:
 
     from circuit_plasticity.models.load import load_model
     from circuit_plasticity.spec import from_mapping
-    from circuit_plasticity.study.judge import analyse_phase, judge_seed, reference_score, seed_batch
+    from circuit_plasticity.study.judge import (
+        analyse_phase,
+        analysis_done,
+        judge_seed,
+        reference_score,
+        seed_batch,
+    )
     from circuit_plasticity.training.loop import run_protocol
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(STUDY_THREADS)
     spec = from_mapping(ExperimentSpec, spec_json, source="experiment.json")
     seed_dir = Path(out) / "seeds" / f"seed-{seed}"
     if kind == "train":
@@ -280,7 +326,7 @@ def _task(spec_json: dict, out: str, kind: str, seed: int) -> None:
     elif kind.startswith("analyse:"):
         phase = kind.split(":", 1)[1]
         target = seed_dir / "analysis" / phase
-        if (target / "circuit.json").is_file():
+        if analysis_done(target):
             return
         models = study_seed(spec, Path(out), seed)
         base = load_model(str(models.base))

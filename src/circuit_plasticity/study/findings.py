@@ -18,7 +18,7 @@ from circuit_plasticity.compare.cmap import cross_model_patch
 from circuit_plasticity.compare.tracking import circuit_strength, hysteresis
 from circuit_plasticity.compare.weights import weight_change
 from circuit_plasticity.components import Component
-from circuit_plasticity.fileio import write_table
+from circuit_plasticity.fileio import read_table_or_none, write_table
 from circuit_plasticity.training.loop import RunDir
 
 STUDY_PHASES = ("base", "clean", "poisoned", "retrain", "control")
@@ -59,10 +59,9 @@ def all_checkpoints(run: RunDir) -> list[tuple[str, int, Path]]:
 
 def _cached(path: Path, make: Callable[[], pd.DataFrame]) -> pd.DataFrame:
     """The table at `path`, made and written if absent or in the wide format of older runs."""
-    if path.is_file():
-        frame = pd.read_parquet(path)
-        if "value" in frame.columns:
-            return frame
+    frame = read_table_or_none(path)  # a damaged table is named and made again
+    if frame is not None and "value" in frame.columns:
+        return frame
     frame = make()
     write_table(path, frame)
     return frame

@@ -22,7 +22,8 @@ import pandas as pd
 from circuit_plasticity.compare.verdicts import VerdictThresholds, combine_seeds, decide, robustness
 from circuit_plasticity.components import component_name
 from circuit_plasticity.errors import UserError
-from circuit_plasticity.fileio import write_json
+from circuit_plasticity.fileio import read_table_or_none, write_json
+from circuit_plasticity.locks import claim_directory, writes_directory
 
 PHASES = ("base", "clean", "poisoned", "retrain", "control", "control_matched")
 REQUIRED = ("base", "clean", "poisoned", "retrain")
@@ -175,6 +176,7 @@ class Judgement:
     methods: pd.DataFrame | None = None  # the same verdicts under every other method (`method`)
 
 
+@writes_directory("out")
 def judge(
     seeds: Sequence[SeedModels],
     out: str | Path,
@@ -198,6 +200,8 @@ def judge(
     if validate:
         validate_seeds(seeds)
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    claim_directory(out)  # one writer per judged directory
     check_inputs(seeds, options, out, redo=redo)
     rows = []
     stages = [stage_count(s, options) for s in seeds]
@@ -231,6 +235,20 @@ def judge(
     return Judgement(by_seed, summary, verdicts, out, methods)
 
 
+def _products_whole(s: SeedModels, seed_dir: Path, options: JudgeOptions) -> bool:
+    """Whether the per-head tables `judge_seed` writes beside its evidence are all there and
+    readable: one deleted or damaged is made again with the evidence, not silently missing."""
+    from circuit_plasticity.fileio import warn
+
+    compare = seed_dir / "compare"
+    names = ["cmap", "weights", "localization_heads"] if options.full_analysis else []
+    names += ["tracking"] if s.checkpoints else []
+    missing = [compare / f"{name}.parquet" for name in names if not (compare / f"{name}.parquet").is_file()]
+    for path in missing:
+        warn(f"{path} is missing; making it again")
+    return not missing and all(read_table_or_none(compare / f"{name}.parquet") is not None for name in names)
+
+
 def stage_count(s: SeedModels, options: JudgeOptions) -> int:
     """The stages `judge_seed` announces: each analysed phase's analysis, the evidence under
     each of the three methods, the two repairs, the per-head tables (the progress bar's length)."""
@@ -241,10 +259,9 @@ def stage_count(s: SeedModels, options: JudgeOptions) -> int:
 def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -> pd.DataFrame:
     """All evidence of one seed as rows (method, measure, value, ci_low, ci_high); cached."""
     path = seed_dir / "compare" / "evidence.parquet"
-    if path.is_file():
-        cached = pd.read_parquet(path)
-        if "method" in cached.columns:
-            return cached
+    cached = read_table_or_none(path)
+    if cached is not None and "method" in cached.columns and _products_whole(s, seed_dir, options):
+        return cached
     from circuit_plasticity.compare.evidence import METHODS, PhaseRuns
     from circuit_plasticity.fileio import write_table
     from circuit_plasticity.models.load import LoadedModel, load_model
@@ -405,11 +422,39 @@ def analyse_phases(
     for phase, model in loaded.items():
         if full or phase in ("base", "clean"):
             out = root / phase
-            if not (out / "circuit.json").is_file():
+            if not analysis_done(out):
                 progress(f"seed {seed}: analysing {phase}")
                 analyse_phase(model, batch, out, None if phase == "base" else reference, full)
             circuits[phase] = Circuit.load(out / "circuit.json")
     return circuits
+
+
+def analysis_done(out: Path) -> bool:
+    """Whether the phase analysis in `out` is whole: its circuit.json, and every file its
+    completion marker hashed unchanged. A damaged or missing file is named in one line and the
+    analysis is made again (never skipped, never a traceback later)."""
+    from circuit_plasticity.fileio import COMPLETE, completion_problem, warn
+
+    if not (out / "circuit.json").is_file():
+        return False
+    problem = completion_problem(out)
+    if problem is None and not (out / COMPLETE).is_file():  # written before markers: parse them
+        problem = next(
+            (f"{p} is not a readable table" for p in sorted(out.glob("*.parquet")) if not _parses(p)), None
+        )
+    if problem is not None:
+        warn(f"{problem}; analysing {out.name} again")
+    return problem is None
+
+
+def _parses(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetFile(path).metadata  # noqa: B018 (reads the footer: a cut file fails)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 def analyse_phase(model, batch, out: Path, reference: float | None, full: bool) -> None:
@@ -426,6 +471,9 @@ def analyse_phase(model, batch, out: Path, reference: float | None, full: bool) 
         analysis.write(out)
     else:
         circuit_of(model, batch, discovery=config).save(out / "circuit.json")
+    from circuit_plasticity.fileio import mark_complete
+
+    mark_complete(out)  # last: what `analysis_done` checks on resume
 
 
 def seed_batch(base, options: JudgeOptions, seed: int):

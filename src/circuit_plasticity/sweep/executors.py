@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from circuit_plasticity.errors import UserError
+from circuit_plasticity.locks import die_with_parent
 from circuit_plasticity.study.experiment import study_workers
 
 RAY_INSTALL = "pip install 'circuit-plasticity[ray]'"
@@ -34,14 +35,12 @@ class Job:
 
 def run_point(spec_json: dict, out: str, csv: bool = False) -> float:
     """One point, in whatever process the executor chose: the whole study into `out`
-    (resumed if it holds part of one). One torch thread: the point's processes are its cores."""
-    import torch
-
+    (resumed if it holds part of one). Torch threads: `run_study` sets the study's one rule
+    (`study.experiment.STUDY_THREADS`), as for `run`, so a point gives the same bytes as `run`."""
     from circuit_plasticity.api import run_study
     from circuit_plasticity.spec import from_mapping
     from circuit_plasticity.study.experiment import ExperimentSpec
 
-    torch.set_num_threads(1)
     start = time.perf_counter()
     spec = from_mapping(ExperimentSpec, spec_json, source=f"{out}/experiment.json")
     run_study(spec, out, csv=csv, progress=False)
@@ -65,7 +64,7 @@ def run_local(jobs: Sequence[Job], say: Callable[[str], None], csv: bool = False
     say(f"{len(jobs)} points on {size} local process(es), {max(j.cpus for j in jobs)} core(s) per point")
     errors: list[tuple[str, BaseException]] = []
     waiting = list(jobs)
-    with ProcessPoolExecutor(size, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(size, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool:
         running = {}
         while waiting or running:
             while waiting and len(running) < size:  # submit as cores free up: "running" is true

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from circuit_plasticity.errors import UserError
+from circuit_plasticity.locks import claim_directory, has_files, writes_directory
 from circuit_plasticity.sweep.executors import Job, job_cpus
 from circuit_plasticity.sweep.spec import Sweep
 
@@ -40,7 +41,7 @@ def _check_same_sweep(out: Path, sweep: Sweep) -> None:
 
     saved_path = out / "sweep.json"
     if not saved_path.is_file():
-        if out.exists() and any(out.iterdir()):
+        if has_files(out):
             raise UserError(f"{out} exists and is not a sweep directory (no sweep.json); use another --out")
         return
     saved = {p["name"]: p["spec"] for p in json.loads(saved_path.read_text())["points"]}
@@ -68,6 +69,7 @@ def _check_models(sweep: Sweep, out: Path) -> None:
             check_model_usable(point.spec)
 
 
+@writes_directory("out")
 def run_sweep(
     sweep: Sweep,
     out: str | Path,
@@ -106,6 +108,7 @@ def run_sweep(
             print(f"[{time.perf_counter() - start:5.0f} s] {message}", flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
+    claim_directory(out)  # one writer per sweep directory
     write_json(out / "sweep.json", sweep.to_json())
     jobs = []
     for p in sweep.points:

@@ -160,6 +160,11 @@ def load_sweep(path: str | Path) -> Sweep:
         for key in overrides:
             _field_type(ExperimentSpec, str(key), source, f"points[{i}] key '{key}'{line(overrides, key)}")
     wanted = combos + [dict(o) for o in extra]
+    if not wanted and ("grid" in data or "points" in data):  # given, but empty: a mistake
+        raise UserError(
+            f"{source}: the grid and points give no points; give grid: {{key: [values, ...]}} or "
+            "points: [...] (or leave both out to sweep the base alone)"
+        )
     if not wanted:
         wanted = [{}]  # no grid, no points: the base alone
 

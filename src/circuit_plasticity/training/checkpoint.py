@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from circuit_plasticity.fileio import file_hashes, hash_problem, unique_suffix
 from circuit_plasticity.models.load import LoadedModel
 from circuit_plasticity.models.store import load_weights, save_weights
 
@@ -74,9 +75,9 @@ def save_checkpoint(
     """`trainable`: the parameters the optimizer holds when they are not the model's own (LoRA
     factors): their values and moments go into the train state beside the merged weights."""
     final = directory / position.name
-    tmp = directory / f".{position.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    for stale in directory.glob(".step-*.tmp"):  # a killed writer's (the run's lock is ours)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = directory / f".{position.name}.{unique_suffix()}.tmp"  # never shared by two writers
     tmp.mkdir(parents=True)
     loaded.save(tmp)
     named = trainable if trainable is not None else dict(loaded.model.named_parameters())
@@ -87,7 +88,7 @@ def save_checkpoint(
     if torch.cuda.is_available():
         state["rng::cuda"] = torch.cuda.get_rng_state()
     save_weights(tmp / STATE, state)
-    meta = {**asdict(position), "data_hash": data_hash, "metrics": metrics}
+    meta = {**asdict(position), "data_hash": data_hash, "metrics": metrics, "files": file_hashes(tmp)}
     (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     if final.exists():
         shutil.rmtree(final)
@@ -100,6 +101,49 @@ def latest_checkpoint(directory: Path) -> Path | None:
         return None
     done = sorted(p for p in directory.glob("step-*") if (p / META).is_file() and (p / STATE).is_file())
     return done[-1] if done else None
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What is wrong with a written checkpoint, in a few words naming the file (None: whole).
+    Checkpoints from before content hashes are only checked for their files being there."""
+    try:
+        meta = json.loads((checkpoint / META).read_text())
+    except (OSError, ValueError):
+        return f"{checkpoint / META} is missing or not JSON"
+    recorded = meta.get("files") or dict.fromkeys((STATE, "config.json"), "")
+    if not meta.get("files"):
+        missing = [name for name in recorded if not (checkpoint / name).is_file()]
+        if missing:
+            return f"{checkpoint / missing[0]} is missing"
+        return next(filter(None, map(_safetensors_problem, sorted(checkpoint.glob("*.safetensors")))), None)
+    return hash_problem(checkpoint, recorded)
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file whose header or size is wrong (a cut file), in words (None: whole)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            list(handle.keys())
+    except Exception as error:  # noqa: BLE001 (any failure to open it is the finding)
+        return f"{path} is not a readable safetensors file ({type(error).__name__})"
+    return None
+
+
+def last_good_checkpoint(directory: Path, warn) -> Path | None:
+    """The newest whole checkpoint of a phase directory; newer damaged ones are named through
+    `warn` (one line each) and removed, so training resumes from the last good one and redoes
+    the steps after it (bit for bit: the data order and RNG state are in the checkpoint)."""
+    if not directory.is_dir():
+        return None
+    for checkpoint in sorted(directory.glob("step-*"), reverse=True):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        warn(f"{problem}; retraining from the last good checkpoint")
+        shutil.rmtree(checkpoint)
+    return None
 
 
 def read_position(checkpoint: Path) -> tuple[Position, dict[str, Any]]:

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,13 @@ import torch
 
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.fileio import portable_path, resolve_path, write_atomic, write_json
+from circuit_plasticity.locks import claim_directory, writes_directory
 from circuit_plasticity.models.load import LoadedModel, load_model
 from circuit_plasticity.spec import same_spec
 from circuit_plasticity.training.checkpoint import (
     Position,
+    checkpoint_problem,
+    last_good_checkpoint,
     latest_checkpoint,
     read_position,
     restore_training_state,
@@ -111,6 +115,15 @@ class RunDir:
         rows = [r for r in self.read_metrics() if keep(r)]
         write_atomic(self.metrics_log, lambda h: h.writelines(json.dumps(r) + "\n" for r in rows))
 
+    def order_metrics(self, phases: list[str]) -> None:
+        """Rows in phase order (stable within a phase): a phase retrained after later ones
+        (its checkpoint was damaged) logs as an uninterrupted run does."""
+        rows = self.read_metrics()
+        place = {name: i for i, name in enumerate(phases)}
+        ordered = sorted(rows, key=lambda r: place.get(r["phase"], len(place)))
+        if ordered != rows:
+            write_atomic(self.metrics_log, lambda h: h.writelines(json.dumps(r) + "\n" for r in ordered))
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.metrics_log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -121,6 +134,7 @@ class RunDir:
         return write_table(self.root / "metrics.parquet", pd.DataFrame(self.read_metrics()))
 
 
+@writes_directory("run_dir")
 def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) every phase of `spec`; returns the metrics table."""
     from circuit_plasticity.analysis.runs import is_sharing
@@ -128,13 +142,20 @@ def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) ->
     if is_sharing():  # a shared clean run would go stale as the weights change
         raise RuntimeError("run_protocol inside analysis.runs.shared_runs: train outside it")
     run = RunDir(Path(run_dir))
-    if not run.root.exists():
-        load_model(spec.model)  # fail on a missing model before anything is written
+    if not run.root.exists() or any(p.train_only for p in spec.phases):
+        check_spec_fits(spec, load_model(spec.model))  # before anything is written or trained
     run.root.mkdir(parents=True, exist_ok=True)
+    claim_directory(run.root)  # one writer per run directory
     _check_same_spec(run, spec)
     evaluator: Evaluator | None = None
     for index, phase in enumerate(spec.phases):
-        if run.final_checkpoint(phase.name) is not None:
+        final = run.final_checkpoint(phase.name)
+        if final is not None and (problem := checkpoint_problem(final)) is not None:
+            _warn(f"{problem}; phase {phase.name} is retrained from its last good checkpoint")
+            (run.phase_dir(phase.name) / "final.json").unlink()
+            shutil.rmtree(final, ignore_errors=True)
+            final = None
+        if final is not None:
             continue
         parent = spec.parent(index)
         start = load_model(spec.model) if parent == "base" else load_model(str(run.final_checkpoint(parent)))
@@ -145,8 +166,26 @@ def run_protocol(spec: TrainSpec, run_dir: str | Path, progress: bool = True) ->
                     {"phase": "base", "step": 0, "epoch": 0, "parent": "", **evaluator(start.model)}
                 )
         _run_phase(spec, phase, parent, start, run, evaluator, progress)
+    run.order_metrics(["base", *(p.name for p in spec.phases)])
     run.write_metrics_table()
     return pd.DataFrame(run.read_metrics())
+
+
+def _warn(message: str) -> None:
+    """One line on stderr: a damaged file found and what is done about it."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def check_spec_fits(spec: TrainSpec, loaded: LoadedModel) -> None:
+    """The heads and MLPs the spec names (train_only) exist in its model: a UserError now,
+    not when the phase that names them starts after others trained."""
+    from circuit_plasticity.training.masking import check_components
+
+    for phase in spec.phases:
+        if phase.train_only:
+            check_components(loaded, phase.train_only, f"phase {phase.name}: train_only")
 
 
 def _check_same_spec(run: RunDir, spec: TrainSpec) -> None:
@@ -211,14 +250,16 @@ def _run_phase(
     torch.manual_seed(phase.seed)
     position = Position(phase.name, 0, 0, 0)
     last_metrics: dict[str, Any] = {}
-    resume = latest_checkpoint(directory)
+    resume = last_good_checkpoint(directory, _warn)
     if resume is not None:
         position, meta = read_position(resume)
         if meta["data_hash"] != digest:
             raise UserError(f"{resume}: its data differ from this spec's; use another --out")
         last_metrics = meta["metrics"]
         if phase.lora is None:  # LoRA re-attaches its saved factors to the parent's weights
+            started_from = loaded.name
             loaded = load_model(str(resume))
+            loaded.name = started_from  # the phase's start, as an uninterrupted run records it
     adapters = None
     if phase.lora is not None:
         from circuit_plasticity.training.lora import attach

@@ -31,15 +31,33 @@ def parse_heads(components: list[str]) -> list[tuple[int, int]]:
         raise UserError(f"train_only: {why}") from None
 
 
-def head_gradient_masks(loaded: LoadedModel, components: list[str]) -> dict[torch.nn.Parameter, torch.Tensor]:
-    """Parameter -> 0/1 mask of the same shape that keeps only the listed heads' weights."""
+def check_components(loaded: LoadedModel, components: list[str], where: str = "train_only") -> None:
+    """A UserError when a listed head or MLP is not in the model: checked when a spec is loaded,
+    before any phase trains, not when the phase that names it starts."""
+    cfg = loaded.model.cfg
     heads = parse_heads(components)
-    model, cfg = loaded.model, loaded.model.cfg
     bad = [h for h in heads if not (0 <= h[0] < cfg.n_layers and -1 <= h[1] < cfg.n_heads)]
-    bad += [h for h in heads if h[1] < 0 and cfg.attn_only]
+    bad += [h for h in heads if h[1] < 0 and cfg.attn_only and h not in bad]
     if bad:
         names = ", ".join(component_name(h) for h in bad)
-        raise UserError(f"train_only: {names} do not exist in a {cfg.n_layers}x{cfg.n_heads} model")
+        mlps = "" if cfg.attn_only else f" and MLPs m0..m{cfg.n_layers - 1}"
+        raise UserError(
+            f"{where}: {names} do not exist in this {cfg.n_layers}-layer, {cfg.n_heads}-head model "
+            f"(heads a0.h0..a{cfg.n_layers - 1}.h{cfg.n_heads - 1}{mlps}); fix the names"
+        )
+
+
+def component_count(loaded: LoadedModel) -> int:
+    """Heads and MLPs of the model: the components a localized set is drawn from."""
+    cfg = loaded.model.cfg
+    return cfg.n_layers * cfg.n_heads + (0 if cfg.attn_only else cfg.n_layers)
+
+
+def head_gradient_masks(loaded: LoadedModel, components: list[str]) -> dict[torch.nn.Parameter, torch.Tensor]:
+    """Parameter -> 0/1 mask of the same shape that keeps only the listed heads' weights."""
+    check_components(loaded, components)
+    heads = parse_heads(components)
+    model = loaded.model
     params = dict(model.original_model.named_parameters())
     saved = {name: p.grad for name, p in params.items()}
     for p in params.values():
