@@ -1,0 +1,123 @@
+"""Node and edge overlap of EAP-IG circuits (compare/edges.py) against a slow reference written
+from the definitions (docs/analysis.md, "Nodes or edges"): plain Python sets and loops over
+edge names on two hand-made graphs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from circuit_plasticity.analysis.graph import Graph
+from circuit_plasticity.compare.edges import change_of, graph_overlap
+
+
+def _graph(scores: dict[str, float]) -> Graph:
+    g = Graph(2, 2, 8, has_mlp=True)
+    for name, s in scores.items():
+        sender, slot = name.split("->")
+        g.scores[g.forward_index(sender), g.backward_index(slot)] = s
+    return g
+
+
+def _edge_names(g: Graph) -> list[str]:
+    return [f"{g.forward_names[f]}->{g.backward_names[b]}" for f, b in g.real.nonzero().tolist()]
+
+
+def _ref_top(scores: dict[str, float], percent: float) -> set[str]:
+    n = max(1, round(len(scores) * percent / 100))
+    return set(sorted(scores, key=lambda e: -abs(scores[e]))[:n])
+
+
+def _ref_nodes(edges: set[str]) -> set[str]:
+    out = set()
+    for e in edges:
+        sender, slot = e.split("->")
+        receiver = slot.split("<")[0]
+        out |= {sender, receiver}
+    return out - {"input", "logits"}
+
+
+def _ref_ranks(xs: list[float]) -> list[float]:
+    ranks = []
+    for x in xs:
+        below = sum(1 for y in xs if y < x)
+        equal = sum(1 for y in xs if y == x)
+        ranks.append(below + (equal + 1) / 2)
+    return ranks
+
+
+def _ref_spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = _ref_ranks(a), _ref_ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va = sum((x - ma) ** 2 for x in ra)
+    vb = sum((y - mb) ** 2 for y in rb)
+    return cov / (va * vb) ** 0.5
+
+
+def _jac(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def _reference(sa: dict[str, float], sb: dict[str, float], percents) -> dict[tuple[str, float], float]:
+    out = {}
+    for p in percents:
+        ta, tb = _ref_top(sa, p), _ref_top(sb, p)
+        na, nb = _ref_nodes(ta), _ref_nodes(tb)
+        out[("edge_jaccard", p)] = _jac(ta, tb)
+        out[("edge_kept", p)] = len(ta & tb) / len(ta)
+        out[("node_jaccard", p)] = _jac(na, nb)
+        out[("node_kept", p)] = len(na & nb) / len(na) if na else 1.0
+    names = sorted(sa)
+    out[("edge_spearman", None)] = _ref_spearman([sa[e] for e in names], [sb[e] for e in names])
+    return out
+
+
+def _compare(sa, sb, percents=(1, 5, 10, 20, 50)):
+    rows = graph_overlap(_graph(sa), _graph(sb), percents)
+    got = {
+        (r["measure"], None if r["measure"] == "edge_spearman" else r["percent"]): r["value"] for r in rows
+    }
+    want = _reference(sa, sb, percents)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+    return got
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_overlaps_equal_the_slow_reference_on_random_graphs(seed):
+    rng = random.Random(seed)
+    names = _edge_names(Graph(2, 2, 8, has_mlp=True))
+    sa = {e: rng.uniform(-1, 1) for e in names}  # distinct |scores| almost surely
+    sb = {e: (v if rng.random() < 0.6 else rng.uniform(-1, 1)) for e, v in sa.items()}
+    _compare(sa, sb)
+
+
+def test_hand_made_swap_of_one_query_sender_keeps_the_nodes():
+    """Two hand-made graphs: a1.h0's query reads a0.h0 in one and a0.h1 in the other; every other
+    edge has the same score. Both a0 heads also write to the logits, so the node sets agree."""
+    names = _edge_names(Graph(2, 2, 8, has_mlp=True))
+    base = {e: 0.001 * (i + 1) for i, e in enumerate(names)}  # small, distinct
+    base |= {"a0.h0->logits": 5.0, "a0.h1->logits": 4.0, "a1.h0->logits": 3.0, "a0.h0->a1.h0<q>": -2.0}
+    swapped = dict(base)
+    swapped["a0.h0->a1.h0<q>"], swapped["a0.h1->a1.h0<q>"] = base["a0.h1->a1.h0<q>"], -2.0
+    got = _compare(base, swapped, percents=(10, 20))
+    # 10 % of the 46 edges is 5: the 4 large ones and m1->logits (the largest small one); one of
+    # the five replaced by another: 4 shared of 6
+    assert len(names) == 46 and names[-1] == "m1->logits"
+    assert got[("edge_jaccard", 10)] == pytest.approx(4 / 6)
+    assert got[("edge_kept", 10)] == pytest.approx(4 / 5)
+    assert got[("node_jaccard", 10)] == 1.0
+    change = change_of(graph_overlap(_graph(base), _graph(swapped), (10,)))
+    assert change["edge_change"] == pytest.approx(2 / 6) and change["node_change"] == 0.0
+
+
+def test_a_graph_against_itself_changes_nothing_and_ties_average_their_ranks():
+    names = _edge_names(Graph(2, 2, 8, has_mlp=True))
+    same = {e: float(i % 5) for i, e in enumerate(names)}  # many ties
+    rows = graph_overlap(_graph(same), _graph(same))
+    assert all(r["value"] == pytest.approx(1.0) for r in rows)
+    flipped = {e: -v for e, v in same.items()}
+    assert _compare(same, flipped)[("edge_spearman", None)] == pytest.approx(-1.0)
