@@ -121,3 +121,54 @@ def test_a_graph_against_itself_changes_nothing_and_ties_average_their_ranks():
     assert all(r["value"] == pytest.approx(1.0) for r in rows)
     flipped = {e: -v for e, v in same.items()}
     assert _compare(same, flipped)[("edge_spearman", None)] == pytest.approx(-1.0)
+
+
+def test_checkpoint_selection_keeps_what_the_finding_reads():
+    from pathlib import Path
+
+    from circuit_plasticity.study.edge_tracking import edge_checkpoints
+
+    kept = [("clean", s, Path(f"c{s}")) for s in (32, 64)]
+    kept += [("poisoned", s, Path(f"p{s}")) for s in (32, 64, 96, 128)]
+    kept += [("retrain", s, Path(f"r{s}")) for s in (32, 64, 96, 128)]
+    kept += [("control", s, Path(f"k{s}")) for s in range(32, 257, 32)]
+    picked = [(p, s) for p, s, _ in edge_checkpoints(kept, 0)]
+    assert picked == [("clean", 64), ("poisoned", 128), ("retrain", 128)] + [
+        ("control", s) for s in (64, 128, 256)
+    ]
+    assert len(edge_checkpoints(kept, 1)) == len(kept)
+    assert ("control", 96) in [(p, s) for p, s, _ in edge_checkpoints(kept, 3)]
+
+
+def test_findings_hold_each_phase_against_the_control_at_equal_steps():
+    """A hand-made tracking table: the poison moves edges (Jaccard 0.5) and keeps nodes; the
+    control at the poison's steps moves edges by 0.1; the retrain restores the edges fully."""
+    import pandas as pd
+
+    from circuit_plasticity.study.edge_tracking import edge_findings
+
+    def rows(phase, step, edge_j, node_j):
+        return [
+            {"phase": phase, "step": step, "measure": m, "percent": p, "value": v}
+            for p in (1.0, 5.0, 10.0)
+            for m, v in (("edge_jaccard", edge_j), ("node_jaccard", node_j), ("reference_faithfulness", 0.9))
+        ]
+
+    table = pd.DataFrame(
+        rows("clean", 64, 0.8, 0.9)
+        + rows("poisoned", 128, 0.5, 1.0)
+        + rows("retrain", 128, 1.0, 1.0)
+        + rows("control", 64, 0.7, 1.0)
+        + rows("control", 128, 0.9, 1.0)
+        + rows("control", 256, 0.8, 1.0)
+    )
+    out = edge_findings(table)
+    assert out["edges_poisoned_edge_change"] == pytest.approx(0.5)
+    assert out["edges_poisoned_null_step"] == 128 and out["edges_poisoned_null_edge_change"] == pytest.approx(
+        0.1
+    )
+    assert out["edges_poisoned_excess"] == pytest.approx(0.4)
+    assert out["edges_clean_null_step"] == 64 and out["edges_clean_excess"] == pytest.approx(
+        (0.2 - 0.1) - 0.3
+    )
+    assert out["edges_retrain_null_step"] == 256 and out["edges_retrain_edges_restored"] == pytest.approx(1.0)

@@ -16,6 +16,8 @@ a few circuit sizes. The top circuit at p % is the `mib_sizes` count of real edg
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from circuit_plasticity.analysis.graph import Graph, mib_sizes
@@ -99,3 +101,24 @@ def change_of(rows: list[dict] | None = None, table=None) -> dict[str, float]:
     edge = 1 - float(frame[frame.measure == "edge_jaccard"].value.mean())
     node = 1 - float(frame[frame.measure == "node_jaccard"].value.mean())
     return {"edge_change": edge, "node_change": node, "edge_minus_node": edge - node}
+
+
+def _lower(value: float, low: float) -> float:
+    return low if math.isfinite(low) else value
+
+
+def reading(
+    edge_excess: tuple[float, float, float], node_excess: tuple[float, float, float], margin=0.05
+) -> str:
+    """What moved beyond the null, from (value, ci_low, ci_high) of the edge change's and the
+    node change's excess over their null: a change counts when its interval's lower end (the
+    value itself without an interval) exceeds `margin` (1 - Jaccard units)."""
+    edges = _lower(edge_excess[0], edge_excess[1]) > margin
+    nodes = _lower(node_excess[0], node_excess[1]) > margin
+    if edges and not nodes:
+        return "edges changed, nodes kept"
+    if edges and nodes:
+        return "nodes and edges changed"
+    if nodes:
+        return "nodes changed, edges kept"
+    return "no change beyond the null"

@@ -17,6 +17,7 @@ from circuit_plasticity.report.html import METRICS, Figure, Page, render_report
 PER_SEED = {  # table name -> path inside a seed directory
     "metrics": "metrics.parquet",
     "tracking": "compare/tracking.parquet",
+    "edge_tracking": "compare/edge_tracking.parquet",
     "cmap": "compare/cmap.parquet",
     "recovery": "compare/recovery.parquet",
     "weights": "compare/weights.parquet",
