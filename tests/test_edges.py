@@ -172,3 +172,30 @@ def test_findings_hold_each_phase_against_the_control_at_equal_steps():
         (0.2 - 0.1) - 0.3
     )
     assert out["edges_retrain_null_step"] == 256 and out["edges_retrain_edges_restored"] == pytest.approx(1.0)
+
+
+def test_the_report_draws_the_overlaps_or_says_why_not():
+    import pandas as pd
+
+    from circuit_plasticity.report.build import _figure
+    from circuit_plasticity.report.explain import nodes_or_edges
+    from circuit_plasticity.report.figures import edge_tracking_curves
+
+    table = pd.DataFrame(
+        [
+            {"phase": p, "step": s, "measure": m, "percent": 5.0, "value": 0.5, "seed": 0}
+            for p in ("clean", "poisoned", "retrain", "control")
+            for s in (32, 64)
+            for m in ("node_jaccard", "edge_jaccard")
+        ]
+    )
+    assert edge_tracking_curves(table)[:4] == b"\x89PNG"
+    empty = _figure("t", "c", edge_tracking_curves, table.iloc[0:0], missing="No edge tracking.")
+    assert empty.missing == "No edge tracking." and empty.png is None
+    findings = pd.DataFrame(
+        [
+            {"measure": "edges_poisoned_edge_excess", "mean": 0.4, "ci_low": 0.3, "ci_high": 0.5},
+            {"measure": "edges_poisoned_node_excess", "mean": 0.0, "ci_low": -0.02, "ci_high": 0.02},
+        ]
+    )
+    assert "Poisoning: edges changed, nodes kept" in nodes_or_edges(findings)

@@ -233,6 +233,18 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
             missing="No tracking: the models were judged without their intermediate checkpoints.",
         )
     )
+    figs.append(
+        _figure(
+            "Nodes or edges: the circuit's overlap with its reference through training",
+            "EAP-IG graph at tracked checkpoints; Jaccard of the top 5 % of edges (right) and of "
+            "the components they touch (left) with the reference (clean fine-tune: the base; "
+            "poison, retrain and control: the clean model); control dashed, at its own steps from "
+            "the clean model. " + explain.nodes_or_edges(read("findings")),
+            figures.edge_tracking_curves,
+            read("edge_tracking"),
+            missing="No edge tracking: the models were judged without their intermediate checkpoints.",
+        )
+    )
     provenance_path = out / PROVENANCE
     provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else None
     verdicts = read("verdicts")

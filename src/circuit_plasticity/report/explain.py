@@ -400,3 +400,41 @@ def explain(study: Study) -> list[Explanation]:
             Explanation(row.finding, str(row.verdict), sentences, _why(study, row, used), used, robust)
         )
     return out
+
+
+EDGE_PHASE_WORDS = {"clean": "clean fine-tuning", "poisoned": "poisoning", "retrain": "retraining"}
+
+
+def nodes_or_edges(findings: pd.DataFrame | None) -> str:
+    """One sentence per phase: did the edges or the nodes of the circuit move beyond what the
+    control branch moved at the same number of steps (`compare.edges.reading`), and how much of
+    the poison's edge change the retrain undid."""
+    from circuit_plasticity.compare.edges import reading
+
+    if findings is None or "measure" not in findings:
+        return ""
+    rows = findings.set_index("measure")
+
+    def triple(measure: str) -> tuple[float, float, float] | None:
+        if measure not in rows.index:
+            return None
+        r = rows.loc[measure]
+        return float(r["mean"]), float(r.ci_low), float(r.ci_high)
+
+    parts = []
+    for phase, words in EDGE_PHASE_WORDS.items():
+        edge, node = triple(f"edges_{phase}_edge_excess"), triple(f"edges_{phase}_node_excess")
+        if edge is None or node is None:
+            continue
+        parts.append(
+            f"{words[0].upper() + words[1:]}: {reading(edge, node)} (edge change {fmt(edge[0])} "
+            f"[{fmt(edge[1])}, {fmt(edge[2])}], node change {fmt(node[0])} [{fmt(node[1])}, "
+            f"{fmt(node[2])}] above the control's)."
+        )
+    restored = triple("edges_retrain_edges_restored")
+    if restored is not None and math.isfinite(restored[0]):
+        parts.append(
+            f"Retraining undid {fmt(100 * restored[0], percent=True)} % of the poison's edge change "
+            "(edges restored, not only nodes)."
+        )
+    return " ".join(parts)
