@@ -427,14 +427,19 @@ def nodes_or_edges(findings: pd.DataFrame | None) -> str:
         if edge is None or node is None:
             continue
         parts.append(
-            f"{words[0].upper() + words[1:]}: {reading(edge, node)} (edge change {fmt(edge[0])} "
-            f"[{fmt(edge[1])}, {fmt(edge[2])}], node change {fmt(node[0])} [{fmt(node[1])}, "
-            f"{fmt(node[2])}] above the control's)."
+            f"{words[0].upper() + words[1:]}: {reading(edge, node)} (above the control's: edge "
+            f"change {_with_interval(edge)}, node change {_with_interval(node)})."
         )
     restored = triple("edges_retrain_edges_restored")
     if restored is not None and math.isfinite(restored[0]):
         parts.append(
             f"Retraining undid {fmt(100 * restored[0], percent=True)} % of the poison's edge change "
-            "(edges restored, not only nodes)."
+            "(100 %: the clean circuit's own edges back; 0: none of them)."
         )
     return " ".join(parts)
+
+
+def _with_interval(v: tuple[float, float, float]) -> str:
+    if math.isfinite(v[1]) and math.isfinite(v[2]):
+        return f"{fmt(v[0])} [{fmt(v[1])}, {fmt(v[2])}]"
+    return fmt(v[0])
