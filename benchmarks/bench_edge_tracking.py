@@ -3,7 +3,9 @@ one seed's `track_edges` in a fresh process (1 thread, as a study worker), its w
 the process's peak RSS against the same process before tracking (model and prompts loaded).
 
 Run: python benchmarks/bench_edge_tracking.py [--run SEED_DIR] [--every 0 1]
-Without --run, seed 0 of the default protocol is trained first (about 35 s)."""
+SEED_DIR is a seed of the default study (seeds/seed-0 of `run --out DIR`), its phase analyses
+included: the final checkpoints' graphs are read from them, as the study does. Without --run,
+seed 0 of the default protocol is trained first (about 35 s) and every graph is computed."""
 
 from __future__ import annotations
 
@@ -26,21 +28,24 @@ import torch
 torch.set_num_threads(1)
 from circuit_plasticity.models.load import load_model
 from circuit_plasticity.study.edge_tracking import edge_checkpoints, track_edges
-from circuit_plasticity.study.findings import all_checkpoints
+from circuit_plasticity.study.findings import all_checkpoints, phase_checkpoints
 from circuit_plasticity.study.judge import JudgeOptions, SeedModels, seed_batch
 from circuit_plasticity.training.loop import RunDir
-run, every, out = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+run, every = Path(sys.argv[1]), int(sys.argv[2])
+out = run / f"compare-bench-{every}"  # beside the seed's analysis/, whose final graphs it reuses
+shutil.rmtree(out, ignore_errors=True)
 base = load_model("toy-ioi")
 batch = seed_batch(base, JudgeOptions(), 0)
 checkpoints = all_checkpoints(RunDir(run))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-seed = SeedModels(seed=0, base="toy-ioi", clean=None, poisoned=None, retrain=None, checkpoints=checkpoints)
+seed = SeedModels(seed=0, **phase_checkpoints(RunDir(run), "toy-ioi"), checkpoints=checkpoints)
 track_edges(seed, base, batch, out, every)
 wall = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"every": every, "graphs": len(edge_checkpoints(checkpoints, every)) + 1,
                   "wall_s": wall, "rss_before_mb": before / 1024, "rss_peak_mb": peak / 1024}))
+shutil.rmtree(out, ignore_errors=True)
 """
 
 
@@ -65,7 +70,7 @@ if __name__ == "__main__":
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
         for every in args.every:
             done = subprocess.run(
-                [sys.executable, "-c", CHILD, str(run), str(every), str(Path(tmp) / f"compare-{every}")],
+                [sys.executable, "-c", CHILD, str(run), str(every)],
                 env=env,
                 capture_output=True,
                 text=True,

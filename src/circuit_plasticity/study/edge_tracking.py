@@ -61,9 +61,12 @@ def reference_masks(reference: Graph) -> list[torch.Tensor]:
     return [reference.real.clone(), torch.zeros_like(reference.real), *[reference.top_n(n) for n in sizes]]
 
 
-def _graph_of(model, batch, path: Path, reference: Graph | None) -> tuple[Graph, torch.Tensor | None]:
+def _graph_of(
+    model, batch, path: Path, reference: Graph | None, analysed: Path | None = None
+) -> tuple[Graph, torch.Tensor | None]:
     """The checkpoint's EAP-IG graph and (given a reference) the mean scores of the reference's
-    masks under edge patching in this model; cached at `path`."""
+    masks under edge patching in this model; cached at `path`. `analysed`: the phase analysis's
+    edges.parquet of this very model on the same prompts (the same EAP-IG graph, not recomputed)."""
     from safetensors.torch import load_file, save_file
 
     from circuit_plasticity.analysis.attribution import edge_attribution, edge_patched_scores
@@ -73,7 +76,13 @@ def _graph_of(model, batch, path: Path, reference: Graph | None) -> tuple[Graph,
         saved = load_file(str(path))
         graph.scores = saved["scores"]
         return graph, saved.get("reference_scores")
-    graph = edge_attribution(model, batch, ig_steps=IG_STEPS)
+    if analysed is not None and analysed.is_file():
+        table = pd.read_parquet(analysed)
+        for name, score in zip(table.edge, table.score, strict=True):
+            sender, slot = name.split("->")
+            graph.scores[graph.forward_index(sender), graph.backward_index(slot)] = float(score)
+    else:
+        graph = edge_attribution(model, batch, ig_steps=IG_STEPS)
     tensors = {"scores": graph.scores.contiguous()}
     masks = reference_masks(reference if reference is not None else graph)
     patched = edge_patched_scores(model, batch, masks).mean(1).cpu()
@@ -116,8 +125,18 @@ def track_edges(seed_models, base, batch, compare: Path, every: int = 0) -> pd.D
     picked = edge_checkpoints(seed_models.checkpoints, every)
     if not picked:
         return None
-    cache = compare / "edge_graphs"
-    graphs = {"base": _graph_of(base.model, batch, cache / "base-0.safetensors", None)[0]}
+    cache, analysis = compare / "edge_graphs", compare.parent / "analysis"
+    finals = {
+        p: Path(str(m)).resolve() for p, m in seed_models.phases().items() if isinstance(m, (str, Path))
+    }
+
+    def analysed(phase: str, path: Path | None) -> Path | None:
+        """The phase analysis's graph when `path` is the model that analysis ran on."""
+        same = phase == "base" or (path is not None and finals.get(phase) == Path(path).resolve())
+        return analysis / phase / "edges.parquet" if same else None
+
+    base_graph = _graph_of(base.model, batch, cache / "base-0.safetensors", None, analysed("base", None))
+    graphs = {"base": base_graph[0]}
     rows = []
     clean_last = max((s for p, s, _ in picked if p == "clean"), default=None)
     for phase, step, path in picked:
@@ -126,7 +145,8 @@ def track_edges(seed_models, base, batch, compare: Path, every: int = 0) -> pd.D
             continue  # no clean checkpoint tracked: nothing to hold the later phases against
         reference = graphs[ref_name]
         model = load_model(str(path)).model
-        graph, patched = _graph_of(model, batch, cache / f"{phase}-{step}.safetensors", reference)
+        target = cache / f"{phase}-{step}.safetensors"
+        graph, patched = _graph_of(model, batch, target, reference, analysed(phase, path))
         if phase == "clean" and step == clean_last:
             graphs["clean"] = graph
         where = {"phase": phase, "step": step, "reference": ref_name}
