@@ -199,3 +199,17 @@ def test_the_report_draws_the_overlaps_or_says_why_not():
         ]
     )
     assert "Poisoning: edges changed, nodes kept" in nodes_or_edges(findings)
+
+
+def test_a_judgement_recorded_before_edge_tracking_is_not_a_changed_option():
+    import dataclasses
+    import json
+
+    from circuit_plasticity.study.inputs import changes
+    from circuit_plasticity.study.judge import JudgeOptions
+
+    mine = {"models": {}, "options": json.loads(json.dumps(dataclasses.asdict(JudgeOptions()), default=str))}
+    old = {"models": {}, "options": {k: v for k, v in mine["options"].items() if k != "edge_tracking_every"}}
+    assert changes(old, mine) == ([], {})
+    other = {**mine, "options": {**mine["options"], "edge_tracking_every": 2}}
+    assert changes(old, other)[0] == ["edge_tracking_every"]
