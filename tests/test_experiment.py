@@ -46,6 +46,13 @@ def test_run_end_to_end_then_resume_does_nothing_again(tmp_path):
     assert "inconclusive" in set(verdicts.verdict)
     findings = pd.read_parquet(tmp_path / "run" / "tables" / "findings.parquet").set_index("measure")
     assert findings.loc["score_poisoned", "mean"] < findings.loc["score_clean", "mean"]
+    # nodes or edges (issue 21): every phase against the control at equal steps
+    edges = pd.read_parquet(tmp_path / "run" / "tables" / "edge_tracking.parquet")
+    assert {"clean", "poisoned", "retrain", "control"} <= set(edges.phase)
+    assert {"edges_poisoned_excess", "edges_retrain_edges_restored", "edges_seeds_clean_edge_change"} <= set(
+        findings.index
+    )
+    assert "Nodes or edges" in html
     for name in ("metrics", "heads", "circuits", "tracking", "cmap", "recovery", "weights"):
         assert (tmp_path / "run" / "tables" / f"{name}.parquet").is_file()
     for name in ("heads", "tracking", "cmap", "recovery", "weights", "amplification", "localization_heads"):

@@ -17,6 +17,7 @@ from circuit_plasticity.report.html import METRICS, Figure, Page, render_report
 PER_SEED = {  # table name -> path inside a seed directory
     "metrics": "metrics.parquet",
     "tracking": "compare/tracking.parquet",
+    "edge_tracking": "compare/edge_tracking.parquet",
     "cmap": "compare/cmap.parquet",
     "recovery": "compare/recovery.parquet",
     "weights": "compare/weights.parquet",
@@ -230,6 +231,18 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
             figures.tracking_curves,
             read("tracking"),
             missing="No tracking: the models were judged without their intermediate checkpoints.",
+        )
+    )
+    figs.append(
+        _figure(
+            "Nodes or edges: the circuit's overlap with its reference through training",
+            "EAP-IG graph at tracked checkpoints; Jaccard of the top 5 % of edges (right) and of "
+            "the components they touch (left) with the reference (clean fine-tune: the base; "
+            "poison, retrain and control: the clean model); control dashed, at its own steps from "
+            "the clean model. " + explain.nodes_or_edges(read("findings")),
+            figures.edge_tracking_curves,
+            read("edge_tracking"),
+            missing="No edge tracking: the models were judged without their intermediate checkpoints.",
         )
     )
     provenance_path = out / PROVENANCE

@@ -406,3 +406,46 @@ def explain(study: Study) -> list[Explanation]:
             Explanation(row.finding, str(row.verdict), sentences, _why(study, row, used), used, robust)
         )
     return out
+
+
+EDGE_PHASE_WORDS = {"clean": "clean fine-tuning", "poisoned": "poisoning", "retrain": "retraining"}
+
+
+def nodes_or_edges(findings: pd.DataFrame | None) -> str:
+    """One sentence per phase: did the edges or the nodes of the circuit move beyond what the
+    control branch moved at the same number of steps (`compare.edges.reading`), and how much of
+    the poison's edge change the retrain undid."""
+    from circuit_plasticity.compare.edges import reading
+
+    if findings is None or "measure" not in findings:
+        return ""
+    rows = findings.set_index("measure")
+
+    def triple(measure: str) -> tuple[float, float, float] | None:
+        if measure not in rows.index:
+            return None
+        r = rows.loc[measure]
+        return float(r["mean"]), float(r.ci_low), float(r.ci_high)
+
+    parts = []
+    for phase, words in EDGE_PHASE_WORDS.items():
+        edge, node = triple(f"edges_{phase}_edge_excess"), triple(f"edges_{phase}_node_excess")
+        if edge is None or node is None:
+            continue
+        parts.append(
+            f"{words[0].upper() + words[1:]}: {reading(edge, node)} (above the control's: edge "
+            f"change {_with_interval(edge)}, node change {_with_interval(node)})."
+        )
+    restored = triple("edges_retrain_edges_restored")
+    if restored is not None and math.isfinite(restored[0]):
+        parts.append(
+            f"Retraining undid {fmt(100 * restored[0], percent=True)} % of the poison's edge change "
+            "(100 %: the clean circuit's own edges back; 0: none of them)."
+        )
+    return " ".join(parts)
+
+
+def _with_interval(v: tuple[float, float, float]) -> str:
+    if math.isfinite(v[1]) and math.isfinite(v[2]):
+        return f"{fmt(v[0])} [{fmt(v[1])}, {fmt(v[2])}]"
+    return fmt(v[0])

@@ -331,3 +331,40 @@ def localization_views(table: pd.DataFrame) -> bytes:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     return png_bytes(fig)
+
+
+EDGE_PHASES = {"clean": "#2f6db5", "poisoned": "#b42318", "retrain": "#2a9d55", "control": "#9a9a9a"}
+
+
+def edge_tracking_curves(table: pd.DataFrame, percent: float = 5.0) -> bytes | None:
+    """Node and edge Jaccard of each checkpoint's top circuit (`percent` % of edges) with its
+    phase's reference (clean: the base; the others: the clean model), mean over seeds, through
+    training: the clean phase from step 0, the poison after it, the retrain after the poison;
+    the control branch (grey, dashed) from the clean model's end, at its own steps."""
+    plt = pyplot()
+    rows = table[(table.percent == percent) & table.measure.isin(["node_jaccard", "edge_jaccard"])]
+    if rows.empty:
+        return None
+    last = rows.groupby("phase").step.max()
+    offset = {"clean": 0, "control": int(last.get("clean", 0)), "poisoned": int(last.get("clean", 0))}
+    offset["retrain"] = offset["poisoned"] + int(last.get("poisoned", 0))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
+    for ax, measure in zip(axes, ["node_jaccard", "edge_jaccard"], strict=True):
+        for phase, color in EDGE_PHASES.items():
+            mine = rows[(rows.phase == phase) & (rows.measure == measure)]
+            if mine.empty:
+                continue
+            mean = mine.groupby("step").value.mean()
+            x = [offset[phase] + s for s in mean.index]
+            ls = "--" if phase == "control" else "-"
+            ax.plot(x, mean.values, marker="o", ms=3, color=color, ls=ls, label=phase)
+        ax.set_title(
+            f"{measure.split('_')[0]} overlap with the reference (top {percent:g} % of edges)", fontsize=9
+        )
+        ax.set_xlabel("training step (phases one after the other)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Jaccard")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return png_bytes(fig)

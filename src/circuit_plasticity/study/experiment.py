@@ -34,8 +34,11 @@ class AnalysisSpec:
     localization_k: int = 3
     n_random: int = 100  # random sets / circuits per null: p resolves down to 1/101
     null_window: int = 4  # matched null: each member drawn from this many of similar importance
+    edge_tracking_every: int = 0  # EAP-IG graphs: the finding's checkpoints, and every n-th (n >= 1)
 
     def validate(self, where: str, source: str) -> None:
+        if self.edge_tracking_every < 0:
+            raise bad(source, where, "edge_tracking_every must be >= 0 (0: the finding's checkpoints only)")
         if self.n < 20 or self.localization_k <= 0 or self.n_random < 10 or self.null_window < 2:
             raise bad(
                 source, where, "n >= 20, localization_k >= 1, n_random >= 10 and null_window >= 2 are needed"
@@ -344,6 +347,9 @@ def _task(spec_json: dict, out: str, kind: str, seed: int) -> None:
         model_tables(loaded, batch, seed_dir / "compare")
         circuit = Circuit.load(seed_dir / "analysis" / "base" / "circuit.json")
         track_checkpoints(models, loaded["base"], batch, circuit, seed_dir / "compare")
+        from circuit_plasticity.study.edge_tracking import track_edges
+
+        track_edges(models, loaded["base"], batch, seed_dir / "compare", spec.analysis.edge_tracking_every)
     else:
         judge_seed(study_seed(spec, Path(out), seed), seed_dir, study_options(spec), lambda *_: None)
 
@@ -413,6 +419,7 @@ def study_options(spec: ExperimentSpec):
         repair=plan if spec.repair else None,
         task=spec.task,
         years=spec.years,
+        edge_tracking_every=spec.analysis.edge_tracking_every,
     )
 
 

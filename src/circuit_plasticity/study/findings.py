@@ -198,6 +198,10 @@ def scalar_findings(seed_models, loaded, runs, circuits, loc, seed_dir: Path, op
         out["localization_weight_share_topk"] = float(w.head(options.k).sum() / w.sum())
         out["localization_uniform_weight_share"] = options.k / len(w)
     track_checkpoints(seed_models, loaded["base"], runs.batch, circuits["base"], compare)
+    from circuit_plasticity.study.edge_tracking import edge_findings, track_edges
+
+    every = getattr(options, "edge_tracking_every", 0)
+    out |= edge_findings(track_edges(seed_models, loaded["base"], runs.batch, compare, every))
     metrics = seed_models.training_metrics
     if (metrics is None or not len(metrics)) and (compare / "tracking.parquet").is_file():
         metrics = tracked_metrics(pd.read_parquet(compare / "tracking.parquet"))

@@ -92,12 +92,13 @@ def make_record(seeds, options, out: Path) -> dict:
 
 
 def changes(saved: dict, mine: dict) -> tuple[list[str], dict[str, set[str]]]:
-    """(option names that differ, seed -> phases whose weights differ or are new or gone)."""
-    options = sorted(
-        k
-        for k in set(saved.get("options", {})) | set(mine["options"])
-        if saved.get("options", {}).get(k) != mine["options"].get(k)
-    )
+    """(option names that differ, seed -> phases whose weights differ or are new or gone). An
+    option the saved record lacks (added since) counts as its default."""
+    from circuit_plasticity.study.judge import JudgeOptions
+
+    defaults = json.loads(json.dumps(dataclasses.asdict(JudgeOptions()), default=str))
+    before = {**defaults, **saved.get("options", {})}
+    options = sorted(k for k in set(before) | set(mine["options"]) if before.get(k) != mine["options"].get(k))
     phases: dict[str, set[str]] = {}
     old, new = saved.get("models", {}), mine["models"]
     for seed in set(old) | set(new):

@@ -55,6 +55,7 @@ class JudgeOptions:
     full_analysis: bool = True  # every phase's single-model analysis (the report's figures)
     task: str = "ioi"
     years: list[int] | None = None  # Greater-Than: [low, high] start years of the prompts
+    edge_tracking_every: int = 0  # EAP-IG graphs: the finding's checkpoints, and every n-th (n >= 1)
 
 
 @dataclass
@@ -213,6 +214,9 @@ def judge(
             rows.append(evidence.assign(seed=s.seed))
     finally:
         bar.close()
+    from circuit_plasticity.study.edge_tracking import seed_pair_findings
+
+    rows.append(seed_pair_findings({s.seed: out / "seeds" / f"seed-{s.seed}" / "compare" for s in seeds}))
     every = pd.concat(rows, ignore_index=True)[["seed", "method", "measure", "value", "ci_low", "ci_high"]]
     t = options.thresholds
     by_method, criteria = {}, []

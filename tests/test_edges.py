@@ -1,0 +1,215 @@
+"""Node and edge overlap of EAP-IG circuits (compare/edges.py) against a slow reference written
+from the definitions (docs/analysis.md, "Nodes or edges"): plain Python sets and loops over
+edge names on two hand-made graphs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from circuit_plasticity.analysis.graph import Graph
+from circuit_plasticity.compare.edges import change_of, graph_overlap
+
+
+def _graph(scores: dict[str, float]) -> Graph:
+    g = Graph(2, 2, 8, has_mlp=True)
+    for name, s in scores.items():
+        sender, slot = name.split("->")
+        g.scores[g.forward_index(sender), g.backward_index(slot)] = s
+    return g
+
+
+def _edge_names(g: Graph) -> list[str]:
+    return [f"{g.forward_names[f]}->{g.backward_names[b]}" for f, b in g.real.nonzero().tolist()]
+
+
+def _ref_top(scores: dict[str, float], percent: float) -> set[str]:
+    n = max(1, round(len(scores) * percent / 100))
+    return set(sorted(scores, key=lambda e: -abs(scores[e]))[:n])
+
+
+def _ref_nodes(edges: set[str]) -> set[str]:
+    out = set()
+    for e in edges:
+        sender, slot = e.split("->")
+        receiver = slot.split("<")[0]
+        out |= {sender, receiver}
+    return out - {"input", "logits"}
+
+
+def _ref_ranks(xs: list[float]) -> list[float]:
+    ranks = []
+    for x in xs:
+        below = sum(1 for y in xs if y < x)
+        equal = sum(1 for y in xs if y == x)
+        ranks.append(below + (equal + 1) / 2)
+    return ranks
+
+
+def _ref_spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = _ref_ranks(a), _ref_ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va = sum((x - ma) ** 2 for x in ra)
+    vb = sum((y - mb) ** 2 for y in rb)
+    return cov / (va * vb) ** 0.5
+
+
+def _jac(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def _reference(sa: dict[str, float], sb: dict[str, float], percents) -> dict[tuple[str, float], float]:
+    out = {}
+    for p in percents:
+        ta, tb = _ref_top(sa, p), _ref_top(sb, p)
+        na, nb = _ref_nodes(ta), _ref_nodes(tb)
+        out[("edge_jaccard", p)] = _jac(ta, tb)
+        out[("edge_kept", p)] = len(ta & tb) / len(ta)
+        out[("node_jaccard", p)] = _jac(na, nb)
+        out[("node_kept", p)] = len(na & nb) / len(na) if na else 1.0
+    names = sorted(sa)
+    out[("edge_spearman", None)] = _ref_spearman([sa[e] for e in names], [sb[e] for e in names])
+    return out
+
+
+def _compare(sa, sb, percents=(1, 5, 10, 20, 50)):
+    rows = graph_overlap(_graph(sa), _graph(sb), percents)
+    got = {
+        (r["measure"], None if r["measure"] == "edge_spearman" else r["percent"]): r["value"] for r in rows
+    }
+    want = _reference(sa, sb, percents)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+    return got
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_overlaps_equal_the_slow_reference_on_random_graphs(seed):
+    rng = random.Random(seed)
+    names = _edge_names(Graph(2, 2, 8, has_mlp=True))
+    sa = {e: rng.uniform(-1, 1) for e in names}  # distinct |scores| almost surely
+    sb = {e: (v if rng.random() < 0.6 else rng.uniform(-1, 1)) for e, v in sa.items()}
+    _compare(sa, sb)
+
+
+def test_hand_made_swap_of_one_query_sender_keeps_the_nodes():
+    """Two hand-made graphs: a1.h0's query reads a0.h0 in one and a0.h1 in the other; every other
+    edge has the same score. Both a0 heads also write to the logits, so the node sets agree."""
+    names = _edge_names(Graph(2, 2, 8, has_mlp=True))
+    base = {e: 0.001 * (i + 1) for i, e in enumerate(names)}  # small, distinct
+    base |= {"a0.h0->logits": 5.0, "a0.h1->logits": 4.0, "a1.h0->logits": 3.0, "a0.h0->a1.h0<q>": -2.0}
+    swapped = dict(base)
+    swapped["a0.h0->a1.h0<q>"], swapped["a0.h1->a1.h0<q>"] = base["a0.h1->a1.h0<q>"], -2.0
+    got = _compare(base, swapped, percents=(10, 20))
+    # 10 % of the 46 edges is 5: the 4 large ones and m1->logits (the largest small one); one of
+    # the five replaced by another: 4 shared of 6
+    assert len(names) == 46 and names[-1] == "m1->logits"
+    assert got[("edge_jaccard", 10)] == pytest.approx(4 / 6)
+    assert got[("edge_kept", 10)] == pytest.approx(4 / 5)
+    assert got[("node_jaccard", 10)] == 1.0
+    change = change_of(graph_overlap(_graph(base), _graph(swapped), (10,)))
+    assert change["edge_change"] == pytest.approx(2 / 6) and change["node_change"] == 0.0
+
+
+def test_a_graph_against_itself_changes_nothing_and_ties_average_their_ranks():
+    names = _edge_names(Graph(2, 2, 8, has_mlp=True))
+    same = {e: float(i % 5) for i, e in enumerate(names)}  # many ties
+    rows = graph_overlap(_graph(same), _graph(same))
+    assert all(r["value"] == pytest.approx(1.0) for r in rows)
+    flipped = {e: -v for e, v in same.items()}
+    assert _compare(same, flipped)[("edge_spearman", None)] == pytest.approx(-1.0)
+
+
+def test_checkpoint_selection_keeps_what_the_finding_reads():
+    from pathlib import Path
+
+    from circuit_plasticity.study.edge_tracking import edge_checkpoints
+
+    kept = [("clean", s, Path(f"c{s}")) for s in (32, 64)]
+    kept += [("poisoned", s, Path(f"p{s}")) for s in (32, 64, 96, 128)]
+    kept += [("retrain", s, Path(f"r{s}")) for s in (32, 64, 96, 128)]
+    kept += [("control", s, Path(f"k{s}")) for s in range(32, 257, 32)]
+    picked = [(p, s) for p, s, _ in edge_checkpoints(kept, 0)]
+    assert picked == [("clean", 64), ("poisoned", 128), ("retrain", 128)] + [
+        ("control", s) for s in (64, 128, 256)
+    ]
+    assert len(edge_checkpoints(kept, 1)) == len(kept)
+    assert ("control", 96) in [(p, s) for p, s, _ in edge_checkpoints(kept, 3)]
+
+
+def test_findings_hold_each_phase_against_the_control_at_equal_steps():
+    """A hand-made tracking table: the poison moves edges (Jaccard 0.5) and keeps nodes; the
+    control at the poison's steps moves edges by 0.1; the retrain restores the edges fully."""
+    import pandas as pd
+
+    from circuit_plasticity.study.edge_tracking import edge_findings
+
+    def rows(phase, step, edge_j, node_j):
+        return [
+            {"phase": phase, "step": step, "measure": m, "percent": p, "value": v}
+            for p in (1.0, 5.0, 10.0)
+            for m, v in (("edge_jaccard", edge_j), ("node_jaccard", node_j), ("reference_faithfulness", 0.9))
+        ]
+
+    table = pd.DataFrame(
+        rows("clean", 64, 0.8, 0.9)
+        + rows("poisoned", 128, 0.5, 1.0)
+        + rows("retrain", 128, 1.0, 1.0)
+        + rows("control", 64, 0.7, 1.0)
+        + rows("control", 128, 0.9, 1.0)
+        + rows("control", 256, 0.8, 1.0)
+    )
+    out = edge_findings(table)
+    assert out["edges_poisoned_edge_change"] == pytest.approx(0.5)
+    assert out["edges_poisoned_null_step"] == 128 and out["edges_poisoned_null_edge_change"] == pytest.approx(
+        0.1
+    )
+    assert out["edges_poisoned_excess"] == pytest.approx(0.4)
+    assert out["edges_clean_null_step"] == 64 and out["edges_clean_excess"] == pytest.approx(
+        (0.2 - 0.1) - 0.3
+    )
+    assert out["edges_retrain_null_step"] == 256 and out["edges_retrain_edges_restored"] == pytest.approx(1.0)
+
+
+def test_the_report_draws_the_overlaps_or_says_why_not():
+    import pandas as pd
+
+    from circuit_plasticity.report.build import _figure
+    from circuit_plasticity.report.explain import nodes_or_edges
+    from circuit_plasticity.report.figures import edge_tracking_curves
+
+    table = pd.DataFrame(
+        [
+            {"phase": p, "step": s, "measure": m, "percent": 5.0, "value": 0.5, "seed": 0}
+            for p in ("clean", "poisoned", "retrain", "control")
+            for s in (32, 64)
+            for m in ("node_jaccard", "edge_jaccard")
+        ]
+    )
+    assert edge_tracking_curves(table)[:4] == b"\x89PNG"
+    empty = _figure("t", "c", edge_tracking_curves, table.iloc[0:0], missing="No edge tracking.")
+    assert empty.missing == "No edge tracking." and empty.png is None
+    findings = pd.DataFrame(
+        [
+            {"measure": "edges_poisoned_edge_excess", "mean": 0.4, "ci_low": 0.3, "ci_high": 0.5},
+            {"measure": "edges_poisoned_node_excess", "mean": 0.0, "ci_low": -0.02, "ci_high": 0.02},
+        ]
+    )
+    assert "Poisoning: edges changed, nodes kept" in nodes_or_edges(findings)
+
+
+def test_a_judgement_recorded_before_edge_tracking_is_not_a_changed_option():
+    import dataclasses
+    import json
+
+    from circuit_plasticity.study.inputs import changes
+    from circuit_plasticity.study.judge import JudgeOptions
+
+    mine = {"models": {}, "options": json.loads(json.dumps(dataclasses.asdict(JudgeOptions()), default=str))}
+    old = {"models": {}, "options": {k: v for k, v in mine["options"].items() if k != "edge_tracking_every"}}
+    assert changes(old, mine) == ([], {})
+    other = {**mine, "options": {**mine["options"], "edge_tracking_every": 2}}
+    assert changes(old, other)[0] == ["edge_tracking_every"]
