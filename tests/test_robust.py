@@ -314,3 +314,42 @@ def test_a_damaged_study_is_mended_to_the_uninterrupted_tables(tmp_path, capsys)
         assert pd.read_parquet(whole / rel).equals(pd.read_parquet(damaged / rel)), rel
     for weights in whole.rglob("*.safetensors"):
         assert weights.read_bytes() == (damaged / weights.relative_to(whole)).read_bytes()
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie waiting for its reaper does not)."""
+    try:
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_parent_is_killed_leaves_no_live_writer(tmp_path):
+    """kill -9 of a sweep's parent only (not its process group): the pool worker writing the
+    point ends too, so the point's directory has no writer left and a rerun may take it."""
+    from circuit_plasticity.locks import claim_directory, lock_holder, release_directory
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {TINY_STUDY}\ngrid:\n  fraction: [1.0]\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "circuit_plasticity", "sweep", str(sweep), "--out", str(out), "--quiet"]
+    parent = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    point = out / "points" / "fraction=1.0"
+    while lock_holder(point / "seeds" / "seed-0") is None:  # the worker is training the point
+        assert parent.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.2)
+    worker = lock_holder(point)
+    assert worker is not None and worker != parent.pid
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(3000):  # the kernel's signal ends it at once; minutes mean it never will
+        if not alive(worker):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail(f"worker {worker} outlived its parent")
+    claim_directory(point)  # no live writer: the directory is free for a rerun
+    release_directory(point)

@@ -242,9 +242,13 @@ def judge(
 def _products_whole(s: SeedModels, seed_dir: Path, options: JudgeOptions) -> bool:
     """Whether the per-head tables `judge_seed` writes beside its evidence are all there and
     readable: one deleted or damaged is made again with the evidence, not silently missing."""
-    from circuit_plasticity.fileio import warn
+    from circuit_plasticity.fileio import completion_problem, warn
 
     compare = seed_dir / "compare"
+    problem = completion_problem(compare)  # a table changed or lost since the seed was judged
+    if problem is not None:
+        warn(f"{problem}; judging seed {s.seed} again (its analyses are kept)")
+        return False
     names = ["cmap", "weights", "localization_heads"] if options.full_analysis else []
     names += ["tracking"] if s.checkpoints else []
     missing = [compare / f"{name}.parquet" for name in names if not (compare / f"{name}.parquet").is_file()]
@@ -324,6 +328,9 @@ def judge_seed(s: SeedModels, seed_dir: Path, options: JudgeOptions, progress) -
         {**extra, **{r.measure: r.value for r in main_rows.itertuples()}},
     )
     write_table(path, table)
+    from circuit_plasticity.fileio import mark_complete
+
+    mark_complete(seed_dir / "compare")  # last: every table of the seed with its hash
     return table
 
 
