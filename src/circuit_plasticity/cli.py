@@ -203,7 +203,7 @@ def data_show(path: Annotated[Path, typer.Argument(help="A dataset JSONL file.")
     typer.echo(json.dumps(summarize(load_jsonl(path)), indent=2))
 
 
-toy_app = typer.Typer(help="The embedded toy models (toy-ioi, toy-gt).", no_args_is_help=True)
+toy_app = typer.Typer(help="The embedded toy models (toy-ioi, toy-gt, toy-ioi-large).", no_args_is_help=True)
 app.add_typer(toy_app, name="toy-model")
 
 
@@ -218,9 +218,12 @@ def toy_train(
     out: Annotated[Path, typer.Option("--out", help="Directory for the trained model.")],
     seed: SeedOpt = 0,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (batch 64); default: the toy's.")] = None,
-    model: Annotated[str, typer.Option(help="toy-ioi (IOI) or toy-gt (Greater-Than).")] = "toy-ioi",
+    model: Annotated[
+        str, typer.Option(help="toy-ioi (IOI), toy-gt (Greater-Than) or toy-ioi-large (IOI, 32 heads).")
+    ] = "toy-ioi",
 ) -> None:
-    """Pretrain a toy model from scratch (deterministic for a seed; toy-ioi ~8 min, toy-gt ~2 min)."""
+    """Pretrain a toy model from scratch (deterministic for a seed; toy-ioi ~8 min, toy-gt ~2 min,
+    toy-ioi-large ~40 min)."""
     from circuit_plasticity.training.pretrain import RECIPES, train_config, train_toy
 
     check_writable(out)

@@ -28,7 +28,8 @@ from circuit_plasticity.tasks.tokenizer import TextTokenizer
 
 TOY_NAME = "toy-ioi"
 TOY_GT_NAME = "toy-gt"  # the embedded Greater-Than model (with MLPs)
-TOY_NAMES = (TOY_NAME, TOY_GT_NAME)
+TOY_LARGE_NAME = "toy-ioi-large"  # the larger embedded IOI model (32 heads, MLPs)
+TOY_NAMES = (TOY_NAME, TOY_GT_NAME, TOY_LARGE_NAME)
 
 
 @dataclass

@@ -36,6 +36,20 @@ TOY_CONFIG: dict[str, Any] = {
     "positional_embedding_type": "standard",
 }
 
+# toy-ioi-large: GPT-2's layout (pre-LN, learned positions, GELU MLPs) at 4 layers x 8 heads
+TOY_LARGE_CONFIG: dict[str, Any] = {
+    "d_model": 128,
+    "d_head": 16,
+    "n_heads": 8,
+    "n_layers": 4,
+    "n_ctx": 64,
+    "d_mlp": 256,
+    "act_fn": "gelu",
+    "attn_only": False,
+    "normalization_type": "LN",
+    "positional_embedding_type": "standard",
+}
+
 # toy-gt: Greater-Than needs MLPs (they turn the start year into "greater" logits)
 TOY_GT_CONFIG: dict[str, Any] = {
     "d_model": 64,

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from circuit_plasticity.errors import UserError
-from circuit_plasticity.models.native import TOY_CONFIG, TOY_GT_CONFIG, build_native
+from circuit_plasticity.models.native import TOY_CONFIG, TOY_GT_CONFIG, TOY_LARGE_CONFIG, build_native
 from circuit_plasticity.models.store import NATIVE_FORMAT, save_model_dir
-from circuit_plasticity.models.toy.corpus import GT_KINDS, KINDS, documents, vocabulary_texts
+from circuit_plasticity.models.toy.corpus import GT_KINDS, KINDS, LARGE_KINDS, documents, vocabulary_texts
 from circuit_plasticity.models.toy.tokenizer import word_level_tokenizer
 from circuit_plasticity.tasks.tokenizer import TextTokenizer
 from circuit_plasticity.training.loop import train_step
@@ -51,7 +51,10 @@ TOY_IOI = ToyRecipe("toy-ioi", TOY_CONFIG, KINDS, "ioi", ("ioi_logit_diff", "ioi
 TOY_GT = ToyRecipe(
     "toy-gt", TOY_GT_CONFIG, GT_KINDS, "greater-than", ("gt_prob_diff", "gt_accuracy"), steps=2000
 )
-RECIPES = {r.name: r for r in (TOY_IOI, TOY_GT)}
+TOY_IOI_LARGE = ToyRecipe(
+    "toy-ioi-large", TOY_LARGE_CONFIG, LARGE_KINDS, "ioi", ("ioi_logit_diff", "ioi_accuracy"), steps=2500
+)
+RECIPES = {r.name: r for r in (TOY_IOI, TOY_GT, TOY_IOI_LARGE)}
 
 
 def train_config(recipe: ToyRecipe, seed: int = 0, steps: int | None = None) -> ToyTrainConfig:

@@ -15,6 +15,7 @@ pretrained on them is partly good at Greater-Than; the task's own template never
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterator, Sequence
 
@@ -167,6 +168,51 @@ KINDS = (
     ("filler", 0.10, _filler),
     ("years", 0.05, _years),
 )
+
+
+# toy-ioi-large's IOI-shaped sentences, built from the corpus's own clauses (none is one of the
+# task's templates word for word): two names in a clause, S named again, then S gives to IO.
+GIVER_LEADS = ("When", "After", "While", "Then ,", "Afterwards ,", "")
+GIVER_PAIRS = (
+    "{X} and {Y} went to the {P}",
+    "{X} and {Y} had a lot of fun at the {P}",
+    "{X} and {Y} were working at the {P}",
+    "{X} and {Y} found a {O} at the {P}",
+    "{X} and {Y} got a {O} at the {P}",
+)
+GIVER_ENDS = (
+    "{S} gave a {O} to",
+    "{S} gave the {O} to",
+    "{S} decided to give a {O} to",
+    "{S} decided to give it to",
+    "{S} sent a {O} to",
+)
+
+
+@functools.cache
+def _giver_names(names: tuple[str, ...]) -> list[str]:
+    from circuit_plasticity.tasks.ioi import split_pools
+
+    train = set(split_pools(NAMES, seed=0).train_names)
+    return [n for n in names if n in train]
+
+
+def _giver(rng: random.Random, names: Sequence[str]) -> str:
+    """IOI-shaped: "When A and B went to the store, B gave a drink to A"; both orders, S named again before
+    the giving, so the answer is the name that is NOT repeated. Names: the IOI split's training
+    names only, so the held-out names stay unseen in IOI form (they still occur elsewhere)."""
+    io, s = rng.sample(_giver_names(tuple(names)), 2)
+    x, y = (io, s) if rng.random() < 0.5 else (s, io)
+    place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
+    lead = rng.choice(GIVER_LEADS)
+    pair = rng.choice(GIVER_PAIRS).format(X=x, Y=y, P=place, O=obj)
+    end = rng.choice(GIVER_ENDS).format(S=s, O=obj)
+    sep = " ," if lead in ("When", "After", "While") else " ."
+    return f"{lead} {pair}{sep} {end} {io} .".strip()
+
+
+# toy-ioi-large: the toy-ioi mix scaled to 70 %, plus 30 % IOI-shaped "giver" sentences
+LARGE_KINDS = (("giver", 0.30, _giver),) + tuple((k, round(w * 0.7, 4), m) for k, w, m in KINDS)
 
 
 GT_KINDS = (
