@@ -115,3 +115,11 @@ def test_components_are_grouped_by_how_many_seeds_name_them():
     assert components_over_seeds({0: ["a1.h0", "m0"], 1: ["a1.h0"]}) == "a1.h0 in every seed, m0 in 1 of 2"
     assert components_over_seeds({0: ["a2.h1", "a10.h0"]}) == "a2.h1 and a10.h0"
     assert components_over_seeds({}) == ""
+
+
+def test_components_sort_by_layer_when_heads_and_mlps_mix():
+    """A study whose amplified set holds heads and MLPs of one layer (toy-ioi-large) crashed here."""
+    from circuit_plasticity.report.explain import _component_order
+
+    mixed = ["a1.h2", "m0", "a0.h6", "m1", "a10.h0", "a1.h10"]
+    assert sorted(mixed, key=_component_order) == ["m0", "a0.h6", "m1", "a1.h2", "a1.h10", "a10.h0"]

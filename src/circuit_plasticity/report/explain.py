@@ -124,8 +124,10 @@ def components_over_seeds(per_seed: dict[int, list[str]]) -> str:
 
 
 def _component_order(name: str) -> tuple:
+    """Layer first, then head; heads (a1.h2) and MLPs (m1) mix, so the numbers are one list
+    (a flat tuple would compare a head number with an MLP's name)."""
     numbers = [int(x) for x in re.findall(r"\d+", name)]
-    return (*numbers, name)
+    return (numbers, name)
 
 
 def names(items: list[str], limit: int = 8) -> str:
