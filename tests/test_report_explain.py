@@ -118,3 +118,12 @@ def test_components_are_grouped_by_how_many_seeds_name_them():
     mixed = ["m1", "a1.h0", "m0", "a0.h1"]
     assert components_over_seeds({0: mixed, 1: mixed}) == "a0.h1, m0, a1.h0 and m1 in every seed"
     assert components_over_seeds({}) == ""
+
+
+def test_components_sort_by_layer_when_heads_and_mlps_mix():
+    """A study whose amplified set holds heads and MLPs of one layer (toy-ioi-large) crashed here."""
+    from circuit_plasticity.report.explain import _component_order
+
+    mixed = ["a1.h2", "m0", "a0.h6", "m1", "a10.h0", "a1.h10"]
+    # in the order the model computes them: a layer's heads, then its MLP
+    assert sorted(mixed, key=_component_order) == ["a0.h6", "m0", "a1.h2", "a1.h10", "m1", "a10.h0"]
