@@ -185,6 +185,9 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # a shell's background job ignores SIGINT, and Python then installs no handler for it:
+        # the command under test gets Ctrl-C as a terminal delivers it, however pytest was started
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     import time
 
