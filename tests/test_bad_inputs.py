@@ -8,22 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from specs import ONE_PHASE_TRAIN
 
-TRAIN = textwrap.dedent("""\
-    model: toy-ioi
-    task: ioi
-    seed: 0
-    eval: {every_steps: 2, n: 40, lm_docs: 10}
-    phases:
-      - name: clean
-        data: {n: 32, seed: 0}
-        epochs: 1
-        batch_size: 16
-    """)
+TRAIN = ONE_PHASE_TRAIN
 JUDGE = ["--base", "toy-ioi", "--clean", "c", "--poisoned", "p", "--retrain", "r"]
 
 

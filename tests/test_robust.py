@@ -7,23 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from specs import ONE_PHASE_TRAIN
 
-TRAIN_SPEC = textwrap.dedent("""\
-    model: toy-ioi
-    task: ioi
-    seed: 0
-    eval: {every_steps: 2, n: 40, lm_docs: 10}
-    phases:
-      - name: clean
-        data: {n: 32, seed: 0}
-        epochs: 1
-        batch_size: 16
-    """)
+TRAIN_SPEC = ONE_PHASE_TRAIN
 
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:

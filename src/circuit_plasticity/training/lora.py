@@ -80,12 +80,6 @@ class Adapters:
                     getattr(module, attr).copy_(base)
                 parametrize.register_parametrization(module, attr, delta)
 
-    def merge(self) -> None:
-        """Bake the adapters into the weights for good (the phase is over)."""
-        for module, attr, _, _ in self.sites:
-            parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
-        self.sites = []
-
 
 def adapter_components(loaded: LoadedModel, spec: LoraSpec, train_only: list[str] | None) -> list[str]:
     """The components whose weights get adapters: `train_only`, else every head and/or MLP."""
