@@ -224,7 +224,32 @@ def test_p_values_combine_by_fisher_and_carry_no_interval():
     x = -4 * math.log(0.05)
     assert s.loc["localization_matched_p", "mean"] == pytest.approx(math.exp(-x / 2) * (1 + x / 2))
     assert math.isnan(s.loc["localization_matched_p", "ci_low"])
-    assert s.loc["localization_matched_null_fixed", "mean"] == 1
+    assert s.loc["localization_matched_null_fixed", "mean"] == 0  # it could vary in seed 0
+
+
+def test_a_seed_whose_null_cannot_vary_is_left_out_of_the_test_not_failed():
+    """Seed 1's set holds every MLP its draws could hold: it gives no p (localization_evidence
+    leaves it NaN), so the verdict is seed 0's test alone, said to be on 1 of 2 seeds; with the
+    null fixed in both seeds nothing was tested."""
+    two = {m: rows * 2 for m, rows in LOC.items()}
+    one_fixed = two | {
+        "localization_matched_p": [_p(0.01), _p(NAN)],
+        "localization_matched_p_floor": [_p(0.01), _p(NAN)],
+        "localization_matched_p_at_margin": [_p(0.01), _p(NAN)],
+        "localization_matched_null_fixed": [_p(0), _p(1)],
+    }
+    row, crit = _localization(one_fixed, min_seeds=2, n_seeds=2)
+    assert row.verdict == "yes"
+    assert "on 1 of 2 seeds" in crit["localization_matched_p"]["power"]
+    both_fixed = one_fixed | {
+        "localization_matched_p": [_p(NAN), _p(NAN)],
+        "localization_matched_p_floor": [_p(NAN), _p(NAN)],
+        "localization_matched_p_at_margin": [_p(NAN), _p(NAN)],
+        "localization_matched_null_fixed": [_p(1), _p(1)],
+    }
+    row, crit = _localization(both_fixed, min_seeds=2, n_seeds=2)
+    assert row.verdict == "not testable at this scale"
+    assert crit["localization_matched_p"]["outcome"] == "untestable"
 
 
 def test_a_verdict_that_flips_under_another_method_is_fragile():

@@ -172,7 +172,10 @@ def localization_evidence(
     out["top_share_carrier"] = boot_ratio(joint_carrier[0] - clean[held], held_gap, index_held)
     if out["top_share"].applicable:
         shares = (joint[1:] - clean[held][None]).mean(1) / held_gap.mean()
-        out |= null_test(out["top_share"].value, shares, margin, fixed_kinds(draws, top)).rows("matched")
+        test = null_test(out["top_share"].value, shares, margin, fixed_kinds(draws, top)).rows("matched")
+        if test["matched_null_fixed"].value > 0:  # this seed's set cannot be matched: it tests nothing
+            test |= {k2: Interval.nan() for k2 in ("matched_p", "matched_p_floor", "matched_p_at_margin")}
+        out |= test
     else:
         out |= {k2: Interval.nan() for k2 in ("matched_p", "matched_p_floor", "matched_p_at_margin")}
     if control:

@@ -304,8 +304,9 @@ def _bounded(measure: str) -> bool:
 
 def combine_seeds(by_seed: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
     """One row per measure: mean over seeds and the interval the verdicts use (see module doc).
-    p-values combine by Fisher's method and carry no interval; a null's count of fixed kinds
-    is the largest over seeds."""
+    p-values combine by Fisher's method over the seeds that have one and carry no interval; a
+    null's count of fixed kinds is the smallest over seeds (a seed whose null cannot vary has no
+    p, so the null is untestable only when it is fixed in every seed)."""
     rows = []
     for measure, group in by_seed.groupby("measure", sort=False):
         values = [v for v in group.value if v is not None and math.isfinite(v)]
@@ -314,7 +315,7 @@ def combine_seeds(by_seed: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
             rows.append(_row(measure, fisher_combine(values), math.nan, math.nan, n, "Fisher's method"))
             continue
         if measure.endswith("_null_fixed"):
-            rows.append(_row(measure, max(values) if values else math.nan, math.nan, math.nan, n, "max"))
+            rows.append(_row(measure, min(values) if values else math.nan, math.nan, math.nan, n, "min"))
             continue
         has_ci = bool(np.isfinite(group.ci_low.astype(float)).any())
         if n >= max(min_seeds, 2):
@@ -376,17 +377,15 @@ def _reach(c: Criterion, s: pd.DataFrame) -> float:
 def _judge_p(c: Criterion, row: pd.Series, s: pd.DataFrame, t: VerdictThresholds) -> Outcome:
     bar, p = c.bar(t), float(row["mean"])
     floor, at_margin = _value(s, f"{c.measure}_floor"), _value(s, f"{c.measure}_at_margin")
-    fixed = _value(s, c.measure.removesuffix("_p") + "_null_fixed")
+    fixed_measure = c.measure.removesuffix("_p") + "_null_fixed"
     margin = getattr(t, c.margin_key) if c.margin_key else math.nan
     power = f"p = {p:.3g}; floor {floor:.3g}; p at an excess of {margin:g} over the null: {at_margin:.3g}"
-    if math.isfinite(fixed) and fixed > 0:
-        return Outcome(
-            "untestable",
-            f"not testable at this scale: {c.measure}'s null cannot vary in {int(fixed)} kind(s) of "
-            "component (the set holds every component of that kind its matched draws could hold)",
-            at_margin,
-            floor,
-            power,
+    tested = int(row["n_seeds"])
+    seeds = int(s.loc[fixed_measure, "n_seeds"]) if fixed_measure in s.index else tested
+    if tested < seeds:
+        power += (
+            f"; on {tested} of {seeds} seeds (the others' sets hold every component of a kind their "
+            "matched draws could hold, so their null cannot vary)"
         )
     reference = _value(s, c.reference) if c.reference else math.nan
     if math.isfinite(reference) and reference >= bar:
@@ -424,12 +423,25 @@ def _judge_p(c: Criterion, row: pd.Series, s: pd.DataFrame, t: VerdictThresholds
 def judge_criterion(
     c: Criterion, row: pd.Series | None, t: VerdictThresholds, n_seeds: int = 1, s: pd.DataFrame | None = None
 ) -> Outcome:
-    """The outcome of one criterion on the combined summary `s` (indexed by measure)."""
+    """The outcome of one criterion on the combined summary `s` (indexed by measure).
+
+    A matched null test's p combines over the seeds whose null can vary (its floor says what
+    fewer seeds can show); a seed whose null cannot vary counts as measured, not as missing."""
     s = s if s is not None else pd.DataFrame(columns=["mean"])
+    fixed_measure = c.measure.removesuffix("_p") + "_null_fixed"
+    fixed = _value(s, fixed_measure) if c.kind == "p" else math.nan
+    if math.isfinite(fixed) and fixed > 0:
+        return Outcome(
+            "untestable",
+            f"not testable at this scale: {c.measure}'s null cannot vary in {int(fixed)} kind(s) of "
+            "component in any seed (the set holds every component of that kind its matched draws "
+            "could hold)",
+        )
     if row is None or not math.isfinite(row["mean"]):
         return Outcome("unclear", f"{c.measure} not applicable")
-    if row["n_seeds"] < min(t.min_seeds, n_seeds):  # not applicable in some seeds: too few left
-        return Outcome("unclear", f"{c.measure} applicable in only {int(row['n_seeds'])} seeds")
+    measured = s.loc[fixed_measure, "n_seeds"] if math.isfinite(fixed) else row["n_seeds"]
+    if measured < min(t.min_seeds, n_seeds):  # not applicable in some seeds: too few left
+        return Outcome("unclear", f"{c.measure} applicable in only {int(measured)} seeds")
     if c.kind == "p":
         return _judge_p(c, row, s, t)
     bar, low, high = c.bar(t), row["ci_low"], row["ci_high"]
