@@ -123,6 +123,57 @@ def test_a_graph_against_itself_changes_nothing_and_ties_average_their_ranks():
     assert _compare(same, flipped)[("edge_spearman", None)] == pytest.approx(-1.0)
 
 
+def _ref_top_changes(sa: dict[str, float], sb: dict[str, float], n: int) -> list[dict]:
+    """From the definition: the n edges of largest |b - a|, ties in edge-name order as listed."""
+    names = list(sa)
+    ranked = sorted(names, key=lambda e: -abs(sb[e] - sa[e]))  # stable: ties keep the listing
+    out = []
+    for e in ranked[:n]:
+        sender, slot = e.split("->")
+        receiver, _, rest = slot.partition("<")
+        out.append(
+            {
+                "sender": sender,
+                "receiver": receiver,
+                "input": rest.rstrip(">"),
+                "reference_score": sa[e],
+                "score": sb[e],
+                "change": sb[e] - sa[e],
+            }
+        )
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_top_changed_edges_equal_the_slow_reference(seed):
+    from circuit_plasticity.compare.edges import top_changes
+
+    rng = random.Random(seed)
+    names = _edge_names(Graph(2, 2, 8, has_mlp=True))
+    # multiples of 1/16: exact in float32, so the differences are exact and ties are real
+    sa = {e: rng.randint(-32, 32) / 16 for e in names}
+    sb = {e: (v if rng.random() < 0.5 else rng.randint(-32, 32) / 16) for e, v in sa.items()}
+    for n in (0, 1, 7, len(names), len(names) + 5):
+        assert top_changes(_graph(sa), _graph(sb), n) == _ref_top_changes(sa, sb, n)
+
+
+def test_top_changed_edges_of_a_hand_made_query_swap():
+    """The q-sender swap of a1.h0 moves exactly two edges, by +-1.5, the q slot named."""
+    from circuit_plasticity.compare.edges import top_changes
+
+    names = _edge_names(Graph(2, 2, 8, has_mlp=True))
+    base = {e: 0.0 for e in names} | {"a0.h0->a1.h0<q>": -2.0, "a0.h1->a1.h0<q>": -0.5, "m1->logits": 3.0}
+    swapped = base | {"a0.h0->a1.h0<q>": -0.5, "a0.h1->a1.h0<q>": -2.0}
+    top = top_changes(_graph(base), _graph(swapped), 3)
+    assert [(r["sender"], r["receiver"], r["input"], r["change"]) for r in top[:2]] == [
+        ("a0.h0", "a1.h0", "q", 1.5),
+        ("a0.h1", "a1.h0", "q", -1.5),
+    ]
+    assert top[2]["change"] == 0.0
+    with pytest.raises(ValueError, match="layouts"):
+        top_changes(_graph(base), Graph(1, 2, 8, has_mlp=True), 3)
+
+
 def test_checkpoint_selection_keeps_what_the_finding_reads():
     from pathlib import Path
 

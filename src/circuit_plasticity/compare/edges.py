@@ -92,6 +92,34 @@ def graph_overlap(reference: Graph, other: Graph, percents=TRACK_PERCENTS) -> li
     return rows
 
 
+def top_changes(reference: Graph, other: Graph, n: int) -> list[dict]:
+    """The `n` real edges whose score moved most from `reference` to `other` (largest
+    |other - reference|; ties in the graph's edge order, senders then receiver slots), largest
+    first: sender, receiver (the slot's node), input (q/k/v, '' for MLPs and the logits), both
+    scores and the change (other - reference)."""
+    check_same_layout(reference, other)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    f, b = reference.real.nonzero(as_tuple=True)
+    change = (other.scores - reference.scores)[f, b]
+    order = torch.argsort(change.abs(), descending=True, stable=True)[:n]
+    rows = []
+    for i in order.tolist():
+        fi, bi = int(f[i]), int(b[i])
+        receiver, _, rest = reference.backward_names[bi].partition("<")
+        rows.append(
+            {
+                "sender": reference.forward_names[fi],
+                "receiver": receiver,
+                "input": rest[:-1],
+                "reference_score": float(reference.scores[fi, bi]),
+                "score": float(other.scores[fi, bi]),
+                "change": float(change[i]),
+            }
+        )
+    return rows
+
+
 def change_of(rows: list[dict] | None = None, table=None) -> dict[str, float]:
     """Edge change and node change of overlap rows: 1 - Jaccard, averaged over the sizes, and
     their difference (edge change - node change: > 0 when the edges move more than the nodes)."""
