@@ -18,6 +18,7 @@ PER_SEED = {  # table name -> path inside a seed directory
     "metrics": "metrics.parquet",
     "tracking": "compare/tracking.parquet",
     "edge_tracking": "compare/edge_tracking.parquet",
+    "edge_changes": "compare/edge_changes.parquet",
     "cmap": "compare/cmap.parquet",
     "recovery": "compare/recovery.parquet",
     "weights": "compare/weights.parquet",
@@ -134,6 +135,34 @@ def _thresholds(provenance: dict | None):
         return None
 
 
+EDGES_DRAWN = 10
+
+
+def edge_change_figure(changes: pd.DataFrame | None, heads: pd.DataFrame | None, seed: int) -> Figure:
+    """The edges that changed most per phase (one seed's edge_changes rows) on the circuit
+    diagram's grid, or the sentence saying why there are none."""
+    title = f"Nodes or edges: the edges that changed most per phase (seed {seed})"
+    mine = None if changes is None or "seed" not in changes else changes[changes.seed == seed]
+    if mine is None or mine.empty or heads is None or heads.empty:
+        return Figure(
+            title,
+            "",
+            missing="No edge changes: the models were judged without their intermediate checkpoints.",
+        )
+    n_layers, n_heads = int(heads.layer.max()) + 1, int(heads["head"].max()) + 1
+    drawn = int(mine.groupby("phase")["rank"].apply(lambda r: (r < EDGES_DRAWN).sum()).max())
+    caption = (
+        f"Per phase, the {drawn} edges whose EAP-IG score changed most between its final graph and "
+        "its reference (clean: the base; poison, retrain and the control at the poison's steps: "
+        "the clean model); red: the score rose, blue: it fell, width: |change|, one scale; letter "
+        "at an arrow's end: the receiver's q/k/v input."
+    )
+    png = figures.edge_change_diagram(
+        mine, n_layers, n_heads, mlps=bool((heads["head"] < 0).any()), top=EDGES_DRAWN
+    )
+    return Figure(title, caption, png=png)
+
+
 def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
     from circuit_plasticity.study.provenance import FILE as PROVENANCE
 
@@ -245,6 +274,7 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
             missing="No edge tracking: the models were judged without their intermediate checkpoints.",
         )
     )
+    figs.append(edge_change_figure(read("edge_changes"), heads, seeds[0]))
     provenance_path = out / PROVENANCE
     provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else None
     verdicts = read("verdicts")

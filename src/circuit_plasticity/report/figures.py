@@ -368,3 +368,106 @@ def edge_tracking_curves(table: pd.DataFrame, percent: float = 5.0) -> bytes | N
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     return png_bytes(fig)
+
+
+CHANGE_TITLES = {
+    "clean": "clean vs base",
+    "poisoned": "poisoned vs clean",
+    "retrain": "retrain vs clean",
+    "control": "control vs clean",
+}
+SLOT_OFFSETS = {"q": (-0.22, -0.2), "k": (0.0, -0.27), "v": (0.22, -0.2), "": (0.0, 0.0)}
+
+
+def edge_change_diagram(
+    changes: pd.DataFrame, n_layers: int, n_heads: int, mlps: bool = False, top: int = 10
+) -> bytes | None:
+    """Per phase, the `top` edges whose EAP-IG score changed most from the phase's reference
+    (edge_changes.parquet of one seed), on the circuit diagram's layer x head grid with the
+    input below and the logits above: red where the score rose, blue where it fell, width
+    proportional to |change| (one scale for every panel, so the control's thin arrows are
+    comparable), the receiver's q/k/v input lettered at the arrow's end."""
+    plt = pyplot()
+    phases = [p for p in CHANGE_TITLES if p in set(changes.phase)]
+    if not phases:
+        return None
+    picked = changes[changes["rank"] < top]
+    scale = float(picked.change.abs().max()) or 1.0
+    columns = n_heads + int(mlps)
+    middle = (columns - 1) / 2
+
+    def where(node: str) -> tuple[float, float]:
+        if node == "input":
+            return middle, -1.0
+        if node == "logits":
+            return middle, float(n_layers)
+        if node.startswith("m"):
+            return float(n_heads), float(node[1:])
+        layer, head = node[1:].split(".h")
+        return float(head), float(layer)
+
+    fig, axes = plt.subplots(
+        1, len(phases), figsize=(2.9 * len(phases) + 0.4 * mlps, 3.0 + 0.55 * n_layers), sharey=True
+    )
+    axes = np.atleast_1d(axes)
+    for ax, phase in zip(axes, phases, strict=True):
+        for lay in range(n_layers):
+            for head in [*range(n_heads), *([-1] if mlps else [])]:
+                x = n_heads if head < 0 else head
+                ax.scatter(x, lay, s=120, marker="s" if head < 0 else "o", color="#dddddd", zorder=2)
+        for node in ("input", "logits"):
+            ax.scatter(*where(node), s=260, marker="D", color="#bbbbbb", zorder=2)
+        rows = picked[picked.phase == phase].sort_values("rank", ascending=False)  # largest on top
+        for r in rows.itertuples():
+            sx, sy = where(r.sender)
+            rx, ry = where(r.receiver)
+            dx, dy = SLOT_OFFSETS.get(r.input, (0.0, 0.0))
+            end = (rx + dx, ry + dy) if r.receiver != "logits" else (rx, ry - 0.2)
+            color = "#b42318" if r.change > 0 else "#2f6db5"
+            weight = abs(r.change) / scale
+            ax.annotate(
+                "",
+                xy=end,
+                xytext=(sx, sy + 0.2 if r.sender == "input" else sy),
+                arrowprops={
+                    "arrowstyle": "-|>",
+                    "mutation_scale": 7 + 7 * weight,
+                    "color": color,
+                    "lw": 0.5 + 4.0 * weight,
+                    "alpha": 0.85,
+                    "shrinkA": 4,
+                    "shrinkB": 5 if r.input else 1,
+                },
+                zorder=3,
+            )
+        for r in rows.drop_duplicates(["receiver", "input"]).itertuples():
+            if r.input:  # the receiver slot, where its arrows point
+                rx, ry = where(r.receiver)
+                dx, dy = SLOT_OFFSETS[r.input]
+                ax.text(
+                    rx + dx,
+                    ry + dy,
+                    r.input,
+                    fontsize=7,
+                    ha="center",
+                    va="center",
+                    color="#222",
+                    bbox={"boxstyle": "round,pad=0.12", "fc": "white", "ec": "#888", "lw": 0.5},
+                    zorder=5,
+                )
+        step = rows.step.iloc[0] if len(rows) else ""
+        ax.set_title(f"{CHANGE_TITLES[phase]} (step {step})", fontsize=9)
+        ax.set_xticks(range(columns), [*map(str, range(n_heads)), *(["MLP"] if mlps else [])])
+        ax.set_yticks([-1, *range(n_layers), n_layers], ["input", *map(str, range(n_layers)), "logits"])
+        ax.set_xlim(-0.6, columns - 0.4)
+        ax.set_ylim(-1.5, n_layers + 0.5)
+        ax.set_xlabel("head")
+    axes[0].set_ylabel("layer")
+    handles = [
+        plt.Line2D([], [], color="#b42318", lw=2, label="score rose"),
+        plt.Line2D([], [], color="#2f6db5", lw=2, label="score fell"),
+        plt.Line2D([], [], color="#555", lw=4.5, label=f"|change| {scale:.2g}"),
+        plt.Line2D([], [], color="#555", lw=0.5 + 4.0 * 0.25, label=f"|change| {scale / 4:.2g}"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.08))
+    return png_bytes(fig)

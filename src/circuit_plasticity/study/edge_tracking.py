@@ -121,6 +121,7 @@ def track_edges(seed_models, base, batch, compare: Path, every: int = 0) -> pd.D
 
     out = compare / "edge_tracking.parquet"
     if out.is_file():
+        edge_changes(compare)  # a run tracked before the table existed gets it from the cache
         return pd.read_parquet(out)
     picked = edge_checkpoints(seed_models.checkpoints, every)
     if not picked:
@@ -151,6 +152,65 @@ def track_edges(seed_models, base, batch, compare: Path, every: int = 0) -> pd.D
             graphs["clean"] = graph
         where = {"phase": phase, "step": step, "reference": ref_name}
         rows += [where | r for r in graph_overlap(reference, graph) + _faithfulness_rows(patched)]
+    table = pd.DataFrame(rows)
+    write_table(out, table)
+    edge_changes(compare)
+    return table
+
+
+TOP_CHANGES = 20  # edges kept per phase in edge_changes.parquet (the report draws fewer)
+
+
+def _cached(cache: Path) -> dict[str, dict[int, Path]]:
+    """The cached graphs of `cache` by phase and step."""
+    found: dict[str, dict[int, Path]] = {}
+    for path in cache.glob("*.safetensors"):
+        phase, _, step = path.stem.rpartition("-")
+        if phase and step.isdigit():
+            found.setdefault(phase, {})[int(step)] = path
+    return found
+
+
+def change_pairs(cache: Path) -> list[tuple[str, int, str, int]]:
+    """(phase, step, reference, reference step) of each phase's last cached graph against the
+    reference edge tracking holds it against (the base at step 0 for the clean fine-tune; the
+    clean model's last graph for the others); the control at the poison's null step (its
+    nearest cached one), the poison's null in `edge_findings`."""
+    found = _cached(cache)
+    if "base" not in found:
+        return []
+    last = {p: max(steps) for p, steps in found.items()}
+    pairs = [("clean", last["clean"], "base", 0)] if "clean" in last else []
+    if "clean" in last:
+        pairs += [(p, last[p], "clean", last["clean"]) for p in ("poisoned", "retrain") if p in last]
+        if "poisoned" in last and "control" in last:
+            step = min(found["control"], key=lambda s: abs(s - last["poisoned"]))
+            pairs.append(("control", step, "clean", last["clean"]))
+    return pairs
+
+
+def edge_changes(compare: Path, n: int = TOP_CHANGES) -> pd.DataFrame | None:
+    """compare/edge_changes.parquet: each phase's `n` edges whose EAP-IG score moved most from
+    its reference (`change_pairs`, `compare.edges.top_changes`), from the cached graphs; made
+    once (None without cached graphs). Columns: phase, step, reference, reference_step, rank,
+    sender, receiver, input, reference_score, score, change."""
+    from circuit_plasticity.compare.edges import top_changes
+    from circuit_plasticity.fileio import write_table
+
+    out = compare / "edge_changes.parquet"
+    if out.is_file():
+        return pd.read_parquet(out)
+    cache = compare / "edge_graphs"
+    pairs = change_pairs(cache)
+    if not pairs:
+        return None
+    rows = []
+    for phase, step, ref, ref_step in pairs:
+        graph, reference = load_graph(cache / f"{phase}-{step}.safetensors"), load_graph(
+            cache / f"{ref}-{ref_step}.safetensors"
+        )
+        where = {"phase": phase, "step": step, "reference": ref, "reference_step": ref_step}
+        rows += [where | {"rank": i} | r for i, r in enumerate(top_changes(reference, graph, n))]
     table = pd.DataFrame(rows)
     write_table(out, table)
     return table
