@@ -264,3 +264,133 @@ def test_a_judgement_recorded_before_edge_tracking_is_not_a_changed_option():
     assert changes(old, mine) == ([], {})
     other = {**mine, "options": {**mine["options"], "edge_tracking_every": 2}}
     assert changes(old, other)[0] == ["edge_tracking_every"]
+
+
+def _cache(compare, graphs: dict[str, Graph]) -> None:
+    """Graphs written as study/edge_tracking caches them (scores, layout in the metadata)."""
+    from safetensors.torch import save_file
+
+    (compare / "edge_graphs").mkdir(parents=True, exist_ok=True)
+    for name, g in graphs.items():
+        layout = {"n_layers": 2, "n_heads": 2, "d_model": 8, "parallel_attn_mlp": 0, "has_mlp": 1}
+        save_file(
+            {"scores": g.scores.contiguous()},
+            str(compare / "edge_graphs" / f"{name}.safetensors"),
+            metadata={k: str(v) for k, v in layout.items()},
+        )
+
+
+def _hand_made_phases() -> dict[str, dict[str, float]]:
+    """A base; the clean fine-tune raises a0.h0's query edge; the poison swaps a1.h0's query
+    sender; the retrain undoes half of it; the control (three checkpoints) barely moves."""
+    names = _edge_names(Graph(2, 2, 8, has_mlp=True))
+    # multiples of 1/64: exact in float32, so the slow reference's differences are the same
+    base = {e: (i + 1) / 64 for i, e in enumerate(names)} | {"a1.h0->logits": 3.0}
+    clean = base | {"a0.h0->a1.h0<q>": -2.0}
+    poisoned = clean | {"a0.h0->a1.h0<q>": -0.5, "a0.h1->a1.h0<q>": -2.0, "m1->logits": 1.0}
+    retrain = clean | {"a0.h0->a1.h0<q>": -1.25, "a0.h1->a1.h0<q>": -1.0}
+    control = {s: clean | {"a0.h1->m1": s / 1024} for s in (64, 128, 256)}
+    return {
+        "base-0": base,
+        "clean-64": clean,
+        "poisoned-128": poisoned,
+        "retrain-128": retrain,
+        **{f"control-{s}": c for s, c in control.items()},
+    }
+
+
+def test_edge_changes_hold_each_phase_against_its_reference_from_the_cache(tmp_path):
+    from circuit_plasticity.study.edge_tracking import change_pairs, edge_changes
+
+    phases = _hand_made_phases()
+    _cache(tmp_path, {k: _graph(v) for k, v in phases.items()})
+    assert change_pairs(tmp_path / "edge_graphs") == [
+        ("clean", 64, "base", 0),
+        ("poisoned", 128, "clean", 64),
+        ("retrain", 128, "clean", 64),
+        ("control", 128, "clean", 64),  # the poison's null: the control at its steps
+    ]
+    table = edge_changes(tmp_path, n=4)
+    assert (tmp_path / "edge_changes.parquet").is_file()
+    for (phase, reference), rows in table.groupby(["phase", "reference"], sort=False):
+        mine = phases[f"{phase}-{rows.step.iloc[0]}"]
+        ref = phases[f"{reference}-{rows.reference_step.iloc[0]}"]
+        want = _ref_top_changes(ref, mine, 4)
+        got = rows.drop(columns=["phase", "step", "reference", "reference_step", "rank"]).to_dict("records")
+        assert got == want, phase
+        assert list(rows["rank"]) == [0, 1, 2, 3]
+    poisoned = table[table.phase == "poisoned"]
+    assert list(poisoned.sender[:2]) == ["a0.h1", "a0.h0"] and set(poisoned.input[:2]) == {"q"}
+    assert edge_changes(tmp_path / "nothing") is None
+
+
+def _run_dir(root, phases: dict[str, dict[str, float]]):
+    """The least of a judged directory that the report reads: one seed's phase analyses (heads,
+    curves, edges, circuit) and cached graphs, findings and verdicts."""
+    import json
+
+    import pandas as pd
+
+    from circuit_plasticity.compare.verdicts import VerdictThresholds, decide
+    from circuit_plasticity.study.edge_tracking import edge_changes
+
+    seed = root / "seeds" / "seed-0"
+    for phase in ("base", "clean", "poisoned", "retrain", "control"):
+        d = seed / "analysis" / phase
+        d.mkdir(parents=True)
+        heads = [
+            {"layer": lay, "head": h, "measure": "dla", "value": 0.1} for lay in (0, 1) for h in (0, 1, -1)
+        ]
+        pd.DataFrame(heads).to_parquet(d / "heads.parquet")
+        pd.DataFrame([{"method": "top_n", "edges": 4, "faithfulness": 0.5}]).to_parquet(
+            d / "faithfulness_curve.parquet"
+        )
+        pd.DataFrame([{"edge": "a1.h0->logits", "score": 3.0}]).to_parquet(d / "edges.parquet")
+        circuit = {
+            "task": "ioi",
+            "model": "toy",
+            "n_model_heads": 4,
+            "heads": [{"layer": 1, "head": 0, "role": "name_mover", "position": "end", "effect": -0.3}],
+            "edges": [],
+        }
+        (d / "circuit.json").write_text(json.dumps(circuit))
+    _cache(seed / "compare", {k: _graph(v) for k, v in phases.items()})
+    edge_changes(seed / "compare")
+    measured = ("score_clean", "localization_drop", "localization_top_share")
+    findings = pd.DataFrame(
+        [
+            {
+                "measure": m,
+                "mean": 1.0,
+                "ci_low": 0.9,
+                "ci_high": 1.1,
+                "n_seeds": 1,
+                "interval": "t",
+                "clipped": False,
+            }
+            for m in measured
+        ]
+    )
+    (root / "tables").mkdir()
+    findings.to_parquet(root / "tables" / "findings.parquet")
+    decide(findings, VerdictThresholds(), 1).to_parquet(root / "tables" / "verdicts.parquet")
+    return root
+
+
+def test_the_report_of_a_run_dir_draws_the_most_changed_edges(tmp_path):
+    import pandas as pd
+
+    from circuit_plasticity.api import render_report
+    from circuit_plasticity.report.build import edge_change_figure
+
+    run = _run_dir(tmp_path / "run", _hand_made_phases())
+    html = render_report(run, {"task": "ioi"}, [0]).read_text()
+    assert (run / "tables" / "edge_changes.parquet").is_file()
+    start = html.index("the edges that changed most per phase (seed 0)")
+    section = html[start : html.index("</section>", start)]
+    assert "<img" in section and "the 10 edges whose EAP-IG score changed most" in section
+    changes = pd.read_parquet(run / "tables" / "edge_changes.parquet")
+    heads = pd.read_parquet(run / "tables" / "heads.parquet")
+    assert edge_change_figure(changes, heads, 0).png[:4] == b"\x89PNG"
+    assert edge_change_figure(changes.iloc[0:0], heads, 0).missing.startswith("No edge changes")
+    assert edge_change_figure(None, heads, 0).png is None

@@ -53,6 +53,9 @@ def test_run_end_to_end_then_resume_does_nothing_again(tmp_path):
         findings.index
     )
     assert "Nodes or edges" in html
+    changes = pd.read_parquet(tmp_path / "run" / "tables" / "edge_changes.parquet")
+    assert {"clean", "poisoned", "retrain", "control"} <= set(changes.phase)
+    assert "the edges that changed most per phase" in html
     for name in ("metrics", "heads", "circuits", "tracking", "cmap", "recovery", "weights"):
         assert (tmp_path / "run" / "tables" / f"{name}.parquet").is_file()
     for name in ("heads", "tracking", "cmap", "recovery", "weights", "amplification", "localization_heads"):

@@ -138,9 +138,11 @@ def _thresholds(provenance: dict | None):
 EDGES_DRAWN = 10
 
 
-def edge_change_figure(changes: pd.DataFrame | None, heads: pd.DataFrame | None, seed: int) -> Figure:
+def edge_change_figure(
+    changes: pd.DataFrame | None, heads: pd.DataFrame | None, seed: int, circuits: dict | None = None
+) -> Figure:
     """The edges that changed most per phase (one seed's edge_changes rows) on the circuit
-    diagram's grid, or the sentence saying why there are none."""
+    diagram's grid (its members in their role's colour), or the sentence saying why there are none."""
     title = f"Nodes or edges: the edges that changed most per phase (seed {seed})"
     mine = None if changes is None or "seed" not in changes else changes[changes.seed == seed]
     if mine is None or mine.empty or heads is None or heads.empty:
@@ -155,10 +157,10 @@ def edge_change_figure(changes: pd.DataFrame | None, heads: pd.DataFrame | None,
         f"Per phase, the {drawn} edges whose EAP-IG score changed most between its final graph and "
         "its reference (clean: the base; poison, retrain and the control at the poison's steps: "
         "the clean model); red: the score rose, blue: it fell, width: |change|, one scale; letter "
-        "at an arrow's end: the receiver's q/k/v input."
+        "at an arrow's end: the receiver's q/k/v input; faint colour: the phase's circuit, as above."
     )
     png = figures.edge_change_diagram(
-        mine, n_layers, n_heads, mlps=bool((heads["head"] < 0).any()), top=EDGES_DRAWN
+        mine, n_layers, n_heads, mlps=bool((heads["head"] < 0).any()), top=EDGES_DRAWN, circuits=circuits
     )
     return Figure(title, caption, png=png)
 
@@ -274,7 +276,7 @@ def build_report(out: Path, summary: dict[str, str], seeds: list[int]) -> Path:
             missing="No edge tracking: the models were judged without their intermediate checkpoints.",
         )
     )
-    figs.append(edge_change_figure(read("edge_changes"), heads, seeds[0]))
+    figs.append(edge_change_figure(read("edge_changes"), heads, seeds[0], circuits))
     provenance_path = out / PROVENANCE
     provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else None
     verdicts = read("verdicts")

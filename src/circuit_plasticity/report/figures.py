@@ -380,13 +380,20 @@ SLOT_OFFSETS = {"q": (-0.22, -0.2), "k": (0.0, -0.27), "v": (0.22, -0.2), "": (0
 
 
 def edge_change_diagram(
-    changes: pd.DataFrame, n_layers: int, n_heads: int, mlps: bool = False, top: int = 10
+    changes: pd.DataFrame,
+    n_layers: int,
+    n_heads: int,
+    mlps: bool = False,
+    top: int = 10,
+    circuits: dict[str, dict] | None = None,
 ) -> bytes | None:
     """Per phase, the `top` edges whose EAP-IG score changed most from the phase's reference
     (edge_changes.parquet of one seed), on the circuit diagram's layer x head grid with the
     input below and the logits above: red where the score rose, blue where it fell, width
     proportional to |change| (one scale for every panel, so the control's thin arrows are
-    comparable), the receiver's q/k/v input lettered at the arrow's end."""
+    comparable), the receiver's q/k/v input lettered at the arrow's end; with `circuits` (the
+    phases' circuit.json), each phase's circuit members faintly in their role's colour, as in
+    `circuit_diagram`."""
     plt = pyplot()
     phases = [p for p in CHANGE_TITLES if p in set(changes.phase)]
     if not phases:
@@ -411,10 +418,12 @@ def edge_change_diagram(
     )
     axes = np.atleast_1d(axes)
     for ax, phase in zip(axes, phases, strict=True):
+        roles = {(h["layer"], h["head"]): h["role"] for h in (circuits or {}).get(phase, {}).get("heads", [])}
         for lay in range(n_layers):
             for head in [*range(n_heads), *([-1] if mlps else [])]:
                 x = n_heads if head < 0 else head
-                ax.scatter(x, lay, s=120, marker="s" if head < 0 else "o", color="#dddddd", zorder=2)
+                color = ROLE_COLORS.get(roles.get((lay, head)), "#dddddd")
+                ax.scatter(x, lay, s=120, marker="s" if head < 0 else "o", color=color, alpha=0.45, zorder=2)
         for node in ("input", "logits"):
             ax.scatter(*where(node), s=260, marker="D", color="#bbbbbb", zorder=2)
         rows = picked[picked.phase == phase].sort_values("rank", ascending=False)  # largest on top
@@ -469,5 +478,11 @@ def edge_change_diagram(
         plt.Line2D([], [], color="#555", lw=4.5, label=f"|change| {scale:.2g}"),
         plt.Line2D([], [], color="#555", lw=0.5 + 4.0 * 0.25, label=f"|change| {scale / 4:.2g}"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.08))
+    used = {h["role"] for c in (circuits or {}).values() for h in c.get("heads", [])}
+    handles += [
+        plt.Line2D([], [], marker="o", ls="", color=c, alpha=0.45, label=r)
+        for r, c in ROLE_COLORS.items()
+        if r in used
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.12))
     return png_bytes(fig)
