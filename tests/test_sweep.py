@@ -183,3 +183,72 @@ def test_local_sweep_killed_mid_point_loses_nothing_and_matches_ray(ray_sweep, t
     other = write(tmp_path, TINY_BASE + "grid:\n  fraction: [0.25]\n", "other.yaml")
     refused = cli("sweep", str(other), "--out", str(out))
     assert refused.returncode == 2 and "holds a different sweep" in refused.stderr
+
+
+def _dose_tables(edges: bool):
+    """Hand-made sweep tables at two doses: the poison's edge change rises with the dose, the
+    control's stays put, the node change moves less."""
+    from circuit_plasticity.sweep.results import SweepTables
+
+    values = {"score_clean": (2.0, 2.0), "localization_drop": (-1.0, -3.0)}
+    if edges:
+        values |= {
+            "edges_poisoned_edge_change": (0.3, 0.6),
+            "edges_poisoned_null_edge_change": (0.05, 0.06),
+            "edges_poisoned_node_change": (0.1, 0.2),
+            "edges_poisoned_null_node_change": (0.01, 0.02),
+            "edges_poisoned_excess": (0.15, 0.36),
+        }
+    rows = [
+        {"point": f"fraction={x}", "fraction": x, "measure": m, "mean": v[i], "ci_low": v[i] - 0.05}
+        | {"ci_high": v[i] + 0.05, "n_seeds": 3, "interval": "t", "clipped": False}
+        for m, v in values.items()
+        for i, x in enumerate((0.5, 1.0))
+    ]
+    verdicts = [
+        {"point": f"fraction={x}", "fraction": x, "finding": "localization", "verdict": "yes", "reason": ""}
+        for x in (0.5, 1.0)
+    ]
+    return SweepTables(pd.DataFrame(rows), pd.DataFrame(verdicts))
+
+
+def test_dose_response_draws_the_poisons_edge_and_node_change_beside_the_control(monkeypatch):
+    from circuit_plasticity.sweep import report
+    from circuit_plasticity.sweep.results import SweepTables
+
+    drawn = []
+    monkeypatch.setattr(report, "png_bytes", lambda fig: drawn.append(fig) or b"\x89PNG")
+    assert report.EDGE_ROW not in report.panel_rows(_dose_tables(edges=False).findings)
+    report.dose_response(_dose_tables(edges=False), "fraction", [], {})
+    titles = {ax.get_title() for ax in drawn[-1].axes}
+    assert not any(t.startswith("edges") for t in titles)  # a sweep without edge tracking: no row
+
+    tables = _dose_tables(edges=True)
+    report.dose_response(tables, "fraction", [], {})
+    axes = {ax.get_title(): ax for ax in drawn[-1].axes}
+    for measure in ("edge_change", "node_change"):
+        ax = axes[f"edges poisoned {measure.replace('_', ' ')}"]
+        bars = {c.get_label(): c for c in ax.containers}  # one errorbar per line: its data and interval
+        assert set(bars) == {"poisoned", "control"}
+        lines = {k: c.lines[0] for k, c in bars.items()}
+        f = tables.findings
+        for what, name in (
+            ("poisoned", f"edges_poisoned_{measure}"),
+            ("control", f"edges_poisoned_null_{measure}"),
+        ):
+            want = f[f.measure == name].sort_values("fraction")["mean"].tolist()
+            assert list(lines[what].get_ydata()) == pytest.approx(want), (measure, what)
+        assert lines["control"].get_linestyle() == "--"
+        for what, c in bars.items():  # the 95 % interval: mean -+ 0.05 at each dose
+            segments = c.lines[2][0].get_segments()
+            assert [s[1][1] - s[0][1] for s in segments] == pytest.approx([0.1, 0.1]), what
+    assert "edges poisoned excess" in axes
+    two = SweepTables(  # another swept variable: a line per value, the control's in its colour
+        pd.concat([tables.findings.assign(lr=lr) for lr in (1e-4, 1e-3)]),
+        pd.concat([tables.verdicts.assign(lr=lr) for lr in (1e-4, 1e-3)]),
+    )
+    report.dose_response(two, "fraction", ["lr"], {})
+    ax = {a.get_title(): a for a in drawn[-1].axes}["edges poisoned edge change"]
+    assert {c.get_label() for c in ax.containers} == {
+        f"lr={lr}, {what}" for lr in (1e-4, 1e-3) for what in ("poisoned", "control")
+    }

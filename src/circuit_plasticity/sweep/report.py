@@ -53,15 +53,79 @@ def _axis(values: pd.Series) -> tuple[dict, list | None]:
     return {v: float(i) for i, v in enumerate(unique)}, [str(v) for v in unique]
 
 
+EDGE_ROW = "nodes or edges (poison)"
+EDGE_PANELS = [  # (measure, its control null drawn beside it, grey and dashed)
+    ("edges_poisoned_edge_change", "edges_poisoned_null_edge_change"),
+    ("edges_poisoned_node_change", "edges_poisoned_null_node_change"),
+    ("edges_poisoned_excess", None),
+]
+
+
+def panel_rows(findings: pd.DataFrame) -> dict[str, list[tuple[str, str | None]]]:
+    """The figure's rows of panels, each panel a measure and its null (None: none drawn): the
+    verdicts' measures, then the poison's edge and node change beside the control's at its
+    steps (study/edge_tracking.py) where some point measured them."""
+    rows = {k: [(m, None) for m in v] for k, v in verdict_measures().items()}
+    measured = set(findings.measure)
+    if any(m in measured for m, _ in EDGE_PANELS):
+        rows[EDGE_ROW] = EDGE_PANELS
+    return rows
+
+
+def _draw(
+    ax,
+    series,
+    measure: str,
+    variable: str,
+    xs: dict,
+    width: float,
+    others: list,
+    colors,
+    what: str | None = None,
+) -> bool:
+    """One measure's mean and 95 % interval against `variable`, a line per series, `what` in
+    its label (a "control" line dashed and hollow, grey for a single series, a little to the
+    right); whether anything was drawn."""
+    null = what == "control"
+    drawn = False
+    for i, (key, group) in enumerate(series):
+        g = group[group.measure == measure]
+        g = g.assign(x=g[variable].map(xs)).sort_values("x")
+        if g.empty:
+            continue
+        drawn = drawn or bool(g["mean"].notna().any())
+        low = (g["mean"] - g.ci_low).clip(lower=0).fillna(0)
+        high = (g.ci_high - g["mean"]).clip(lower=0).fillna(0)
+        name = ", ".join(
+            f"{k}={x}" for k, x in zip(others, key if isinstance(key, tuple) else (key,), strict=False)
+        )
+        color = "#8c8c8c" if null and not others else colors[i % len(colors)]
+        label = ", ".join(x for x in (name, what) if x) or None
+        ax.errorbar(
+            g.x + (i - (len(series) - 1) / 2) * width + (3 * width if null else 0.0),
+            g["mean"],
+            yerr=[low, high],
+            marker="o",
+            ms=4,
+            capsize=3,
+            color=color,
+            mfc="white" if null else color,
+            ls="--" if null else "-",
+            label=label,
+        )
+    return drawn
+
+
 def dose_response(tables: SweepTables, variable: str, others: list[str], bars: dict[str, float]) -> bytes:
-    """Rows: the verdict strip, the task scores, then each finding's measures; one line per
+    """Rows: the verdict strip, the task scores, then each finding's measures, then (where
+    measured) the poison's edge and node change with the control's beside them; one line per
     combination of the other swept variables."""
     plt = pyplot()
-    rows = verdict_measures()
+    f, v = tables.findings, tables.verdicts
+    rows = panel_rows(f)
     ncols = max(len(m) for m in rows.values())
     fig = plt.figure(figsize=(3.3 * ncols, 2.4 * (len(rows) + 1)))
     grid = fig.add_gridspec(len(rows) + 1, ncols, hspace=0.75, wspace=0.35)
-    f, v = tables.findings, tables.verdicts
     xs, labels = _axis(f[variable])
     series = [((), f)] if not others else list(f.groupby(others, sort=False))
     span = max(xs.values()) - min(xs.values()) or 1.0
@@ -84,35 +148,15 @@ def dose_response(tables: SweepTables, variable: str, others: list[str], bars: d
     if labels:
         strip.set_xticks(list(xs.values()), labels)
 
-    for row, (finding, measures) in enumerate(rows.items(), start=1):
-        for col, measure in enumerate(measures):
+    for row, (finding, panels) in enumerate(rows.items(), start=1):
+        for col, (measure, null) in enumerate(panels):
             ax = fig.add_subplot(grid[row, col])
-            drawn = False
-            for i, (key, group) in enumerate(series):
-                g = group[group.measure == measure]
-                g = g.assign(x=g[variable].map(xs)).sort_values("x")
-                if g.empty:
-                    continue
-                drawn = drawn or bool(g["mean"].notna().any())
-                low = (g["mean"] - g.ci_low).clip(lower=0).fillna(0)
-                high = (g.ci_high - g["mean"]).clip(lower=0).fillna(0)
-                name = (
-                    ", ".join(
-                        f"{k}={x}"
-                        for k, x in zip(others, key if isinstance(key, tuple) else (key,), strict=False)
-                    )
-                    or None
-                )
-                ax.errorbar(
-                    g.x + (i - (len(series) - 1) / 2) * width,
-                    g["mean"],
-                    yerr=[low, high],
-                    marker="o",
-                    ms=4,
-                    capsize=3,
-                    color=colors[i % len(colors)],
-                    label=name,
-                )
+            what = "poisoned" if null else None
+            drawn = _draw(ax, series, measure, variable, xs, width, others, colors, what=what)
+            if null:  # the control at the poison's steps
+                drawn = _draw(ax, series, null, variable, xs, width, others, colors, what="control") or drawn
+                if drawn:
+                    ax.legend(fontsize=7)
             if measure in bars:
                 ax.axhline(bars[measure], color="#888", ls="--", lw=1)
             if not drawn:
@@ -125,7 +169,8 @@ def dose_response(tables: SweepTables, variable: str, others: list[str], bars: d
                 ax.set_xticks(list(xs.values()), labels)
             if row == 1 and col == 0 and others:
                 ax.legend(fontsize=7)
-        fig.text(0.005, 1 - (row + 0.5) / (len(rows) + 1), finding, rotation=90, va="center", fontsize=10)
+        box = ax.get_position()  # the row's label at its panels' height
+        fig.text(0.005, (box.y0 + box.y1) / 2, finding, rotation=90, va="center", fontsize=10)
     return png_bytes(fig)
 
 
@@ -168,7 +213,10 @@ def build_sweep_report(sweep: Sweep, out, tables: SweepTables):
         parts.append(
             f"<h2>Dose-response: {e(variable)}</h2><p class='note'>Each verdict's measures against "
             f"{e(variable)}: mean over seeds with its 95 % interval (tables/sweep.parquet); dashed: "
-            "the verdict's bar; top strip: each point's verdicts"
+            "the verdict's bar; top strip: each point's verdicts; last row, where the points "
+            "tracked edges: the poison's edge and node change (1 - Jaccard of its top circuits "
+            "with the clean model's) beside the control's at the poison's steps (dashed), and "
+            "their difference beyond the control"
             + (f"; one line per {e(', '.join(others))}" if others else "")
             + ".</p>"
             + img_tag(png, f"dose-response against {variable}")
