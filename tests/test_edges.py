@@ -394,3 +394,24 @@ def test_the_report_of_a_run_dir_draws_the_most_changed_edges(tmp_path):
     assert edge_change_figure(changes, heads, 0).png[:4] == b"\x89PNG"
     assert edge_change_figure(changes.iloc[0:0], heads, 0).missing.startswith("No edge changes")
     assert edge_change_figure(None, heads, 0).png is None
+
+
+def test_seed_pairs_compare_two_seeds_references_and_are_their_own_rows(tmp_path):
+    """Two seeds' hand-made caches: the pair rows are the overlap of their base graphs and of
+    their last clean graphs, named by both seeds, and as finding rows carry the pair prefix
+    that keeps them out of findings_by_seed."""
+    from circuit_plasticity.study.edge_tracking import SEED_PAIR_PREFIX, seed_pair_findings, seed_pair_rows
+
+    one = _hand_made_phases()
+    other = {k: v | {"a1.h0->logits": -1.0} for k, v in one.items()}  # a different reading
+    _cache(tmp_path / "s0", {k: _graph(v) for k, v in one.items()})
+    _cache(tmp_path / "s3", {k: _graph(v) for k, v in other.items()})
+    dirs = {0: tmp_path / "s0", 3: tmp_path / "s3"}
+    pairs = seed_pair_rows(dirs)
+    assert [(r["seed_a"], r["seed_b"], r["which"]) for r in pairs] == [(0, 3, "base"), (0, 3, "clean")]
+    for r, (a, b) in zip(pairs, [("base-0", "base-0"), ("clean-64", "clean-64")], strict=True):
+        want = change_of(graph_overlap(_graph(one[a]), _graph(other[b])))
+        assert {k: r[k] for k in want} == pytest.approx(want)
+    rows = seed_pair_findings(dirs, pairs)
+    assert rows.measure.str.startswith(SEED_PAIR_PREFIX).all() and len(rows) == 6
+    assert rows.equals(seed_pair_findings(dirs))

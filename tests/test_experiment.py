@@ -53,6 +53,14 @@ def test_run_end_to_end_then_resume_does_nothing_again(tmp_path):
         findings.index
     )
     assert "Nodes or edges" in html
+    # a pair of seeds is no seed: its rows are in findings (over pairs), not in findings_by_seed
+    by_seed = pd.read_parquet(tmp_path / "run" / "tables" / "findings_by_seed.parquet")
+    assert not by_seed.measure.str.startswith("edges_seeds_").any()
+    pairs = pd.read_parquet(tmp_path / "run" / "tables" / "edge_seed_pairs.parquet")
+    assert sorted(zip(pairs.seed_a, pairs.seed_b, pairs.which, strict=True)) == [
+        (0, 1, "base"),
+        (0, 1, "clean"),
+    ]
     changes = pd.read_parquet(tmp_path / "run" / "tables" / "edge_changes.parquet")
     assert {"clean", "poisoned", "retrain", "control"} <= set(changes.phase)
     assert "the edges that changed most per phase" in html

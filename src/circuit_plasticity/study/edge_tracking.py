@@ -206,8 +206,9 @@ def edge_changes(compare: Path, n: int = TOP_CHANGES) -> pd.DataFrame | None:
         return None
     rows = []
     for phase, step, ref, ref_step in pairs:
-        graph, reference = load_graph(cache / f"{phase}-{step}.safetensors"), load_graph(
-            cache / f"{ref}-{ref_step}.safetensors"
+        graph, reference = (
+            load_graph(cache / f"{phase}-{step}.safetensors"),
+            load_graph(cache / f"{ref}-{ref_step}.safetensors"),
         )
         where = {"phase": phase, "step": step, "reference": ref, "reference_step": ref_step}
         rows += [where | {"rank": i} | r for i, r in enumerate(top_changes(reference, graph, n))]
@@ -305,17 +306,23 @@ def load_graph(path: Path) -> Graph:
     return graph
 
 
-def seed_pair_findings(compare_dirs: dict[int, Path]) -> pd.DataFrame:
-    """`seed_pair_rows` as finding rows (method main; `seed` is the pair's first seed, so the
-    interval is over pairs, which share seeds and are not independent)."""
+SEED_PAIR_PREFIX = "edges_seeds_"  # finding rows of a pair of seeds, not of one seed
+PAIR_COLUMNS = ["seed_a", "seed_b", "which", "edge_change", "node_change", "edge_minus_node"]
+
+
+def seed_pair_findings(compare_dirs: dict[int, Path], pairs: list[dict] | None = None) -> pd.DataFrame:
+    """`seed_pair_rows` (or the given `pairs`) as finding rows (method main) for
+    `combine_seeds`, one per pair in `seed` (the pair's first seed; so the interval is over
+    pairs, which share seeds and are not independent). `judge` leaves them out of
+    findings_by_seed: a pair is no seed; tables/edge_seed_pairs.parquet names both."""
     rows = []
-    for r in seed_pair_rows(compare_dirs):
+    for r in seed_pair_rows(compare_dirs) if pairs is None else pairs:
         for key in ("edge_change", "node_change", "edge_minus_node"):
             rows.append(
                 {
                     "seed": r["seed_a"],
                     "method": "main",
-                    "measure": f"edges_seeds_{r['which']}_{key}",
+                    "measure": f"{SEED_PAIR_PREFIX}{r['which']}_{key}",
                     "value": r[key],
                     "ci_low": np.nan,
                     "ci_high": np.nan,

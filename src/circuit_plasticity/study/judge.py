@@ -214,9 +214,16 @@ def judge(
             rows.append(evidence.assign(seed=s.seed))
     finally:
         bar.close()
-    from circuit_plasticity.study.edge_tracking import seed_pair_findings
+    from circuit_plasticity.study.edge_tracking import (
+        PAIR_COLUMNS,
+        SEED_PAIR_PREFIX,
+        seed_pair_findings,
+        seed_pair_rows,
+    )
 
-    rows.append(seed_pair_findings({s.seed: out / "seeds" / f"seed-{s.seed}" / "compare" for s in seeds}))
+    compare_dirs = {s.seed: out / "seeds" / f"seed-{s.seed}" / "compare" for s in seeds}
+    pairs = seed_pair_rows(compare_dirs)
+    rows.append(seed_pair_findings(compare_dirs, pairs))
     every = pd.concat(rows, ignore_index=True)[["seed", "method", "measure", "value", "ci_low", "ci_high"]]
     t = options.thresholds
     by_method, criteria = {}, []
@@ -225,11 +232,13 @@ def judge(
         summary = combine_seeds(group.drop(columns="method"), t.min_seeds)
         by_method[method] = decide(summary, t, len(seeds), criteria if method == "main" else None)
         summaries.append(summary.assign(method=method))
-    by_seed = every[every.method == "main"].drop(columns="method").reset_index(drop=True)
+    per_seed = (every.method == "main") & ~every.measure.str.startswith(SEED_PAIR_PREFIX)
+    by_seed = every[per_seed].drop(columns="method").reset_index(drop=True)  # pairs: their own table
     summary = summaries[0].drop(columns="method")
     verdicts = by_method.pop("main")
     verdicts["robustness"] = robustness(verdicts, by_method)
     write_table(out / "tables" / "findings_by_seed.parquet", by_seed)
+    write_table(out / "tables" / "edge_seed_pairs.parquet", pd.DataFrame(pairs, columns=PAIR_COLUMNS))
     write_table(out / "tables" / "findings.parquet", summary)
     write_table(out / "tables" / "findings_methods.parquet", pd.concat(summaries, ignore_index=True))
     write_table(out / "tables" / "verdicts.parquet", verdicts)
