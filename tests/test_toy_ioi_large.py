@@ -62,6 +62,23 @@ def test_shortened_large_pretraining_is_deterministic_to_the_byte(tmp_path):
     assert a != c
 
 
+def test_a_run_stopped_before_its_schedule_ends_keeps_the_longer_schedule_s_learning_rates():
+    """By hand: warm-up over 2 steps to lr 1, then cosine to a tenth over the schedule's length.
+    A 10-step schedule at step 6 is half way: 0.1 + 0.9 * 0.5 * (1 + cos(pi / 2)) = 0.55, whether
+    the run stops at step 8 or goes on to 10; a run whose schedule is its own 4 steps is there at
+    step 3. The shipped toy-ioi-large stops at step 1500 of 2500 (its card)."""
+    from circuit_plasticity.training.pretrain import RECIPES, ToyTrainConfig, lr_at, train_config
+
+    stopped = ToyTrainConfig(lr=1.0, warmup=2, steps=8, schedule_steps=10)
+    assert [lr_at(s, stopped) for s in (0, 1, 2)] == pytest.approx([0.5, 1.0, 1.0])
+    assert lr_at(6, stopped) == pytest.approx(0.55)
+    assert lr_at(6, ToyTrainConfig(lr=1.0, warmup=2, steps=10)) == pytest.approx(0.55)
+    assert lr_at(10, stopped) == pytest.approx(0.1)
+    assert lr_at(3, ToyTrainConfig(lr=1.0, warmup=2, steps=4)) == pytest.approx(0.55)
+    shipped = train_config(RECIPES[LARGE])
+    assert (shipped.steps, shipped.schedule_steps) == (1500, 2500)
+
+
 @pytest.fixture(scope="module")
 def large():
     from circuit_plasticity.models.load import load_model
@@ -92,21 +109,19 @@ def _batch(loaded, n: int, seed: int):
 
 
 def test_shipped_large_model_is_partly_good_at_held_out_ioi(large):
-    """Held-out names and templates: well above chance (0.5) and not perfect. The model card
-    measures accuracy 0.956 and logit difference +4.10 [3.88, 4.31] on 500 prompts: ABOVE the
-    issue's 0.70-0.90 range (see the card), so the upper bound here is 'not saturated' (top-1
-    below 1 and some prompts wrong), not 0.90."""
+    """Held-out names and templates: partly good, as GPT-2 small is - the issue's accuracy range
+    0.70-0.90 and a logit difference clearly above 0 (the card measures 0.838 and +2.64
+    [2.41, 2.84] on 500 prompts; here 300 other prompts)."""
     from circuit_plasticity.training.evaluate import evaluate_model
 
     result = evaluate_model(large, _batch(large, 300, seed=1))
-    assert 0.70 <= result["correct"] < 1.0
-    assert result["top1"] < 1.0
+    assert 0.70 <= result["correct"] <= 0.90
     assert result["score_ci_low"] > 1.0
 
 
 def test_shipped_large_model_has_a_small_faithful_circuit_with_name_movers(large):
     """Found on one set of held-out prompts, measured on another: faithfulness >= 0.8, name movers
-    and MLPs among its members. Size: the card measures 11 of 36 components, so the issue's
+    and MLPs among its members. Size: the card measures 12 of 36 components, so the issue's
     'at most a quarter' is NOT met; asserted here is the card's 'about a third' (<= 1/3)."""
     from circuit_plasticity.analysis.faithfulness import evaluate_circuit
     from circuit_plasticity.analysis.hooks import component_labels

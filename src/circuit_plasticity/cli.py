@@ -223,7 +223,7 @@ def toy_train(
     ] = "toy-ioi",
 ) -> None:
     """Pretrain a toy model from scratch (deterministic for a seed; toy-ioi ~8 min, toy-gt ~2 min,
-    toy-ioi-large ~40 min)."""
+    toy-ioi-large ~15 min)."""
     from circuit_plasticity.training.pretrain import RECIPES, train_config, train_toy
 
     check_writable(out)

@@ -33,6 +33,7 @@ class ToyTrainConfig:
     warmup: int = 200
     weight_decay: float = 0.01
     eval_every: int = 500
+    schedule_steps: int | None = None  # the learning-rate schedule's length (None: `steps`)
 
 
 @dataclass(frozen=True)
@@ -45,28 +46,40 @@ class ToyRecipe:
     task: str  # held-out task evaluated every `eval_every` steps
     history_keys: tuple[str, str]  # names of that task's score and accuracy in the history
     steps: int = 5000  # the shipped model's optimizer steps
+    # the learning-rate schedule's length, when training stops before its end (None: `steps`)
+    schedule_steps: int | None = None
 
 
 TOY_IOI = ToyRecipe("toy-ioi", TOY_CONFIG, KINDS, "ioi", ("ioi_logit_diff", "ioi_accuracy"))
 TOY_GT = ToyRecipe(
     "toy-gt", TOY_GT_CONFIG, GT_KINDS, "greater-than", ("gt_prob_diff", "gt_accuracy"), steps=2000
 )
+# stopped at step 1500 of a 2500-step schedule: "partly good" at IOI (accuracy 0.86 on held-out
+# prompts; the whole schedule reaches 0.96, and schedules of 1200 or 1500 steps stay at chance:
+# the high learning rate of the longer schedule's middle is what forms the circuit; model card)
 TOY_IOI_LARGE = ToyRecipe(
-    "toy-ioi-large", TOY_LARGE_CONFIG, LARGE_KINDS, "ioi", ("ioi_logit_diff", "ioi_accuracy"), steps=2500
+    "toy-ioi-large",
+    TOY_LARGE_CONFIG,
+    LARGE_KINDS,
+    "ioi",
+    ("ioi_logit_diff", "ioi_accuracy"),
+    steps=1500,
+    schedule_steps=2500,
 )
 RECIPES = {r.name: r for r in (TOY_IOI, TOY_GT, TOY_IOI_LARGE)}
 
 
 def train_config(recipe: ToyRecipe, seed: int = 0, steps: int | None = None) -> ToyTrainConfig:
     """The training settings that produced the shipped `recipe` model (steps overridable)."""
-    return ToyTrainConfig(seed=seed, steps=steps or recipe.steps)
+    return ToyTrainConfig(seed=seed, steps=steps or recipe.steps, schedule_steps=recipe.schedule_steps)
 
 
 def lr_at(step: int, cfg: ToyTrainConfig) -> float:
-    """Linear warmup, then cosine decay to a tenth."""
+    """Linear warmup, then cosine decay to a tenth over the schedule's length."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    length = cfg.schedule_steps or cfg.steps
+    progress = min(1.0, (step - cfg.warmup) / max(1, length - cfg.warmup))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
