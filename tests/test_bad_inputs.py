@@ -199,3 +199,10 @@ def test_an_existing_empty_out_stays_empty_when_the_model_is_missing(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "no-such-model" in result.stderr.splitlines()[-1]
     assert not list(out.iterdir())  # neither experiment.json nor a lock file
+
+
+def test_a_toy_schedule_no_longer_than_its_warm_up_is_refused_before_training(tmp_path):
+    out = tmp_path / "toy"
+    result = cli("toy-model", "train", "--model", "toy-gt", "--schedule-steps", "100", "--out", str(out))
+    refused(result, "--schedule-steps", "200 warm-up")
+    assert not out.exists()

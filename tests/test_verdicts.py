@@ -221,26 +221,35 @@ def test_p_values_combine_by_fisher_and_carry_no_interval():
         "localization_matched_null_fixed": [_p(0), _p(1)],
     }
     s = combine_seeds(_by_seed(values), 3).set_index("measure")
-    x = -4 * math.log(0.05)
-    assert s.loc["localization_matched_p", "mean"] == pytest.approx(math.exp(-x / 2) * (1 + x / 2))
-    assert math.isnan(s.loc["localization_matched_p", "ci_low"])
+    # seed 1's null could not vary: its p is left out, Fisher of seed 0's alone is that p
+    assert s.loc["localization_matched_p", "mean"] == pytest.approx(0.05)
+    assert s.loc["localization_matched_p", "n_seeds"] == 1
     assert s.loc["localization_matched_null_fixed", "mean"] == 0  # it could vary in seed 0
+    both = combine_seeds(_by_seed(values | {"localization_matched_null_fixed": [_p(0), _p(0)]}), 3)
+    x = -4 * math.log(0.05)
+    row = both.set_index("measure").loc["localization_matched_p"]
+    assert row["mean"] == pytest.approx(math.exp(-x / 2) * (1 + x / 2))
+    assert math.isnan(row["ci_low"])
 
 
 def test_a_seed_whose_null_cannot_vary_is_left_out_of_the_test_not_failed():
-    """Seed 1's set holds every MLP its draws could hold: it gives no p (localization_evidence
-    leaves it NaN), so the verdict is seed 0's test alone, said to be on 1 of 2 seeds; with the
-    null fixed in both seeds nothing was tested."""
+    """Seed 1's set holds every MLP its draws could hold: its p (NaN from localization_evidence,
+    or a finite one from an older cache: 0.9 here) says nothing, so the test is seed 0's alone,
+    said to be on 1 of 2 seeds; with 2 seeds required, too few seeds tested: inconclusive; with
+    the null fixed in both seeds nothing was tested."""
     two = {m: rows * 2 for m, rows in LOC.items()}
     one_fixed = two | {
-        "localization_matched_p": [_p(0.01), _p(NAN)],
+        "localization_matched_p": [_p(0.01), _p(0.9)],
         "localization_matched_p_floor": [_p(0.01), _p(NAN)],
         "localization_matched_p_at_margin": [_p(0.01), _p(NAN)],
         "localization_matched_null_fixed": [_p(0), _p(1)],
     }
-    row, crit = _localization(one_fixed, min_seeds=2, n_seeds=2)
+    row, crit = _localization(one_fixed, min_seeds=1, n_seeds=2)
     assert row.verdict == "yes"
     assert "on 1 of 2 seeds" in crit["localization_matched_p"]["power"]
+    row, crit = _localization(one_fixed, min_seeds=2, n_seeds=2)
+    assert row.verdict == "inconclusive"
+    assert "only 1 of 2 seeds" in crit["localization_matched_p"]["why"]
     both_fixed = one_fixed | {
         "localization_matched_p": [_p(NAN), _p(NAN)],
         "localization_matched_p_floor": [_p(NAN), _p(NAN)],

@@ -218,6 +218,10 @@ def toy_train(
     out: Annotated[Path, typer.Option("--out", help="Directory for the trained model.")],
     seed: SeedOpt = 0,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (batch 64); default: the toy's.")] = None,
+    schedule_steps: Annotated[
+        int | None,
+        typer.Option(help="The learning-rate schedule's length, if not the toy's (toy-ioi-large: 2500)."),
+    ] = None,
     model: Annotated[
         str, typer.Option(help="toy-ioi (IOI), toy-gt (Greater-Than) or toy-ioi-large (IOI, 32 heads).")
     ] = "toy-ioi",
@@ -231,7 +235,12 @@ def toy_train(
         fail(f"--model must be one of {', '.join(RECIPES)}, got {model!r}")
     if steps is not None and steps <= 0:
         fail(f"--steps must be positive, got {steps}")
-    result = train_toy(train_config(RECIPES[model], seed, steps), out, recipe=RECIPES[model])
+    cfg = train_config(RECIPES[model], seed, steps)
+    if schedule_steps is not None:
+        if schedule_steps <= cfg.warmup:
+            fail(f"--schedule-steps must exceed the {cfg.warmup} warm-up steps, got {schedule_steps}")
+        cfg.schedule_steps = schedule_steps
+    result = train_toy(cfg, out, recipe=RECIPES[model])
     typer.echo(
         json.dumps({"out": str(out), "seconds": round(result["seconds"], 1), "final": result["history"][-1]})
     )

@@ -308,7 +308,15 @@ def combine_seeds(by_seed: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
     null's count of fixed kinds is the smallest over seeds (a seed whose null cannot vary has no
     p, so the null is untestable only when it is fixed in every seed)."""
     rows = []
+    fixed_seeds = {  # null test prefix -> the seeds whose null could not vary
+        m.removesuffix("_null_fixed"): set(g.seed[g.value.astype(float) > 0])
+        for m, g in by_seed.groupby("measure", sort=False)
+        if m.endswith("_null_fixed")
+    }
     for measure, group in by_seed.groupby("measure", sort=False):
+        if is_p_value(measure):  # a seed whose null cannot vary tested nothing: its p is left out
+            prefix = measure[: measure.rindex("_p")]
+            group = group[~group.seed.isin(fixed_seeds.get(prefix, set()))]
         values = [v for v in group.value if v is not None and math.isfinite(v)]
         n = len(values)
         if is_p_value(measure):
@@ -425,8 +433,8 @@ def judge_criterion(
 ) -> Outcome:
     """The outcome of one criterion on the combined summary `s` (indexed by measure).
 
-    A matched null test's p combines over the seeds whose null can vary (its floor says what
-    fewer seeds can show); a seed whose null cannot vary counts as measured, not as missing."""
+    A matched null test's p combines over the seeds whose null can vary; fewer of them than
+    `min_seeds` leave it unclear, as any measure applicable in too few seeds."""
     s = s if s is not None else pd.DataFrame(columns=["mean"])
     fixed_measure = c.measure.removesuffix("_p") + "_null_fixed"
     fixed = _value(s, fixed_measure) if c.kind == "p" else math.nan
@@ -434,14 +442,20 @@ def judge_criterion(
         return Outcome(
             "untestable",
             f"not testable at this scale: {c.measure}'s null cannot vary in {int(fixed)} kind(s) of "
-            "component in any seed (the set holds every component of that kind its matched draws "
-            "could hold)",
+            "component in every seed that has it (the set holds every component of that kind its "
+            "matched draws could hold)",
         )
     if row is None or not math.isfinite(row["mean"]):
         return Outcome("unclear", f"{c.measure} not applicable")
-    measured = s.loc[fixed_measure, "n_seeds"] if math.isfinite(fixed) else row["n_seeds"]
-    if measured < min(t.min_seeds, n_seeds):  # not applicable in some seeds: too few left
-        return Outcome("unclear", f"{c.measure} applicable in only {int(measured)} seeds")
+    if row["n_seeds"] < min(t.min_seeds, n_seeds):  # not applicable in some seeds: too few left
+        set_up = int(s.loc[fixed_measure, "n_seeds"]) if math.isfinite(fixed) else 0
+        if set_up > row["n_seeds"]:
+            return Outcome(
+                "unclear",
+                f"{c.measure}: its matched null could vary in only {int(row['n_seeds'])} of {set_up} "
+                "seeds (the others' sets hold every component of a kind), too few for a verdict",
+            )
+        return Outcome("unclear", f"{c.measure} applicable in only {int(row['n_seeds'])} seeds")
     if c.kind == "p":
         return _judge_p(c, row, s, t)
     bar, low, high = c.bar(t), row["ci_low"], row["ci_high"]

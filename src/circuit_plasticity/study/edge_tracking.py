@@ -184,7 +184,7 @@ def change_pairs(cache: Path) -> list[tuple[str, int, str, int]]:
     if "clean" in last:
         pairs += [(p, last[p], "clean", last["clean"]) for p in ("poisoned", "retrain") if p in last]
         if "poisoned" in last and "control" in last:
-            step = min(found["control"], key=lambda s: abs(s - last["poisoned"]))
+            step = min(sorted(found["control"]), key=lambda s: abs(s - last["poisoned"]))
             pairs.append(("control", step, "clean", last["clean"]))
     return pairs
 
