@@ -118,7 +118,6 @@ def describe_model(model: Any) -> str:
     return str(model) if isinstance(model, str | Path) else getattr(model, "name", type(model).__name__)
 
 
-
 def _signature(loaded) -> tuple:
     cfg = loaded.model.cfg
     return (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_vocab)
