@@ -235,11 +235,9 @@ def toy_train(
         fail(f"--model must be one of {', '.join(RECIPES)}, got {model!r}")
     if steps is not None and steps <= 0:
         fail(f"--steps must be positive, got {steps}")
-    cfg = train_config(RECIPES[model], seed, steps)
-    if schedule_steps is not None:
-        if schedule_steps <= cfg.warmup:
-            fail(f"--schedule-steps must exceed the {cfg.warmup} warm-up steps, got {schedule_steps}")
-        cfg.schedule_steps = schedule_steps
+    cfg = train_config(RECIPES[model], seed, steps, schedule_steps)
+    if schedule_steps is not None and schedule_steps <= cfg.warmup:
+        fail(f"--schedule-steps must exceed the {cfg.warmup} warm-up steps, got {schedule_steps}")
     result = train_toy(cfg, out, recipe=RECIPES[model])
     typer.echo(
         json.dumps({"out": str(out), "seconds": round(result["seconds"], 1), "final": result["history"][-1]})

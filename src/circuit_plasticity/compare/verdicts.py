@@ -286,6 +286,12 @@ def is_p_value(measure: str) -> bool:
     return measure.endswith(P_SUFFIXES)
 
 
+def null_fixed_measure(p_measure: str) -> str:
+    """The row counting the fixed kinds of the null behind a p-value row (x_p, x_p_floor, ...
+    -> x_null_fixed)."""
+    return p_measure[: p_measure.rindex("_p")] + "_null_fixed"
+
+
 def _bounded(measure: str) -> bool:
     return measure.startswith("accuracy_") or measure.endswith(
         (
@@ -308,15 +314,14 @@ def combine_seeds(by_seed: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
     null's count of fixed kinds is the smallest over seeds (a seed whose null cannot vary has no
     p, so the null is untestable only when it is fixed in every seed)."""
     rows = []
-    fixed_seeds = {  # null test prefix -> the seeds whose null could not vary
-        m.removesuffix("_null_fixed"): set(g.seed[g.value.astype(float) > 0])
+    fixed_seeds = {  # null_fixed measure -> the seeds whose null could not vary
+        m: set(g.seed[g.value.astype(float) > 0])
         for m, g in by_seed.groupby("measure", sort=False)
         if m.endswith("_null_fixed")
     }
     for measure, group in by_seed.groupby("measure", sort=False):
         if is_p_value(measure):  # a seed whose null cannot vary tested nothing: its p is left out
-            prefix = measure[: measure.rindex("_p")]
-            group = group[~group.seed.isin(fixed_seeds.get(prefix, set()))]
+            group = group[~group.seed.isin(fixed_seeds.get(null_fixed_measure(measure), set()))]
         values = [v for v in group.value if v is not None and math.isfinite(v)]
         n = len(values)
         if is_p_value(measure):
@@ -385,7 +390,7 @@ def _reach(c: Criterion, s: pd.DataFrame) -> float:
 def _judge_p(c: Criterion, row: pd.Series, s: pd.DataFrame, t: VerdictThresholds) -> Outcome:
     bar, p = c.bar(t), float(row["mean"])
     floor, at_margin = _value(s, f"{c.measure}_floor"), _value(s, f"{c.measure}_at_margin")
-    fixed_measure = c.measure.removesuffix("_p") + "_null_fixed"
+    fixed_measure = null_fixed_measure(c.measure)
     margin = getattr(t, c.margin_key) if c.margin_key else math.nan
     power = f"p = {p:.3g}; floor {floor:.3g}; p at an excess of {margin:g} over the null: {at_margin:.3g}"
     tested = int(row["n_seeds"])
@@ -436,7 +441,7 @@ def judge_criterion(
     A matched null test's p combines over the seeds whose null can vary; fewer of them than
     `min_seeds` leave it unclear, as any measure applicable in too few seeds."""
     s = s if s is not None else pd.DataFrame(columns=["mean"])
-    fixed_measure = c.measure.removesuffix("_p") + "_null_fixed"
+    fixed_measure = null_fixed_measure(c.measure) if c.kind == "p" else ""
     fixed = _value(s, fixed_measure) if c.kind == "p" else math.nan
     if math.isfinite(fixed) and fixed > 0:
         return Outcome(

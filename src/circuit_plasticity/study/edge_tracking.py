@@ -267,8 +267,8 @@ def seed_pair_rows(compare_dirs: dict[int, Path]) -> list[dict]:
     model on other prompts; their clean graphs: runs that should agree), one row per pair."""
 
     def last_clean(cache: Path) -> Path | None:
-        files = sorted(cache.glob("clean-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
-        return files[-1] if files else None
+        steps = _cached(cache).get("clean")
+        return steps[max(steps)] if steps else None
 
     seeds = sorted(s for s, d in compare_dirs.items() if (d / "edge_graphs" / "base-0.safetensors").is_file())
     rows = []

@@ -69,9 +69,14 @@ TOY_IOI_LARGE = ToyRecipe(
 RECIPES = {r.name: r for r in (TOY_IOI, TOY_GT, TOY_IOI_LARGE)}
 
 
-def train_config(recipe: ToyRecipe, seed: int = 0, steps: int | None = None) -> ToyTrainConfig:
-    """The training settings that produced the shipped `recipe` model (steps overridable)."""
-    return ToyTrainConfig(seed=seed, steps=steps or recipe.steps, schedule_steps=recipe.schedule_steps)
+def train_config(
+    recipe: ToyRecipe, seed: int = 0, steps: int | None = None, schedule_steps: int | None = None
+) -> ToyTrainConfig:
+    """The training settings that produced the shipped `recipe` model (steps and the schedule's
+    length overridable)."""
+    return ToyTrainConfig(
+        seed=seed, steps=steps or recipe.steps, schedule_steps=schedule_steps or recipe.schedule_steps
+    )
 
 
 def lr_at(step: int, cfg: ToyTrainConfig) -> float:
