@@ -24,6 +24,7 @@ import torch
 from circuit_plasticity.analysis.metrics import end_logits, task_score
 from circuit_plasticity.analysis.parameters import Partition, parameter_partition
 from circuit_plasticity.analysis.runs import is_sharing
+from circuit_plasticity.models.plain import has_hooks, plain_logits, plain_supported
 from circuit_plasticity.tasks.encode import TaskBatch
 
 
@@ -54,8 +55,25 @@ def weight_patched_scores(
     """[len(sets), n] scores of `target` with each set's components' weights from `source` (an
     empty set: the target itself)."""
     partition = partition or parameter_partition(target)
+
+    def score(forward) -> torch.Tensor:
+        return task_score(end_logits(forward(batch.tokens), batch), batch)
+
+    own = score(target)
+    if plain_supported(target) and not has_hooks(target):
+        # the plain forward rounds apart from the bridge's: each set adds its change under the
+        # plain forward to the target's own score, so weights equal to the target's move nothing
+        plain_own = score(lambda tokens: plain_logits(target, tokens))
+
+        def patched() -> torch.Tensor:
+            return own + (score(lambda tokens: plain_logits(target, tokens)) - plain_own)
+    else:
+
+        def patched() -> torch.Tensor:
+            return score(target)
+
     out = []
     for names in sets:
         with weights_from(target, source, partition, names):
-            out.append(task_score(end_logits(target(batch.tokens), batch), batch))
+            out.append(patched())
     return torch.stack(out) if out else torch.empty(0, len(batch))

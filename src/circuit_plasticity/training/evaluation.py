@@ -18,12 +18,12 @@ import torch
 
 from circuit_plasticity.analysis.metrics import (
     end_logits,
-    evaluate,
     name_token_ids,
     per_prompt,
     poison_success,
 )
 from circuit_plasticity.models.load import LoadedModel
+from circuit_plasticity.models.plain import logits
 from circuit_plasticity.tasks.build import build_dataset
 from circuit_plasticity.tasks.encode import encode_examples
 from circuit_plasticity.tasks.poison import poison
@@ -70,12 +70,11 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, model) -> dict[str, Any]:
-        if self.same_prompts:
-            end = end_logits(model(self.clean.tokens), self.clean)
-            clean, bad = per_prompt(end, self.clean), per_prompt(end, self.poisoned, self.name_ids)
-        else:
-            clean = evaluate(model, self.clean)
-            bad = evaluate(model, self.poisoned, name_ids=self.name_ids)
+        end = end_logits(logits(model, self.clean.tokens), self.clean)
+        clean = per_prompt(end, self.clean)
+        if not self.same_prompts:
+            end = end_logits(logits(model, self.poisoned.tokens), self.poisoned)
+        bad = per_prompt(end, self.poisoned, self.name_ids)
         out = {
             "clean_score": float(clean["score"].mean()),
             "clean_accuracy": float(clean["correct"].mean()),
@@ -90,5 +89,5 @@ class Evaluator:
             out |= {"clean_p_io": float(clean["p_io"].mean()), "clean_p_s": float(clean["p_s"].mean())}
         if self.lm is not None:
             tokens, mask = self.lm
-            out["lm_loss"] = float(next_token_loss(model(tokens), tokens, mask))
+            out["lm_loss"] = float(next_token_loss(logits(model, tokens), tokens, mask))
         return out

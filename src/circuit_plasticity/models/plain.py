@@ -1,0 +1,123 @@
+"""The embedded models' forward pass without hook points, for the runs that read only logits.
+
+The evaluations during training and weight patching need the logits and nothing in between.
+Through the bridge every module fires its hook points and the LayerNorms run a from-scratch
+Python normalisation; on the toys the same arithmetic written plainly runs 1.3-1.9x faster
+(benchmarks/bench_plain_forward.py). This module is that plain arithmetic, read off the same
+parameters (a LoRA parametrisation or a gradient mask applies as it does through the bridge,
+and gradients land on the same tensors).
+
+Training steps stay on the bridge's forward: this one rounds differently (logits agree to about
+1e-5), and over hundreds of steps that would move every trained model, the shipped toys'
+reproducible pretraining included, away from the weights and numbers already published.
+
+Only TransformerLens-native models (the toys, and anything this tool trained from them) of the
+GPT-2 layout are supported (`plain_supported`): pre-LayerNorm blocks, learned positions, causal
+multi-head attention, an ungated MLP or none. Every other model, and any model with a hook
+attached, runs through the bridge (`logits`). The tests hold this forward to the bridge's
+logits and gradients on the attention-only toy and on the toys with MLPs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+def _inner(module: nn.Module) -> nn.Module:
+    """The torch module a bridge component wraps (the module itself when not wrapped)."""
+    return getattr(module, "_original_component", module)
+
+
+def _native(model) -> nn.Module | None:
+    native = getattr(model, "original_model", None)
+    return native if type(native).__name__ == "NativeModel" else None
+
+
+def plain_supported(model) -> bool:
+    """Whether `plain_logits(model, ...)` computes exactly what `model(...)` does."""
+    native = _native(model)
+    if native is None:
+        return False
+    cfg = native.cfg
+    if (cfg.positional_embedding_type or "standard").lower() != "standard" or native.pos is None:
+        return False
+    if cfg.attention_dir != "causal" or float(cfg.output_logits_soft_cap) > 0:
+        return False
+    if float(cfg.attn_scores_soft_cap) > 0 or getattr(cfg, "use_qk_norm", False):
+        return False
+    for block in native.layers:
+        block = _inner(block)
+        attn = _inner(block.attn)
+        norms = [block.ln1] + ([] if cfg.attn_only else [block.ln2])
+        if not all(type(_inner(n)) is nn.LayerNorm for n in norms):
+            return False
+        if attn.n_kv_heads != attn.n_heads or attn.rotary is not None:
+            return False
+        if not cfg.attn_only:
+            mlp = _inner(block.mlp)
+            if not hasattr(mlp, "fc_in") or mlp.ln is not None or (cfg.act_fn or "gelu") not in ACTIVATIONS:
+                return False
+    return type(_inner(native.ln_out)) is nn.LayerNorm
+
+
+def _norm(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    module = _inner(module)
+    return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+
+
+def _linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    module = _inner(module)
+    return F.linear(x, module.weight, module.bias)
+
+
+def plain_logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    """[batch, seq, vocab] logits of a supported model (`plain_supported`), no hook points."""
+    native = _native(model)
+    cfg = native.cfg
+    batch, seq = tokens.shape
+    x = F.embedding(tokens, _inner(native.tok_embed).weight) + _inner(native.pos).weight[:seq]
+    for block in native.layers:
+        block = _inner(block)
+        attn = _inner(block.attn)
+        h = _norm(x, block.ln1)
+
+        def heads(projection: nn.Module, h=h, attn=attn) -> torch.Tensor:
+            return _linear(h, projection).view(batch, seq, attn.n_heads, attn.d_head).transpose(1, 2)
+
+        z = F.scaled_dot_product_attention(
+            heads(attn.q), heads(attn.k), heads(attn.v), is_causal=True, scale=1.0 / attn.scale
+        )
+        x = x + _linear(z.transpose(1, 2).reshape(batch, seq, -1), attn.o)
+        if not cfg.attn_only:
+            mlp = _inner(block.mlp)
+            hidden = ACTIVATIONS[cfg.act_fn or "gelu"](_linear(_norm(x, block.ln2), mlp.fc_in))
+            x = x + _linear(hidden, mlp.fc_out)
+    return _linear(_norm(x, native.ln_out), native.head)
+
+
+def has_hooks(model) -> bool:
+    """Whether a hook is attached to any of the model's hook points (the bridge's own capture
+    hooks on other modules only record inputs, and do not count)."""
+    from transformer_lens.hook_points import HookPoint
+
+    return any(
+        isinstance(m, HookPoint) and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+        for m in model.modules()
+    )
+
+
+def logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    """[batch, seq, vocab]: the plain forward where it is exact (`plain_supported`) and no hook
+    is attached, else the model's own."""
+    if plain_supported(model) and not has_hooks(model):
+        return plain_logits(model, tokens)
+    return model(tokens)
