@@ -174,6 +174,25 @@ def test_top_changed_edges_of_a_hand_made_query_swap():
         top_changes(_graph(base), Graph(1, 2, 8, has_mlp=True), 3)
 
 
+def test_the_edge_diagram_draws_the_changed_edges_only_the_largest_on_top():
+    """Two edges moved by +-1.5 and a third not at all (it fills the top 3): the diagram draws
+    the two, the larger-ranked last, and not the unchanged one in the "fell" colour."""
+    import pandas as pd
+
+    from circuit_plasticity.compare.edges import top_changes
+    from circuit_plasticity.report.figures import drawn_edge_changes
+
+    names = _edge_names(Graph(2, 2, 8, has_mlp=True))
+    base = {e: 0.0 for e in names} | {"a0.h0->a1.h0<q>": -2.0, "a0.h1->a1.h0<q>": -0.5}
+    swapped = base | {"a0.h0->a1.h0<q>": -0.5, "a0.h1->a1.h0<q>": -2.0}
+    top = top_changes(_graph(base), _graph(swapped), 3)
+    table = pd.DataFrame([{**r, "phase": "poisoned", "rank": i} for i, r in enumerate(top)])
+    drawn = drawn_edge_changes(table, "poisoned")
+    assert list(drawn["rank"]) == [1, 0]
+    assert (drawn.change != 0).all()
+    assert drawn_edge_changes(table, "retrain").empty
+
+
 def test_checkpoint_selection_keeps_what_the_finding_reads():
     from pathlib import Path
 

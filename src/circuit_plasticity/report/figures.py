@@ -379,6 +379,14 @@ CHANGE_TITLES = {
 SLOT_OFFSETS = {"q": (-0.22, -0.2), "k": (0.0, -0.27), "v": (0.22, -0.2), "": (0.0, 0.0)}
 
 
+def drawn_edge_changes(picked: pd.DataFrame, phase: str) -> pd.DataFrame:
+    """The rows of `phase` the edge-change diagram draws, largest last (on top): an edge whose
+    score did not change at all is not drawn (it would take the "fell" colour and mean nothing;
+    it appears only when fewer than `top` edges changed)."""
+    rows = picked[(picked.phase == phase) & (picked.change != 0)]
+    return rows.sort_values("rank", ascending=False)
+
+
 def edge_change_diagram(
     changes: pd.DataFrame,
     n_layers: int,
@@ -426,7 +434,7 @@ def edge_change_diagram(
                 ax.scatter(x, lay, s=120, marker="s" if head < 0 else "o", color=color, alpha=0.45, zorder=2)
         for node in ("input", "logits"):
             ax.scatter(*where(node), s=260, marker="D", color="#bbbbbb", zorder=2)
-        rows = picked[picked.phase == phase].sort_values("rank", ascending=False)  # largest on top
+        rows = drawn_edge_changes(picked, phase)
         for r in rows.itertuples():
             sx, sy = where(r.sender)
             rx, ry = where(r.receiver)

@@ -30,6 +30,12 @@ REFERENCE = {"clean": "base", "poisoned": "clean", "retrain": "clean", "control"
 FINDING_PHASES = ("clean", "poisoned", "retrain")
 
 
+def nearest_step(steps, target: int) -> int:
+    """The step of `steps` nearest `target`, the earlier on a tie: the one rule by which the
+    control branch stands in at a phase's number of steps (graphs kept, changes, findings)."""
+    return int(min(sorted(steps), key=lambda s: abs(s - target)))
+
+
 def edge_checkpoints(checkpoints, every: int) -> list[tuple[str, int, Path]]:
     """The checkpoints that get a graph: always those the finding reads (each phase's last, and
     the control branch at the nulls' steps: the clean phase's, the poison's, the poison's plus
@@ -43,7 +49,7 @@ def edge_checkpoints(checkpoints, every: int) -> list[tuple[str, int, Path]]:
     if "poisoned" in last and "retrain" in last:
         null_steps.add(last["poisoned"] + last["retrain"])
     control = sorted(r[1] for r in by_phase.get("control", []))
-    wanted = {("control", min(control, key=lambda s: abs(s - n))) for n in null_steps if n and control}
+    wanted = {("control", nearest_step(control, n)) for n in null_steps if n and control}
     out = []
     for phase in ("clean", "poisoned", "retrain", "control"):  # the clean reference first
         rows = sorted(by_phase.get(phase, []), key=lambda r: r[1])
@@ -184,7 +190,7 @@ def change_pairs(cache: Path) -> list[tuple[str, int, str, int]]:
     if "clean" in last:
         pairs += [(p, last[p], "clean", last["clean"]) for p in ("poisoned", "retrain") if p in last]
         if "poisoned" in last and "control" in last:
-            step = min(sorted(found["control"]), key=lambda s: abs(s - last["poisoned"]))
+            step = nearest_step(found["control"], last["poisoned"])
             pairs.append(("control", step, "clean", last["clean"]))
     return pairs
 
@@ -219,8 +225,8 @@ def edge_changes(compare: Path, n: int = TOP_CHANGES) -> pd.DataFrame | None:
 
 def _at(table: pd.DataFrame, phase: str, step: int | None = None) -> tuple[int, pd.DataFrame]:
     """The rows of `phase` at `step` (its nearest tracked step; None: the last)."""
-    steps = np.sort(table[table.phase == phase].step.unique())
-    chosen = int(steps[-1]) if step is None else int(steps[np.argmin(np.abs(steps - step))])
+    steps = table[table.phase == phase].step.unique()
+    chosen = int(steps.max()) if step is None else nearest_step(steps, step)
     return chosen, table[(table.phase == phase) & (table.step == chosen)]
 
 
