@@ -74,9 +74,16 @@ def test_unsupported_models_and_hooked_models_run_through_the_bridge(monkeypatch
     finally:
         model.reset_hooks()
     assert not called
+    handle = model.blocks[1].attn.register_forward_hook(lambda module, args, out: out)  # not a hook point
+    try:
+        with torch.no_grad():
+            logits(model, tokens)
+    finally:
+        handle.remove()
+    assert not called
     with torch.no_grad():
         logits(model, tokens)
-    assert called  # and without the hook, the plain path
+    assert called  # and without any hook, the plain path
 
 
 def test_weight_patching_an_unchanged_component_moves_the_score_by_exactly_zero():

@@ -59,10 +59,10 @@ def weight_patched_scores(
     def score(forward) -> torch.Tensor:
         return task_score(end_logits(forward(batch.tokens), batch), batch)
 
-    own = score(target)
     if plain_supported(target) and not has_hooks(target):
         # the plain forward rounds apart from the bridge's: each set adds its change under the
         # plain forward to the target's own score, so weights equal to the target's move nothing
+        own = score(target)
         plain_own = score(lambda tokens: plain_logits(target, tokens))
 
         def patched() -> torch.Tensor:

@@ -8,6 +8,7 @@ architecture.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Any
@@ -87,8 +88,6 @@ def build_native(config: dict[str, Any], seed: int = 0):
     Booting a bridge scans and wires every hook point (about 0.08 s for a toy, and a study
     loads some sixty checkpoints per seed); a copy of a booted one is the same model in a
     third of the time, so each (config, seed) is booted once per process and copied."""
-    import copy
-
     key = json.dumps([config, seed], sort_keys=True, default=str)
     if key not in _BOOTED:
         _BOOTED[key] = _boot_native(config, seed)
@@ -100,7 +99,7 @@ def _boot_native(config: dict[str, Any], seed: int):
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
 
-    cfg = TransformerBridgeConfig(**config, seed=seed)
+    cfg = TransformerBridgeConfig(**copy.deepcopy(config), seed=seed)  # the caller's dict stays theirs
     return TransformerBridge.boot_native(cfg)
 
 

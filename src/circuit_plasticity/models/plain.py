@@ -104,14 +104,27 @@ def plain_logits(model, tokens: torch.Tensor) -> torch.Tensor:
     return _linear(_norm(x, native.ln_out), native.head)
 
 
-def has_hooks(model) -> bool:
-    """Whether a hook is attached to any of the model's hook points (the bridge's own capture
-    hooks on other modules only record inputs, and do not count)."""
-    from transformer_lens.hook_points import HookPoint
+def _records_only(hook) -> bool:
+    """The bridge's own capture hooks (wired once per block, they record a block's input for
+    its hook points and change nothing)."""
+    return "_maybe_wire_capture_hooks" in getattr(hook, "__qualname__", "")
 
+
+def has_hooks(model) -> bool:
+    """Whether any hook could change or observe the model's forward: one on any of its modules
+    (hook points or not; forward, pre-forward or backward) or a global module hook. The
+    bridge's own capture hooks do not count."""
+    from torch.nn.modules import module as torch_module
+
+    global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    if any(getattr(torch_module, name, None) for name in global_hooks):
+        return True
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     return any(
-        isinstance(m, HookPoint) and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
-        for m in model.modules()
+        not _records_only(hook)
+        for module in model.modules()
+        for kind in kinds
+        for hook in getattr(module, kind, {}).values()
     )
 
 

@@ -70,10 +70,10 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, model) -> dict[str, Any]:
-        end = end_logits(logits(model, self.clean.tokens), self.clean)
+        end = _end_logits(model, self.clean)
         clean = per_prompt(end, self.clean)
         if not self.same_prompts:
-            end = end_logits(logits(model, self.poisoned.tokens), self.poisoned)
+            end = _end_logits(model, self.poisoned)
         bad = per_prompt(end, self.poisoned, self.name_ids)
         out = {
             "clean_score": float(clean["score"].mean()),
@@ -91,3 +91,13 @@ class Evaluator:
             tokens, mask = self.lm
             out["lm_loss"] = float(next_token_loss(logits(model, tokens), tokens, mask))
         return out
+
+
+def _end_logits(model, batch, chunk: int = 256) -> torch.Tensor:
+    """[n, vocab] END logits, the prompts in chunks (a hub model's full logits are large)."""
+    return torch.cat(
+        [
+            end_logits(logits(model, sub.tokens), sub)
+            for sub in (batch.subset(slice(i, i + chunk)) for i in range(0, len(batch), chunk))
+        ]
+    )
