@@ -206,3 +206,11 @@ def test_a_toy_schedule_no_longer_than_its_warm_up_is_refused_before_training(tm
     result = cli("toy-model", "train", "--model", "toy-gt", "--schedule-steps", "100", "--out", str(out))
     refused(result, "--schedule-steps", "200 warm-up")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("p", ["1", "-0.1"])
+def test_a_head_dropout_outside_0_to_1_is_refused_before_training(tmp_path, p):
+    out = tmp_path / "toy"
+    result = cli("toy-model", "train", "--model", "toy-gt", "--head-dropout", p, "--out", str(out))
+    refused(result, "--head-dropout", "below 1")
+    assert not out.exists()

@@ -79,6 +79,36 @@ def test_a_run_stopped_before_its_schedule_ends_keeps_the_longer_schedule_s_lear
     assert (shipped.steps, shipped.schedule_steps) == (1500, 2500)
 
 
+def test_head_dropout_zeroes_whole_heads_per_sequence_and_scales_the_rest():
+    """By construction: each (layer, sequence, head) z is either 0 or z / (1 - p), the same
+    across positions and dimensions; a pure function of (seed, step); p = 0 adds no hook; and
+    a dropped head's output reaches nothing (the model's logits with every head of the last
+    layer dropped equal its logits with that layer's z zeroed by hand)."""
+    from circuit_plasticity.models.load import load_model
+    from circuit_plasticity.training.pretrain import head_dropout_hooks
+
+    model = load_model("toy-gt").model
+    assert head_dropout_hooks(model, 0.0, 0, 5, 8) == []
+    hooks = head_dropout_hooks(model, 0.25, 0, 5, 8)
+    assert [name for name, _ in hooks] == [f"blocks.{i}.attn.hook_z" for i in range(model.cfg.n_layers)]
+    z = torch.ones(8, 6, model.cfg.n_heads, model.cfg.d_head)
+    out = torch.stack([fn(z, None) for _, fn in hooks])  # [layers, batch, pos, heads, d_head]
+    assert ((out == 0) | torch.isclose(out, torch.tensor(1 / 0.75))).all()
+    assert 0 < float((out == 0).float().mean()) < 1
+    assert (out == out[:, :, :1, :, :1]).all()  # whole heads, every position
+    again = torch.stack([fn(z, None) for _, fn in head_dropout_hooks(model, 0.25, 0, 5, 8)])
+    other = torch.stack([fn(z, None) for _, fn in head_dropout_hooks(model, 0.25, 0, 6, 8)])
+    assert torch.equal(out, again) and not torch.equal(out, other)
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(0))
+    last = model.cfg.n_layers - 1
+    with torch.no_grad():
+        dropped = model.run_with_hooks(
+            tokens, fwd_hooks=[(f"blocks.{last}.attn.hook_z", lambda z, hook: z * 0)]
+        )
+        with model.hooks(fwd_hooks=head_dropout_hooks(model, 1 - 1e-9, 0, 0, 2)[last:]):
+            assert torch.allclose(model(tokens), dropped)
+
+
 @pytest.fixture(scope="module")
 def large():
     from circuit_plasticity.models.load import load_model

@@ -225,6 +225,9 @@ def toy_train(
     model: Annotated[
         str, typer.Option(help="toy-ioi (IOI), toy-gt (Greater-Than) or toy-ioi-large (IOI, 32 heads).")
     ] = "toy-ioi",
+    head_dropout: Annotated[
+        float, typer.Option(help="Zero each head's output with this probability per sequence (0: off).")
+    ] = 0.0,
 ) -> None:
     """Pretrain a toy model from scratch (deterministic for a seed; toy-ioi ~8 min, toy-gt ~2 min,
     toy-ioi-large ~15 min)."""
@@ -235,7 +238,9 @@ def toy_train(
         fail(f"--model must be one of {', '.join(RECIPES)}, got {model!r}")
     if steps is not None and steps <= 0:
         fail(f"--steps must be positive, got {steps}")
-    cfg = train_config(RECIPES[model], seed, steps, schedule_steps)
+    if not 0 <= head_dropout < 1:
+        fail(f"--head-dropout must be at least 0 and below 1, got {head_dropout}")
+    cfg = train_config(RECIPES[model], seed, steps, schedule_steps, head_dropout)
     if schedule_steps is not None and schedule_steps <= cfg.warmup:
         fail(f"--schedule-steps must exceed the {cfg.warmup} warm-up steps, got {schedule_steps}")
     result = train_toy(cfg, out, recipe=RECIPES[model])

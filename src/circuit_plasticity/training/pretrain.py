@@ -34,6 +34,9 @@ class ToyTrainConfig:
     weight_decay: float = 0.01
     eval_every: int = 500
     schedule_steps: int | None = None  # the learning-rate schedule's length (None: `steps`)
+    # each head's output zeroed with this probability per sequence and step (the rest scaled up):
+    # a model that cannot count on any one head may learn backups that take over (self-repair)
+    head_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,36 @@ RECIPES = {r.name: r for r in (TOY_IOI, TOY_GT, TOY_IOI_LARGE)}
 
 
 def train_config(
-    recipe: ToyRecipe, seed: int = 0, steps: int | None = None, schedule_steps: int | None = None
+    recipe: ToyRecipe,
+    seed: int = 0,
+    steps: int | None = None,
+    schedule_steps: int | None = None,
+    head_dropout: float = 0.0,
 ) -> ToyTrainConfig:
-    """The training settings that produced the shipped `recipe` model (steps and the schedule's
-    length overridable)."""
+    """The training settings that produced the shipped `recipe` model (steps, the schedule's
+    length and head dropout overridable)."""
     return ToyTrainConfig(
-        seed=seed, steps=steps or recipe.steps, schedule_steps=schedule_steps or recipe.schedule_steps
+        seed=seed,
+        steps=steps or recipe.steps,
+        schedule_steps=schedule_steps or recipe.schedule_steps,
+        head_dropout=head_dropout,
     )
+
+
+def head_dropout_hooks(model, p: float, seed: int, step: int, batch: int) -> list:
+    """Forward hooks that zero each head's output (z, so W_O sees nothing of it) with
+    probability `p` per sequence, scaling the kept heads by 1 / (1 - p); the masks are a pure
+    function of (seed, step), so pretraining stays deterministic."""
+    if p <= 0:
+        return []
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    keep = (torch.rand(n_layers, batch, 1, n_heads, 1, generator=generator) >= p).float() / (1 - p)
+
+    def hook(layer: int):
+        return lambda z, hook: z * keep[layer].to(z)
+
+    return [(f"blocks.{layer}.attn.hook_z", hook(layer)) for layer in range(n_layers)]
 
 
 def lr_at(step: int, cfg: ToyTrainConfig) -> float:
@@ -129,7 +155,8 @@ def train_toy(
             [tok.bos_id, *tok.encode(next(stream))[0]][: model_cfg["n_ctx"]] for _ in range(cfg.batch_size)
         ]
         tokens, mask = pad_batch(rows, tok.pad_id)
-        loss = train_step(model, optimizer, tokens, mask, lr_at(step, cfg))
+        with model.hooks(fwd_hooks=head_dropout_hooks(model, cfg.head_dropout, cfg.seed, step, len(rows))):
+            loss = train_step(model, optimizer, tokens, mask, lr_at(step, cfg))
         if loss is None:
             raise UserError(f"{recipe.name} pretraining: the loss became NaN or infinite at step {step + 1}")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
@@ -145,7 +172,7 @@ def train_toy(
                 }
             )
             bar.set_postfix(
-                loss=f"{float(loss):.3f}", score=f"{stats['score']:.2f}", acc=f"{stats['correct']:.2f}"
+                loss=f"{float(loss.detach()):.3f}", score=f"{stats['score']:.2f}", acc=f"{stats['correct']:.2f}"
             )
     result = {"train": asdict(cfg), "seconds": time.time() - start, "history": history}
     if out is not None:
