@@ -2,7 +2,7 @@
 
 The evaluations during training and weight patching need the logits and nothing in between.
 Through the bridge every module fires its hook points and the LayerNorms run a from-scratch
-Python normalisation; on the toys the same arithmetic written plainly runs 1.3-1.9x faster
+Python normalisation; on the toys the same arithmetic written plainly evaluates 1.2-1.7x faster
 (benchmarks/bench_plain_forward.py). This module is that plain arithmetic, read off the same
 parameters (a LoRA parametrisation or a gradient mask applies as it does through the bridge,
 and gradients land on the same tensors).
