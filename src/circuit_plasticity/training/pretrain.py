@@ -172,7 +172,9 @@ def train_toy(
                 }
             )
             bar.set_postfix(
-                loss=f"{float(loss.detach()):.3f}", score=f"{stats['score']:.2f}", acc=f"{stats['correct']:.2f}"
+                loss=f"{float(loss.detach()):.3f}",
+                score=f"{stats['score']:.2f}",
+                acc=f"{stats['correct']:.2f}",
             )
     result = {"train": asdict(cfg), "seconds": time.time() - start, "history": history}
     if out is not None:
