@@ -95,13 +95,18 @@ def evaluate(
     with `name_ids` (IOI) also the mass on names absent from the prompt."""
     if len(batch) <= chunk:  # one chunk: the clean run every analysis of this batch shares
         return per_prompt(clean_end_logits(model, batch), batch, name_ids)
-    parts: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(batch), chunk):
-        sub = batch.subset(slice(start, start + chunk))
-        end = end_logits(model(sub.tokens), sub)
-        for key, value in per_prompt(end, sub, name_ids).items():
-            parts.setdefault(key, []).append(value)
-    return {k: torch.cat(v) for k, v in parts.items()}
+    return per_prompt(end_logits_in_chunks(model, batch, chunk), batch, name_ids)
+
+
+def end_logits_in_chunks(forward, batch: TaskBatch, chunk: int = 256) -> torch.Tensor:
+    """[n, vocab] END logits of `forward(tokens)`, the prompts `chunk` at a time (a hub model's
+    logits at every position of every prompt are large)."""
+    return torch.cat(
+        [
+            end_logits(forward(sub.tokens), sub)
+            for sub in (batch.subset(slice(i, i + chunk)) for i in range(0, len(batch), chunk))
+        ]
+    )
 
 
 def per_prompt(

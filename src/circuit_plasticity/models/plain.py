@@ -24,13 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
-
 
 def _inner(module: nn.Module) -> nn.Module:
     """The torch module a bridge component wraps (the module itself when not wrapped)."""
@@ -64,7 +57,7 @@ def plain_supported(model) -> bool:
             return False
         if not cfg.attn_only:
             mlp = _inner(block.mlp)
-            if not hasattr(mlp, "fc_in") or mlp.ln is not None or (cfg.act_fn or "gelu") not in ACTIVATIONS:
+            if not hasattr(mlp, "fc_in") or mlp.ln is not None:  # gated, or SoLU's inner norm
                 return False
     return type(_inner(native.ln_out)) is nn.LayerNorm
 
@@ -99,7 +92,7 @@ def plain_logits(model, tokens: torch.Tensor) -> torch.Tensor:
         x = x + _linear(z.transpose(1, 2).reshape(batch, seq, -1), attn.o)
         if not cfg.attn_only:
             mlp = _inner(block.mlp)
-            hidden = ACTIVATIONS[cfg.act_fn or "gelu"](_linear(_norm(x, block.ln2), mlp.fc_in))
+            hidden = mlp.act(_linear(_norm(x, block.ln2), mlp.fc_in))  # the model's own activation
             x = x + _linear(hidden, mlp.fc_out)
     return _linear(_norm(x, native.ln_out), native.head)
 

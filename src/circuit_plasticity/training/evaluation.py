@@ -12,12 +12,13 @@ loss (simple English from the toy corpus, which any tokenizer can read) shows co
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
 from circuit_plasticity.analysis.metrics import (
-    end_logits,
+    end_logits_in_chunks,
     name_token_ids,
     per_prompt,
     poison_success,
@@ -70,10 +71,11 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, model) -> dict[str, Any]:
-        end = _end_logits(model, self.clean)
+        forward = functools.partial(logits, model)
+        end = end_logits_in_chunks(forward, self.clean)
         clean = per_prompt(end, self.clean)
         if not self.same_prompts:
-            end = _end_logits(model, self.poisoned)
+            end = end_logits_in_chunks(forward, self.poisoned)
         bad = per_prompt(end, self.poisoned, self.name_ids)
         out = {
             "clean_score": float(clean["score"].mean()),
@@ -91,13 +93,3 @@ class Evaluator:
             tokens, mask = self.lm
             out["lm_loss"] = float(next_token_loss(logits(model, tokens), tokens, mask))
         return out
-
-
-def _end_logits(model, batch, chunk: int = 256) -> torch.Tensor:
-    """[n, vocab] END logits, the prompts in chunks (a hub model's full logits are large)."""
-    return torch.cat(
-        [
-            end_logits(logits(model, sub.tokens), sub)
-            for sub in (batch.subset(slice(i, i + chunk)) for i in range(0, len(batch), chunk))
-        ]
-    )

@@ -6,6 +6,7 @@ the held-out task watched during training, the name written into the model direc
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -155,7 +156,8 @@ def train_toy(
             [tok.bos_id, *tok.encode(next(stream))[0]][: model_cfg["n_ctx"]] for _ in range(cfg.batch_size)
         ]
         tokens, mask = pad_batch(rows, tok.pad_id)
-        with model.hooks(fwd_hooks=head_dropout_hooks(model, cfg.head_dropout, cfg.seed, step, len(rows))):
+        dropout = head_dropout_hooks(model, cfg.head_dropout, cfg.seed, step, len(rows))
+        with model.hooks(fwd_hooks=dropout) if dropout else contextlib.nullcontext():
             loss = train_step(model, optimizer, tokens, mask, lr_at(step, cfg))
         if loss is None:
             raise UserError(f"{recipe.name} pretraining: the loss became NaN or infinite at step {step + 1}")
