@@ -1,6 +1,7 @@
 """The hook-free forward (models/plain.py) against the bridge's, side by side in one process on
 one thread: a training step's forward and backward (batch 32 of IOI-length prompts) and the
-evaluation forward during training (300 held-out prompts), on each embedded model.
+evaluation forward during training (300 held-out prompts; and with END given, where the last
+block attends from END alone and only END is unembedded), on each embedded model.
 
 Run: python benchmarks/bench_plain_forward.py [--repeats 15]
 """
@@ -41,8 +42,16 @@ def main() -> None:
 
             result[f"{label}_train_step_ms"] = round(1e3 * best_of(step, args.repeats, 3), 2)
             result[f"{label}_eval_ms"] = round(1e3 * best_of(evaluate, args.repeats, 2), 2)
+        end = torch.randint(10, 21, (300,), generator=generator)
+
+        def evaluate_end(model=model, held_out=held_out, end=end):
+            with torch.no_grad():
+                plain_logits(model, held_out, end)
+
+        result["plain_end_eval_ms"] = round(1e3 * best_of(evaluate_end, args.repeats, 2), 2)
         for part in ("train_step", "eval"):
             result[f"{part}_speedup"] = round(result[f"bridge_{part}_ms"] / result[f"plain_{part}_ms"], 2)
+        result["end_eval_speedup"] = round(result["bridge_eval_ms"] / result["plain_end_eval_ms"], 2)
         report("plain_forward", result)
 
 

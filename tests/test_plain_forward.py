@@ -41,6 +41,23 @@ def test_plain_logits_and_gradients_equal_the_bridges(name):
         torch.testing.assert_close(mine[key], theirs[key], rtol=1e-3, atol=1e-5, msg=key)
 
 
+@pytest.mark.parametrize("name", TOYS)
+def test_end_only_logits_equal_the_full_forwards_rows_at_each_end(name):
+    """With END positions given, the last block attends from END alone and only END is
+    unembedded: each prompt's row equals the bridge's logits at its own END, whichever position
+    that is (the first, the last, any between), and a different END gives a different row."""
+    model = load_model(name).model
+    tokens = _tokens(model, seed=1, shape=(7, 13))
+    end = torch.tensor([12, 5, 0, 7, 12, 3, 9])
+    rows = torch.arange(7)
+    with torch.no_grad():
+        full = model(tokens)
+        torch.testing.assert_close(plain_logits(model, tokens, end), full[rows, end], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(logits(model, tokens, end), full[rows, end], rtol=1e-4, atol=1e-4)
+        moved = end - 1 + (end == 0)  # every END one position earlier (0 one later)
+        assert not torch.allclose(plain_logits(model, tokens, moved), full[rows, end], atol=1e-2)
+
+
 def test_a_lora_parametrisation_applies_in_the_plain_forward():
     from circuit_plasticity.training.lora import attach
     from circuit_plasticity.training.protocol import LoraSpec
@@ -63,6 +80,9 @@ def test_unsupported_models_and_hooked_models_run_through_the_bridge(monkeypatch
     assert not plain_supported(rotary)
     with torch.no_grad():
         torch.testing.assert_close(logits(rotary, _tokens(rotary)), rotary(_tokens(rotary)))
+        end = torch.tensor([3, 12, 0, 5, 7, 1])
+        want = rotary(_tokens(rotary))[torch.arange(6), end]
+        torch.testing.assert_close(logits(rotary, _tokens(rotary), end), want)
     model = loaded.model
     tokens = _tokens(model)
     called = []

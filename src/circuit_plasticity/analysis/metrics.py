@@ -95,18 +95,17 @@ def evaluate(
     with `name_ids` (IOI) also the mass on names absent from the prompt."""
     if len(batch) <= chunk:  # one chunk: the clean run every analysis of this batch shares
         return per_prompt(clean_end_logits(model, batch), batch, name_ids)
-    return per_prompt(end_logits_in_chunks(model, batch, chunk), batch, name_ids)
+    def forward(tokens: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+        return model(tokens)[torch.arange(len(end), device=end.device), end]
+
+    return per_prompt(end_logits_in_chunks(forward, batch, chunk), batch, name_ids)
 
 
 def end_logits_in_chunks(forward, batch: TaskBatch, chunk: int = 256) -> torch.Tensor:
-    """[n, vocab] END logits of `forward(tokens)`, the prompts `chunk` at a time (a hub model's
-    logits at every position of every prompt are large)."""
-    return torch.cat(
-        [
-            end_logits(forward(sub.tokens), sub)
-            for sub in (batch.subset(slice(i, i + chunk)) for i in range(0, len(batch), chunk))
-        ]
-    )
+    """[n, vocab] END logits, `forward(tokens, end)` ([k, vocab]) on the prompts `chunk` at a
+    time (a hub model's logits at every position of every prompt are large)."""
+    subsets = (batch.subset(slice(i, i + chunk)) for i in range(0, len(batch), chunk))
+    return torch.cat([forward(sub.tokens, sub.end) for sub in subsets])
 
 
 def per_prompt(

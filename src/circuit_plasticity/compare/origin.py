@@ -56,21 +56,21 @@ def weight_patched_scores(
     empty set: the target itself)."""
     partition = partition or parameter_partition(target)
 
-    def score(forward) -> torch.Tensor:
-        return task_score(end_logits(forward(batch.tokens), batch), batch)
+    def bridge() -> torch.Tensor:
+        return task_score(end_logits(target(batch.tokens), batch), batch)
+
+    def plain() -> torch.Tensor:
+        return task_score(plain_logits(target, batch.tokens, batch.end), batch)
 
     if plain_supported(target) and not has_hooks(target):
         # the plain forward rounds apart from the bridge's: each set adds its change under the
         # plain forward to the target's own score, so weights equal to the target's move nothing
-        own = score(target)
-        plain_own = score(lambda tokens: plain_logits(target, tokens))
+        own, plain_own = bridge(), plain()
 
         def patched() -> torch.Tensor:
-            return own + (score(lambda tokens: plain_logits(target, tokens)) - plain_own)
+            return own + (plain() - plain_own)
     else:
-
-        def patched() -> torch.Tensor:
-            return score(target)
+        patched = bridge
 
     out = []
     for names in sets:

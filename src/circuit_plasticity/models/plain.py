@@ -1,6 +1,7 @@
 """The embedded models' forward pass without hook points, for the runs that read only logits.
 
-The evaluations during training and weight patching need the logits and nothing in between.
+The evaluations during training and weight patching need the logits at END and nothing in
+between: given END positions, the last block attends from END alone and only END is unembedded.
 Through the bridge every module fires its hook points and the LayerNorms run a from-scratch
 Python normalisation; on the toys the same arithmetic written plainly evaluates 1.2-1.7x faster
 (benchmarks/bench_plain_forward.py). This module is that plain arithmetic, read off the same
@@ -72,29 +73,46 @@ def _linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     return F.linear(x, module.weight, module.bias)
 
 
-def plain_logits(model, tokens: torch.Tensor) -> torch.Tensor:
-    """[batch, seq, vocab] logits of a supported model (`plain_supported`), no hook points."""
+def plain_logits(model, tokens: torch.Tensor, end: torch.Tensor | None = None) -> torch.Tensor:
+    """[batch, seq, vocab] logits of a supported model (`plain_supported`), no hook points; with
+    `end` ([batch] positions) only those rows, [batch, vocab]: the last block then attends from
+    END alone and the unembedding reads END alone (a metric at END needs nothing else)."""
     native = _native(model)
     cfg = native.cfg
     batch, seq = tokens.shape
     x = F.embedding(tokens, _inner(native.tok_embed).weight) + _inner(native.pos).weight[:seq]
-    for block in native.layers:
+    last = len(native.layers) - 1
+    for i, block in enumerate(native.layers):
         block = _inner(block)
         attn = _inner(block.attn)
         h = _norm(x, block.ln1)
 
         def heads(projection: nn.Module, h=h, attn=attn) -> torch.Tensor:
-            return _linear(h, projection).view(batch, seq, attn.n_heads, attn.d_head).transpose(1, 2)
+            length = h.shape[1]
+            return _linear(h, projection).view(batch, length, attn.n_heads, attn.d_head).transpose(1, 2)
 
-        z = F.scaled_dot_product_attention(
-            heads(attn.q), heads(attn.k), heads(attn.v), is_causal=True, scale=1.0 / attn.scale
-        )
-        x = x + _linear(z.transpose(1, 2).reshape(batch, seq, -1), attn.o)
+        if end is None or i < last:
+            z = F.scaled_dot_product_attention(
+                heads(attn.q), heads(attn.k), heads(attn.v), is_causal=True, scale=1.0 / attn.scale
+            )
+        else:  # END's query alone, over the keys at or before END
+            rows = torch.arange(batch, device=tokens.device)
+            visible = torch.arange(seq, device=tokens.device)[None, :] <= end[:, None]
+            z = F.scaled_dot_product_attention(
+                heads(attn.q, h[rows, end][:, None]),
+                heads(attn.k),
+                heads(attn.v),
+                attn_mask=visible[:, None, None, :],
+                scale=1.0 / attn.scale,
+            )
+            x = x[rows, end][:, None]
+        x = x + _linear(z.transpose(1, 2).reshape(batch, x.shape[1], -1), attn.o)
         if not cfg.attn_only:
             mlp = _inner(block.mlp)
             hidden = mlp.act(_linear(_norm(x, block.ln2), mlp.fc_in))  # the model's own activation
             x = x + _linear(hidden, mlp.fc_out)
-    return _linear(_norm(x, native.ln_out), native.head)
+    out = _linear(_norm(x, native.ln_out), native.head)
+    return out if end is None else out[:, 0]
 
 
 def _records_only(hook) -> bool:
@@ -121,9 +139,10 @@ def has_hooks(model) -> bool:
     )
 
 
-def logits(model, tokens: torch.Tensor) -> torch.Tensor:
-    """[batch, seq, vocab]: the plain forward where it is exact (`plain_supported`) and no hook
-    is attached, else the model's own."""
+def logits(model, tokens: torch.Tensor, end: torch.Tensor | None = None) -> torch.Tensor:
+    """[batch, seq, vocab] (with `end`: [batch, vocab] at those positions): the plain forward
+    where it is exact (`plain_supported`) and no hook is attached, else the model's own."""
     if plain_supported(model) and not has_hooks(model):
-        return plain_logits(model, tokens)
-    return model(tokens)
+        return plain_logits(model, tokens, end)
+    out = model(tokens)
+    return out if end is None else out[torch.arange(out.shape[0], device=out.device), end]

@@ -71,7 +71,7 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, model) -> dict[str, Any]:
-        forward = functools.partial(logits, model)
+        forward = functools.partial(logits, model)  # (tokens, end) -> END logits
         end = end_logits_in_chunks(forward, self.clean)
         clean = per_prompt(end, self.clean)
         if not self.same_prompts:
