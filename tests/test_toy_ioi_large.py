@@ -62,6 +62,33 @@ def test_shortened_large_pretraining_is_deterministic_to_the_byte(tmp_path):
     assert a != c
 
 
+def test_recipe_variants_and_the_stages_a_run_keeps(tmp_path):
+    """By construction: the shipped mix given as a --mix is the shipped recipe (the same bytes);
+    another MLP width is the model written; the model kept after step 2 of a 4-step run is the
+    model of a run stopped at step 2 of the same schedule (the same bytes); a mix that does not
+    sum to 1 or names an unknown kind is refused."""
+    from circuit_plasticity.models.load import load_model
+    from circuit_plasticity.training.pretrain import RECIPES, ToyTrainConfig, recipe_variant, train_toy
+
+    recipe = RECIPES[LARGE]
+    shipped_mix = {k: w for k, w, _ in LARGE_KINDS}
+
+    def run(name: str, steps: int, variant, save_at=()) -> bytes:
+        cfg = ToyTrainConfig(seed=0, steps=steps, schedule_steps=4, warmup=1, batch_size=4, eval_every=4)
+        train_toy(cfg, tmp_path / name, progress=False, recipe=variant, save_at=save_at)
+        return (tmp_path / name / "model.safetensors").read_bytes()
+
+    assert run("shipped", 2, recipe) == run("as-mix", 2, recipe_variant(recipe, shipped_mix))
+    narrow = recipe_variant(recipe, {"giver": 0.5, "repeat": 0.5}, d_mlp=32)
+    final = run("narrow", 4, narrow, save_at=(2,))
+    assert final != run("narrow-2", 2, narrow)
+    assert (tmp_path / "narrow" / "step-2" / "model.safetensors").read_bytes() == run("narrow-2", 2, narrow)
+    assert load_model(str(tmp_path / "narrow" / "step-2")).model.cfg.d_mlp == 32
+    for bad in ({"giver": 0.5}, {"giver": 0.5, "novel": 0.5}):
+        with pytest.raises(ValueError):
+            recipe_variant(recipe, bad)
+
+
 def test_a_run_stopped_before_its_schedule_ends_keeps_the_longer_schedule_s_learning_rates():
     """By hand: warm-up over 2 steps to lr 1, then cosine to a tenth over the schedule's length.
     A 10-step schedule at step 6 is half way: 0.1 + 0.9 * 0.5 * (1 + cos(pi / 2)) = 0.55, whether

@@ -228,22 +228,44 @@ def toy_train(
     head_dropout: Annotated[
         float, typer.Option(help="Zero each head's output with this probability per sequence (0: off).")
     ] = 0.0,
+    mix: Annotated[
+        str | None,
+        typer.Option(help="Another corpus mix, kind=weight,... summing to 1 (e.g. giver=0.3,story=0.7)."),
+    ] = None,
+    d_mlp: Annotated[int | None, typer.Option(help="Another MLP width (models with MLPs).")] = None,
+    save_at: Annotated[
+        str | None, typer.Option(help="Also keep the model after these steps: OUT/step-N (e.g. 1000,1250).")
+    ] = None,
 ) -> None:
     """Pretrain a toy model from scratch (deterministic for a seed; toy-ioi ~8 min, toy-gt ~2 min,
-    toy-ioi-large ~15 min)."""
-    from circuit_plasticity.training.pretrain import RECIPES, train_config, train_toy
+    toy-ioi-large ~15 min). --mix, --d-mlp and --save-at try variants of a recipe."""
+    from circuit_plasticity.training.pretrain import RECIPES, recipe_variant, train_config, train_toy
 
     check_writable(out)
     if model not in RECIPES:
         fail(f"--model must be one of {', '.join(RECIPES)}, got {model!r}")
+    if d_mlp is not None and d_mlp <= 0:
+        fail(f"--d-mlp must be positive, got {d_mlp}")
+    try:
+        pairs = [] if mix is None else [part.split("=") for part in mix.split(",")]
+        weights = None if mix is None else {kind.strip(): float(weight) for kind, weight in pairs}
+        stages = () if save_at is None else tuple(int(step) for step in save_at.split(","))
+    except ValueError:
+        fail(f"--mix is kind=weight,... and --save-at steps with commas between; got {mix!r}, {save_at!r}")
+    try:
+        recipe = recipe_variant(RECIPES[model], weights, d_mlp)
+    except (ValueError, UserError) as why:
+        fail(f"--mix / --d-mlp: {why}")
     if steps is not None and steps <= 0:
         fail(f"--steps must be positive, got {steps}")
     if not 0 <= head_dropout < 1:
         fail(f"--head-dropout must be at least 0 and below 1, got {head_dropout}")
-    cfg = train_config(RECIPES[model], seed, steps, schedule_steps, head_dropout)
+    cfg = train_config(recipe, seed, steps, schedule_steps, head_dropout)
     if schedule_steps is not None and schedule_steps <= cfg.warmup:
         fail(f"--schedule-steps must exceed the {cfg.warmup} warm-up steps, got {schedule_steps}")
-    result = train_toy(cfg, out, recipe=RECIPES[model])
+    if any(not 0 < step < cfg.steps for step in stages):
+        fail(f"--save-at steps must lie between 0 and the run's {cfg.steps} steps, got {save_at}")
+    result = train_toy(cfg, out, recipe=recipe, save_at=stages)
     typer.echo(
         json.dumps({"out": str(out), "seconds": round(result["seconds"], 1), "final": result["history"][-1]})
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,14 @@ import torch
 from circuit_plasticity.errors import UserError
 from circuit_plasticity.models.native import TOY_CONFIG, TOY_GT_CONFIG, TOY_LARGE_CONFIG, build_native
 from circuit_plasticity.models.store import NATIVE_FORMAT, save_model_dir
-from circuit_plasticity.models.toy.corpus import GT_KINDS, KINDS, LARGE_KINDS, documents, vocabulary_texts
+from circuit_plasticity.models.toy.corpus import (
+    GT_KINDS,
+    KINDS,
+    LARGE_KINDS,
+    documents,
+    mix_of,
+    vocabulary_texts,
+)
 from circuit_plasticity.models.toy.tokenizer import word_level_tokenizer
 from circuit_plasticity.tasks.tokenizer import TextTokenizer
 from circuit_plasticity.training.loop import train_step
@@ -71,6 +79,23 @@ TOY_IOI_LARGE = ToyRecipe(
     schedule_steps=2500,
 )
 RECIPES = {r.name: r for r in (TOY_IOI, TOY_GT, TOY_IOI_LARGE)}
+
+
+def recipe_variant(
+    recipe: ToyRecipe, mix: dict[str, float] | None = None, d_mlp: int | None = None
+) -> ToyRecipe:
+    """`recipe` with another corpus mix ({kind: weight}: models/toy/corpus.py's MAKERS) or MLP
+    width: the variants tried on the way to a shipped recipe (the model cards' logs)."""
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    if mix is not None:
+        changes["kinds"] = mix_of(mix)
+    if d_mlp is not None:
+        if recipe.model.get("attn_only"):
+            raise UserError(f"{recipe.name} has no MLPs: --d-mlp does not apply")
+        changes["model"] = {**recipe.model, "d_mlp": d_mlp}
+    return dataclasses.replace(recipe, **changes)
 
 
 def train_config(
@@ -135,7 +160,10 @@ def train_toy(
     out: str | Path | None = None,
     progress: bool = True,
     recipe: ToyRecipe = TOY_IOI,
+    save_at: Sequence[int] = (),
 ) -> dict[str, Any]:
+    """Pretrain `recipe` under `cfg`; the model is written to `out`, and also to
+    `out`/step-N after each step N of `save_at` (the stages of one run, for the model card)."""
     from tqdm import tqdm
 
     from circuit_plasticity.analysis.metrics import evaluate, summarize
@@ -161,6 +189,9 @@ def train_toy(
             loss = train_step(model, optimizer, tokens, mask, lr_at(step, cfg))
         if loss is None:
             raise UserError(f"{recipe.name} pretraining: the loss became NaN or infinite at step {step + 1}")
+        if out is not None and step + 1 in save_at and step + 1 != cfg.steps:
+            source = {"format": NATIVE_FORMAT, "name": recipe.name, "pretraining": {"step": step + 1}}
+            save_model_dir(Path(out) / f"step-{step + 1}", model, tok.backend, model_cfg, source)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             model.eval()
             stats = summarize(evaluate(model, heldout), heldout)

@@ -215,6 +215,20 @@ def _giver(rng: random.Random, names: Sequence[str]) -> str:
 LARGE_KINDS = (("giver", 0.30, _giver),) + tuple((k, round(w * 0.7, 4), m) for k, w, m in KINDS)
 
 
+# every kind of document by name (a recipe's mix draws from these: `toy-model train --mix`)
+MAKERS = {k: m for k, _, m in (*LARGE_KINDS, ("year_range", 0, _year_range))}
+
+
+def mix_of(weights: dict[str, float]) -> tuple:
+    """A corpus mix ((kind, weight, maker), ...) from {kind: weight}; the weights sum to 1."""
+    unknown = sorted(set(weights) - set(MAKERS))
+    if unknown:
+        raise ValueError(f"unknown document kinds {unknown}; known: {', '.join(MAKERS)}")
+    if any(w < 0 for w in weights.values()) or abs(sum(weights.values()) - 1) > 1e-6:
+        raise ValueError(f"the mix's weights must be non-negative and sum to 1, got {weights}")
+    return tuple((k, w, MAKERS[k]) for k, w in weights.items() if w > 0)
+
+
 GT_KINDS = (
     ("year_range", 0.60, _year_range),
     ("years", 0.10, _years),
