@@ -214,3 +214,20 @@ def test_a_head_dropout_outside_0_to_1_is_refused_before_training(tmp_path, p):
     result = cli("toy-model", "train", "--model", "toy-gt", "--head-dropout", p, "--out", str(out))
     refused(result, "--head-dropout", "below 1")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--mix", "giver=0.5,stroy=0.5"], "stroy"),
+        (["--mix", "giver=0.5,story=0.4"], "sum to 1"),
+        (["--mix", "giver0.5"], "kind=weight"),
+        (["--save-at", "1500"], "--save-at"),
+        (["--d-mlp", "0"], "--d-mlp"),
+    ],
+)
+def test_a_recipe_variant_that_cannot_be_trained_is_refused_before_training(tmp_path, args, named):
+    out = tmp_path / "toy"
+    result = cli("toy-model", "train", "--model", "toy-ioi-large", *args, "--out", str(out))
+    refused(result, named)
+    assert not out.exists()
