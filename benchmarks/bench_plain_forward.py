@@ -1,7 +1,9 @@
 """The hook-free forward (models/plain.py) against the bridge's, side by side in one process on
 one thread: a training step's forward and backward (batch 32 of IOI-length prompts) and the
 evaluation forward during training (300 held-out prompts; and with END given, where the last
-block attends from END alone and only END is unembedded), on each embedded model.
+block attends from END alone and only END is unembedded), on each embedded model; and a
+fine-tuning step with the loss on the answer alone (the studies' `loss: answer`), through the
+bridge's whole forward against the plain forward at END (not used for training: it rounds apart).
 
 Run: python benchmarks/bench_plain_forward.py [--repeats 15]
 """
@@ -18,6 +20,7 @@ def main() -> None:
 
     from circuit_plasticity.models.load import load_model
     from circuit_plasticity.models.plain import plain_logits
+    from circuit_plasticity.training.loss import next_token_loss
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=15)
@@ -49,6 +52,25 @@ def main() -> None:
                 plain_logits(model, held_out, end)
 
         result["plain_end_eval_ms"] = round(1e3 * best_of(evaluate_end, args.repeats, 2), 2)
+        answer_at = torch.randint(10, 20, (32,), generator=generator)  # END; the answer follows it
+        rows = torch.arange(32)
+        answer_mask = torch.zeros_like(train, dtype=torch.bool)
+        answer_mask[rows, answer_at + 1] = True
+
+        def answer_step_bridge(model=model, train=train, answer_mask=answer_mask):
+            model.zero_grad(set_to_none=True)
+            next_token_loss(model(train), train, answer_mask).backward()
+
+        def answer_step_end(model=model, train=train, answer_at=answer_at, rows=rows):
+            model.zero_grad(set_to_none=True)
+            end = plain_logits(model, train, answer_at)
+            torch.nn.functional.cross_entropy(end, train[rows, answer_at + 1]).backward()
+
+        result["bridge_answer_step_ms"] = round(1e3 * best_of(answer_step_bridge, args.repeats, 3), 2)
+        result["plain_end_answer_step_ms"] = round(1e3 * best_of(answer_step_end, args.repeats, 3), 2)
+        result["answer_step_speedup"] = round(
+            result["bridge_answer_step_ms"] / result["plain_end_answer_step_ms"], 2
+        )
         for part in ("train_step", "eval"):
             result[f"{part}_speedup"] = round(result[f"bridge_{part}_ms"] / result[f"plain_{part}_ms"], 2)
         result["end_eval_speedup"] = round(result["bridge_eval_ms"] / result["plain_end_eval_ms"], 2)
