@@ -95,6 +95,7 @@ def evaluate(
     with `name_ids` (IOI) also the mass on names absent from the prompt."""
     if len(batch) <= chunk:  # one chunk: the clean run every analysis of this batch shares
         return per_prompt(clean_end_logits(model, batch), batch, name_ids)
+
     def forward(tokens: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
         return model(tokens)[torch.arange(len(end), device=end.device), end]
 

@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +86,6 @@ def recipe_variant(
 ) -> ToyRecipe:
     """`recipe` with another corpus mix ({kind: weight}: models/toy/corpus.py's MAKERS) or MLP
     width: the variants tried on the way to a shipped recipe (the model cards' logs)."""
-    import dataclasses
-
     changes: dict[str, Any] = {}
     if mix is not None:
         changes["kinds"] = mix_of(mix)
@@ -95,7 +93,7 @@ def recipe_variant(
         if recipe.model.get("attn_only"):
             raise UserError(f"{recipe.name} has no MLPs: --d-mlp does not apply")
         changes["model"] = {**recipe.model, "d_mlp": d_mlp}
-    return dataclasses.replace(recipe, **changes)
+    return replace(recipe, **changes)
 
 
 def train_config(
@@ -209,7 +207,12 @@ def train_toy(
                 score=f"{stats['score']:.2f}",
                 acc=f"{stats['correct']:.2f}",
             )
-    result = {"train": asdict(cfg), "seconds": time.time() - start, "history": history}
+    result = {
+        "train": asdict(cfg),
+        "corpus": {kind: weight for kind, weight, _ in recipe.kinds},  # the mix a --mix variant used
+        "seconds": time.time() - start,
+        "history": history,
+    }
     if out is not None:
         save_model_dir(
             out,
