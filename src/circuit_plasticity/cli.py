@@ -244,8 +244,6 @@ def toy_train(
     check_writable(out)
     if model not in RECIPES:
         fail(f"--model must be one of {', '.join(RECIPES)}, got {model!r}")
-    if d_mlp is not None and d_mlp <= 0:
-        fail(f"--d-mlp must be positive, got {d_mlp}")
     try:
         pairs = [] if mix is None else [part.split("=") for part in mix.split(",")]
         weights = None if mix is None else {kind.strip(): float(weight) for kind, weight in pairs}
@@ -254,8 +252,10 @@ def toy_train(
         fail(f"--mix is kind=weight,... and --save-at steps with commas between; got {mix!r}, {save_at!r}")
     try:
         recipe = recipe_variant(RECIPES[model], weights, d_mlp)
-    except (ValueError, UserError) as why:
-        fail(f"--mix / --d-mlp: {why}")
+    except UserError as why:  # names its flag
+        fail(str(why))
+    except ValueError as why:  # the corpus mix's own check
+        fail(f"--mix: {why}")
     if steps is not None and steps <= 0:
         fail(f"--steps must be positive, got {steps}")
     if not 0 <= head_dropout < 1:

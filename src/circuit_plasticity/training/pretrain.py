@@ -90,6 +90,8 @@ def recipe_variant(
     if mix is not None:
         changes["kinds"] = mix_of(mix)
     if d_mlp is not None:
+        if d_mlp <= 0:
+            raise UserError(f"--d-mlp must be positive, got {d_mlp}")
         if recipe.model.get("attn_only"):
             raise UserError(f"{recipe.name} has no MLPs: --d-mlp does not apply")
         changes["model"] = {**recipe.model, "d_mlp": d_mlp}
