@@ -85,8 +85,9 @@ def test_recipe_variants_and_the_stages_a_run_keeps(tmp_path):
     assert final != run("narrow-2", 2, narrow)
     assert (tmp_path / "narrow" / "step-2" / "model.safetensors").read_bytes() == run("narrow-2", 2, narrow)
     assert load_model(str(tmp_path / "narrow" / "step-2")).model.cfg.d_mlp == 32
-    written = json.loads((tmp_path / "narrow" / "config.json").read_text())
-    assert written["pretraining"]["corpus"] == {"giver": 0.5, "repeat": 0.5}
+    for written in ("config.json", "step-2/config.json"):
+        config = json.loads((tmp_path / "narrow" / written).read_text())
+        assert config["pretraining"]["corpus"] == {"giver": 0.5, "repeat": 0.5}, written
     for bad in ({"giver": 0.5}, {"giver": 0.5, "novel": 0.5}):
         with pytest.raises(ValueError):
             recipe_variant(recipe, bad)

@@ -177,6 +177,7 @@ def train_toy(
     heldout = heldout_batch(tok, recipe.task)
     score_key, accuracy_key = recipe.history_keys
     history: list[dict[str, float]] = []
+    corpus = {kind: weight for kind, weight, _ in recipe.kinds}  # the mix a --mix variant used
     start = time.time()
     bar = tqdm(range(cfg.steps), desc=f"{recipe.name} pretraining", disable=not progress)
     for step in bar:
@@ -190,7 +191,8 @@ def train_toy(
         if loss is None:
             raise UserError(f"{recipe.name} pretraining: the loss became NaN or infinite at step {step + 1}")
         if out is not None and step + 1 in save_at and step + 1 != cfg.steps:
-            source = {"format": NATIVE_FORMAT, "name": recipe.name, "pretraining": {"step": step + 1}}
+            kept = {"step": step + 1, "corpus": corpus}
+            source = {"format": NATIVE_FORMAT, "name": recipe.name, "pretraining": kept}
             save_model_dir(Path(out) / f"step-{step + 1}", model, tok.backend, model_cfg, source)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             model.eval()
@@ -211,7 +213,7 @@ def train_toy(
             )
     result = {
         "train": asdict(cfg),
-        "corpus": {kind: weight for kind, weight, _ in recipe.kinds},  # the mix a --mix variant used
+        "corpus": corpus,
         "seconds": time.time() - start,
         "history": history,
     }
