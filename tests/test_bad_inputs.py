@@ -224,6 +224,11 @@ def test_a_head_dropout_outside_0_to_1_is_refused_before_training(tmp_path, p):
         (["--mix", "giver0.5"], "kind=weight"),
         (["--save-at", "1500"], "--save-at"),
         (["--d-mlp", "0"], "--d-mlp"),
+        (["--mix-from", "1250:giver=0.5,stroy=0.5"], "stroy"),
+        (["--mix-from", "giver=1"], "--mix-from"),
+        (["--mix-from", "1500:giver=1"], "--mix-from"),
+        (["--mix-from", "0:giver=1"], "--mix-from"),
+        (["--head-dropout-from", "1500"], "--head-dropout-from"),
     ],
 )
 def test_a_recipe_variant_that_cannot_be_trained_is_refused_before_training(tmp_path, args, named):

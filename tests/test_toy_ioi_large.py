@@ -93,6 +93,36 @@ def test_recipe_variants_and_the_stages_a_run_keeps(tmp_path):
             recipe_variant(recipe, bad)
 
 
+def test_a_curriculum_and_late_head_dropout_change_nothing_before_their_step(tmp_path):
+    """By construction: a second mix from step 2 on (`--mix-from`), or head dropout from step 2
+    on (`--head-dropout-from`), leaves the first 2 steps as they were, so the stage kept at
+    step 2 is the plain run stopped there (the same bytes); the 4-step model differs from the
+    plain one (the later steps saw other documents, or dropped heads); config.json records the
+    curriculum."""
+    from circuit_plasticity.training.pretrain import RECIPES, ToyTrainConfig, recipe_variant, train_toy
+
+    recipe = RECIPES[LARGE]
+
+    def run(name: str, steps: int, variant=recipe, **train) -> bytes:
+        cfg = ToyTrainConfig(
+            seed=0, steps=steps, schedule_steps=4, warmup=1, batch_size=4, eval_every=4, **train
+        )
+        train_toy(cfg, tmp_path / name, progress=False, recipe=variant, save_at=(2,) if steps == 4 else ())
+        return (tmp_path / name / "model.safetensors").read_bytes()
+
+    plain_2, plain_4 = run("plain-2", 2), run("plain-4", 4)
+    late = recipe_variant(recipe, mix_from=(2, {"repeat": 1.0}))
+    assert run("curriculum", 4, late) != plain_4
+    assert run("dropout", 4, head_dropout=0.5, head_dropout_from=2) != plain_4
+    for name in ("curriculum", "dropout"):
+        assert (tmp_path / name / "step-2" / "model.safetensors").read_bytes() == plain_2, name
+    config = json.loads((tmp_path / "curriculum" / "config.json").read_text())
+    assert config["pretraining"]["corpus"]["from step 2"] == {"repeat": 1.0}
+    assert json.loads((tmp_path / "dropout" / "config.json").read_text())["pretraining"]["train"][
+        "head_dropout_from"
+    ] == 2
+
+
 def test_a_run_stopped_before_its_schedule_ends_keeps_the_longer_schedule_s_learning_rates():
     """By hand: warm-up over 2 steps to lr 1, then cosine to a tenth over the schedule's length.
     A 10-step schedule at step 6 is half way: 0.1 + 0.9 * 0.5 * (1 + cos(pi / 2)) = 0.55, whether

@@ -228,9 +228,16 @@ def toy_train(
     head_dropout: Annotated[
         float, typer.Option(help="Zero each head's output with this probability per sequence (0: off).")
     ] = 0.0,
+    head_dropout_from: Annotated[
+        int, typer.Option(help="The first step with head dropout (e.g. after the circuit forms).")
+    ] = 0,
     mix: Annotated[
         str | None,
         typer.Option(help="Another corpus mix, kind=weight,... summing to 1 (e.g. giver=0.3,story=0.7)."),
+    ] = None,
+    mix_from: Annotated[
+        str | None,
+        typer.Option(help="A curriculum: from step S on, another mix (S:kind=weight,...)."),
     ] = None,
     d_mlp: Annotated[int | None, typer.Option(help="Another MLP width (models with MLPs).")] = None,
     save_at: Annotated[
@@ -238,20 +245,30 @@ def toy_train(
     ] = None,
 ) -> None:
     """Pretrain a toy model from scratch (deterministic for a seed; toy-ioi ~8 min, toy-gt ~2 min,
-    toy-ioi-large ~15 min). --mix, --d-mlp and --save-at try variants of a recipe."""
+    toy-ioi-large ~15 min). --mix, --mix-from, --d-mlp, --head-dropout(-from) and --save-at try
+    variants of a recipe."""
     from circuit_plasticity.training.pretrain import RECIPES, recipe_variant, train_config, train_toy
 
     check_writable(out)
     if model not in RECIPES:
         fail(f"--model must be one of {', '.join(RECIPES)}, got {model!r}")
+    def weights_of(text: str) -> dict[str, float]:
+        return {kind.strip(): float(weight) for kind, weight in (part.split("=") for part in text.split(","))}
+
     try:
-        pairs = [] if mix is None else [part.split("=") for part in mix.split(",")]
-        weights = None if mix is None else {kind.strip(): float(weight) for kind, weight in pairs}
+        weights = None if mix is None else weights_of(mix)
         stages = () if save_at is None else tuple(int(step) for step in save_at.split(","))
+        late = None
+        if mix_from is not None:
+            switch, _, late_mix = mix_from.partition(":")
+            late = (int(switch), weights_of(late_mix))
     except ValueError:
-        fail(f"--mix is kind=weight,... and --save-at steps with commas between; got {mix!r}, {save_at!r}")
+        fail(
+            "--mix is kind=weight,..., --mix-from STEP:kind=weight,... and --save-at steps with commas "
+            f"between; got {mix!r}, {mix_from!r}, {save_at!r}"
+        )
     try:
-        recipe = recipe_variant(RECIPES[model], weights, d_mlp)
+        recipe = recipe_variant(RECIPES[model], weights, d_mlp, late)
     except UserError as why:  # names its flag
         fail(str(why))
     except ValueError as why:  # the corpus mix's own check
@@ -260,11 +277,15 @@ def toy_train(
         fail(f"--steps must be positive, got {steps}")
     if not 0 <= head_dropout < 1:
         fail(f"--head-dropout must be at least 0 and below 1, got {head_dropout}")
-    cfg = train_config(recipe, seed, steps, schedule_steps, head_dropout)
+    cfg = train_config(recipe, seed, steps, schedule_steps, head_dropout, head_dropout_from)
     if schedule_steps is not None and schedule_steps <= cfg.warmup:
         fail(f"--schedule-steps must exceed the {cfg.warmup} warm-up steps, got {schedule_steps}")
     if any(not 0 < step < cfg.steps for step in stages):
         fail(f"--save-at steps must lie between 0 and the run's {cfg.steps} steps, got {save_at}")
+    if recipe.late_kinds is not None and recipe.late_kinds[0] >= cfg.steps:
+        fail(f"--mix-from's step must lie before the run's {cfg.steps} steps, got {mix_from}")
+    if not 0 <= head_dropout_from < cfg.steps:
+        fail(f"--head-dropout-from must lie in 0..{cfg.steps - 1} (the run's steps), got {head_dropout_from}")
     result = train_toy(cfg, out, recipe=recipe, save_at=stages)
     typer.echo(
         json.dumps({"out": str(out), "seconds": round(result["seconds"], 1), "final": result["history"][-1]})

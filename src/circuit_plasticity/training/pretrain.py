@@ -46,6 +46,7 @@ class ToyTrainConfig:
     # each head's output zeroed with this probability per sequence and step (the rest scaled up):
     # a model that cannot count on any one head may learn backups that take over (self-repair)
     head_dropout: float = 0.0
+    head_dropout_from: int = 0  # the first step with head dropout (later: after a circuit forms)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class ToyRecipe:
     steps: int = 5000  # the shipped model's optimizer steps
     # the learning-rate schedule's length, when training stops before its end (None: `steps`)
     schedule_steps: int | None = None
+    # a curriculum: from this step on the corpus is `late_kinds` (a fresh seeded stream)
+    late_kinds: tuple[int, tuple] | None = None
 
 
 TOY_IOI = ToyRecipe("toy-ioi", TOY_CONFIG, KINDS, "ioi", ("ioi_logit_diff", "ioi_accuracy"))
@@ -82,13 +85,25 @@ RECIPES = {r.name: r for r in (TOY_IOI, TOY_GT, TOY_IOI_LARGE)}
 
 
 def recipe_variant(
-    recipe: ToyRecipe, mix: dict[str, float] | None = None, d_mlp: int | None = None
+    recipe: ToyRecipe,
+    mix: dict[str, float] | None = None,
+    d_mlp: int | None = None,
+    mix_from: tuple[int, dict[str, float]] | None = None,
 ) -> ToyRecipe:
-    """`recipe` with another corpus mix ({kind: weight}: models/toy/corpus.py's MAKERS) or MLP
-    width: the variants tried on the way to a shipped recipe (the model cards' logs)."""
+    """`recipe` with another corpus mix ({kind: weight}: models/toy/corpus.py's MAKERS), MLP
+    width, or a second mix from a step on (`mix_from`, a curriculum): the variants tried on the
+    way to a shipped recipe (the model cards' logs)."""
     changes: dict[str, Any] = {}
     if mix is not None:
         changes["kinds"] = mix_of(mix)
+    if mix_from is not None:
+        step, late = mix_from
+        if step <= 0:
+            raise UserError(f"--mix-from must start after step 0, got step {step}")
+        try:
+            changes["late_kinds"] = (step, mix_of(late))
+        except ValueError as why:
+            raise UserError(f"--mix-from: {why}") from None
     if d_mlp is not None:
         if d_mlp <= 0:
             raise UserError(f"--d-mlp must be positive, got {d_mlp}")
@@ -104,14 +119,16 @@ def train_config(
     steps: int | None = None,
     schedule_steps: int | None = None,
     head_dropout: float = 0.0,
+    head_dropout_from: int = 0,
 ) -> ToyTrainConfig:
     """The training settings that produced the shipped `recipe` model (steps, the schedule's
-    length and head dropout overridable)."""
+    length and head dropout, from which step, overridable)."""
     return ToyTrainConfig(
         seed=seed,
         steps=steps or recipe.steps,
         schedule_steps=schedule_steps or recipe.schedule_steps,
         head_dropout=head_dropout,
+        head_dropout_from=head_dropout_from,
     )
 
 
@@ -174,18 +191,24 @@ def train_toy(
     model = build_native(model_cfg, seed=cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     stream = documents(cfg.seed, kinds=recipe.kinds)
+    switch, late = recipe.late_kinds or (None, ())
     heldout = heldout_batch(tok, recipe.task)
     score_key, accuracy_key = recipe.history_keys
     history: list[dict[str, float]] = []
-    corpus = {kind: weight for kind, weight, _ in recipe.kinds}  # the mix a --mix variant used
+    corpus: dict[str, Any] = {kind: weight for kind, weight, _ in recipe.kinds}  # what --mix used
+    if switch is not None:
+        corpus[f"from step {switch}"] = {kind: weight for kind, weight, _ in late}
     start = time.time()
     bar = tqdm(range(cfg.steps), desc=f"{recipe.name} pretraining", disable=not progress)
     for step in bar:
+        if step == switch:
+            stream = documents(cfg.seed + 1, kinds=late)
         rows = [
             [tok.bos_id, *tok.encode(next(stream))[0]][: model_cfg["n_ctx"]] for _ in range(cfg.batch_size)
         ]
         tokens, mask = pad_batch(rows, tok.pad_id)
-        dropout = head_dropout_hooks(model, cfg.head_dropout, cfg.seed, step, len(rows))
+        p = cfg.head_dropout if step >= cfg.head_dropout_from else 0.0
+        dropout = head_dropout_hooks(model, p, cfg.seed, step, len(rows))
         with model.hooks(fwd_hooks=dropout) if dropout else contextlib.nullcontext():
             loss = train_step(model, optimizer, tokens, mask, lr_at(step, cfg))
         if loss is None:
