@@ -98,7 +98,7 @@ def test_a_curriculum_and_late_head_dropout_change_nothing_before_their_step(tmp
     on (`--head-dropout-from`), leaves the first 2 steps as they were, so the stage kept at
     step 2 is the plain run stopped there (the same bytes); the 4-step model differs from the
     plain one (the later steps saw other documents, or dropped heads); config.json records the
-    curriculum."""
+    curriculum where the run reached it."""
     from circuit_plasticity.training.pretrain import RECIPES, ToyTrainConfig, recipe_variant, train_toy
 
     recipe = RECIPES[LARGE]
@@ -118,6 +118,8 @@ def test_a_curriculum_and_late_head_dropout_change_nothing_before_their_step(tmp
         assert (tmp_path / name / "step-2" / "model.safetensors").read_bytes() == plain_2, name
     config = json.loads((tmp_path / "curriculum" / "config.json").read_text())
     assert config["pretraining"]["corpus"]["from step 2"] == {"repeat": 1.0}
+    stage = json.loads((tmp_path / "curriculum" / "step-2" / "config.json").read_text())
+    assert "from step 2" not in stage["pretraining"]["corpus"]  # its 2 steps never drew from it
     assert json.loads((tmp_path / "dropout" / "config.json").read_text())["pretraining"]["train"][
         "head_dropout_from"
     ] == 2
@@ -201,8 +203,8 @@ def _batch(loaded, n: int, seed: int):
 
 def test_shipped_large_model_is_partly_good_at_held_out_ioi(large):
     """Held-out names and templates: partly good, as GPT-2 small is - the issue's accuracy range
-    0.70-0.90 and a logit difference clearly above 0 (the card measures 0.838 and +2.64
-    [2.41, 2.84] on 500 prompts; here 300 other prompts)."""
+    0.70-0.90 and a logit difference clearly above 0 (the card measures 0.868 and +2.69
+    [2.48, 2.90] on 500 prompts; here 300 other prompts)."""
     from circuit_plasticity.training.evaluate import evaluate_model
 
     result = evaluate_model(large, _batch(large, 300, seed=1))
@@ -212,8 +214,9 @@ def test_shipped_large_model_is_partly_good_at_held_out_ioi(large):
 
 def test_shipped_large_model_has_a_small_faithful_circuit_with_name_movers(large):
     """Found on one set of held-out prompts, measured on another: faithfulness >= 0.8, name movers
-    and MLPs among its members. Size: the card measures 12 of 36 components, so the issue's
-    'at most a quarter' is NOT met; asserted here is the card's 'about a third' (<= 1/3)."""
+    and MLPs among its members. Size: the card measures 9-12 of 36 components over prompt sets,
+    so the issue's 'at most a quarter' is NOT met; asserted here is the card's 'about a third'
+    (<= 1/3)."""
     from circuit_plasticity.analysis.faithfulness import evaluate_circuit
     from circuit_plasticity.analysis.hooks import component_labels
     from circuit_plasticity.analysis.pipeline import circuit_of
@@ -224,3 +227,21 @@ def test_shipped_large_model_has_a_small_faithful_circuit_with_name_movers(large
     assert circuit.by_role("name_mover") and circuit.by_role("mlp")
     scores = evaluate_circuit(large.model, measured_on, circuit, minimality_steps=0)
     assert scores.faithfulness >= 0.8
+
+
+def test_shipped_large_model_has_an_induction_head_by_the_taxonomy_s_threshold(large):
+    """Induction as `analyze` measures it (the prompts' own tokens, 64 random sequences of 10
+    repeated, attention from each repeated token to the token after its first occurrence): some
+    head reaches the class threshold (analysis/classes.py, 0.3; the card measures a2.h0 at 0.32,
+    formed by the curriculum's induction data after step 1250; the model before it had none)."""
+    import torch
+
+    from circuit_plasticity.analysis.classes import Thresholds
+    from circuit_plasticity.analysis.heads import repeated_random_tokens, sequence_scores
+    from circuit_plasticity.analysis.registry import SEQ_LEN
+
+    batch, tok = _batch(large, 200, seed=0), large.tokenizer
+    ids = torch.unique(batch.tokens)
+    ids = ids[(ids != tok.pad_id) & (ids != tok.bos_id)]
+    scores = sequence_scores(large.model, repeated_random_tokens(ids, 64, SEQ_LEN, tok.bos_id), SEQ_LEN)
+    assert scores["induction"].max() >= Thresholds().induction

@@ -237,7 +237,7 @@ def toy_train(
     ] = None,
     mix_from: Annotated[
         str | None,
-        typer.Option(help="A curriculum: from step S on, another mix (S:kind=weight,...)."),
+        typer.Option(help="A curriculum: from step S on, another mix (S:kind=weight,...; none: none)."),
     ] = None,
     d_mlp: Annotated[int | None, typer.Option(help="Another MLP width (models with MLPs).")] = None,
     save_at: Annotated[
@@ -259,7 +259,7 @@ def toy_train(
         weights = None if mix is None else weights_of(mix)
         stages = () if save_at is None else tuple(int(step) for step in save_at.split(","))
         late = None
-        if mix_from is not None:
+        if mix_from is not None and mix_from.strip().lower() != "none":
             switch, _, late_mix = mix_from.partition(":")
             late = (int(switch), weights_of(late_mix))
     except ValueError:
@@ -268,7 +268,8 @@ def toy_train(
             f"between; got {mix!r}, {mix_from!r}, {save_at!r}"
         )
     try:
-        recipe = recipe_variant(RECIPES[model], weights, d_mlp, late)
+        no_curriculum = mix_from is not None and mix_from.strip().lower() == "none"
+        recipe = recipe_variant(RECIPES[model], weights, d_mlp, late, drop_curriculum=no_curriculum)
     except UserError as why:  # names its flag
         fail(str(why))
     except ValueError as why:  # the corpus mix's own check
@@ -282,7 +283,7 @@ def toy_train(
         fail(f"--schedule-steps must exceed the {cfg.warmup} warm-up steps, got {schedule_steps}")
     if any(not 0 < step < cfg.steps for step in stages):
         fail(f"--save-at steps must lie between 0 and the run's {cfg.steps} steps, got {save_at}")
-    if recipe.late_kinds is not None and recipe.late_kinds[0] >= cfg.steps:
+    if late is not None and late[0] >= cfg.steps:
         fail(f"--mix-from's step must lie before the run's {cfg.steps} steps, got {mix_from}")
     if not 0 <= head_dropout_from < cfg.steps:
         fail(f"--head-dropout-from must lie in 0..{cfg.steps - 1} (the run's steps), got {head_dropout_from}")

@@ -229,6 +229,13 @@ def mix_of(weights: dict[str, float]) -> tuple:
     return tuple((k, w, MAKERS[k]) for k, w in weights.items() if w > 0)
 
 
+# toy-ioi-large from step 1250 on (a curriculum): repeated random sequences, the induction data,
+# at 20 % instead of 10.5 %
+LARGE_LATE_KINDS = mix_of(
+    {"giver": 0.30, "story": 0.30, "again": 0.12, "repeat": 0.20, "filler": 0.05, "years": 0.03}
+)
+
+
 GT_KINDS = (
     ("year_range", 0.60, _year_range),
     ("years", 0.10, _years),
