@@ -245,7 +245,7 @@ def toy_train(
     ] = None,
 ) -> None:
     """Pretrain a toy model from scratch (deterministic for a seed; toy-ioi ~8 min, toy-gt ~2 min,
-    toy-ioi-large ~15 min). --mix, --mix-from, --d-mlp, --head-dropout(-from) and --save-at try
+    toy-ioi-large ~9 min on 1 thread). --mix, --mix-from, --d-mlp, --head-dropout(-from) and --save-at try
     variants of a recipe."""
     from circuit_plasticity.training.pretrain import RECIPES, recipe_variant, train_config, train_toy
 

@@ -71,8 +71,8 @@ TOY_GT = ToyRecipe(
     "toy-gt", TOY_GT_CONFIG, GT_KINDS, "greater-than", ("gt_prob_diff", "gt_accuracy"), steps=2000
 )
 # stopped at step 1500 of a 2500-step schedule: "partly good" at IOI (accuracy 0.87 on held-out
-# prompts; the whole schedule reaches 0.96, and schedules of 1200 or 1500 steps stay at chance:
-# the high learning rate of the longer schedule's middle is what forms the circuit). From step
+# prompts; before the curriculum the whole schedule reached 0.96, and schedules of 1200 or 1500
+# steps stayed at chance: the long schedule's high middle learning rate forms the circuit). From step
 # 1250, once the name movers have formed, repeated sequences rise from 10.5 % to 20 % of the
 # corpus: induction heads then form beside the name movers (before it, they take the name
 # movers' place; the model card's log, row I)
